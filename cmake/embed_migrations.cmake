@@ -1,0 +1,12 @@
+# Writes a C++ file holding every schema migration as a string: -DOUT=<file> -DFILES=<a;b;c>
+set(body "// Generated from schema/*.sql by cmake/embed_migrations.cmake. Do not edit.\n#include \"migrate.h\"\nnamespace outboxd {\nconst std::vector<Migration>& EmbeddedMigrations() {\n  static const std::vector<Migration> kMigrations = {\n")
+foreach(f ${FILES})
+  get_filename_component(name ${f} NAME)
+  string(REGEX MATCH "^[0-9]+" version ${name})
+  math(EXPR version "${version}")
+  file(READ ${f} sql)
+  set(body "${body}      {${version}, \"${name}\", R\"outboxd_sql(${sql})outboxd_sql\"},\n")
+endforeach()
+set(body "${body}  };\n  return kMigrations;\n}\n}  // namespace outboxd\n")
+file(WRITE ${OUT}.tmp "${body}")
+execute_process(COMMAND ${CMAKE_COMMAND} -E copy_if_different ${OUT}.tmp ${OUT})

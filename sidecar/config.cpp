@@ -1,0 +1,298 @@
+#include "config.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include <libpq-fe.h>
+#include <toml.hpp>
+
+namespace outboxd {
+namespace {
+
+// Raised inside this file only; LoadConfig turns it into a Status.
+struct ConfigError {
+  std::string message;
+};
+
+class Reader {
+ public:
+  explicit Reader(std::string file) : file_(std::move(file)) {}
+
+  [[noreturn]] void Fail(const toml::value& at, const std::string& key, const std::string& what) {
+    throw ConfigError{file_ + ":" + std::to_string(at.location().line()) + ": " + key + ": " +
+                      what};
+  }
+  [[noreturn]] void FailNoLine(const std::string& key, const std::string& what) {
+    throw ConfigError{file_ + ": " + key + ": " + what};
+  }
+
+  // Rejects keys of `table` that are not in `known`, naming the first by file:line.
+  void OnlyKnownKeys(const toml::value& table, const std::string& prefix,
+                     const std::set<std::string>& known) {
+    for (const auto& [key, value] : table.as_table()) {
+      if (!known.count(key)) {
+        Fail(value, prefix + key, "unknown key (known here: " + Join(known) + ")");
+      }
+    }
+  }
+
+  const toml::value* Find(const toml::value& table, const std::string& key) {
+    const auto& t = table.as_table();
+    auto it = t.find(key);
+    return it == t.end() ? nullptr : &it->second;
+  }
+
+  const toml::value& Table(const toml::value& root, const std::string& key) {
+    const toml::value* v = Find(root, key);
+    if (v == nullptr) return empty_;
+    if (!v->is_table()) Fail(*v, key, "expected a table");
+    return *v;
+  }
+
+  std::string String(const toml::value& v, const std::string& key) {
+    if (!v.is_string()) Fail(v, key, "expected a string, got " + TypeName(v));
+    return Interpolate(v, key, v.as_string().str);
+  }
+
+  void MaybeString(const toml::value& table, const std::string& prefix, const std::string& key,
+                   std::string* out) {
+    if (const toml::value* v = Find(table, key)) *out = String(*v, prefix + key);
+  }
+
+  void MaybeBool(const toml::value& table, const std::string& prefix, const std::string& key,
+                 bool* out) {
+    const toml::value* v = Find(table, key);
+    if (v == nullptr) return;
+    if (!v->is_boolean()) Fail(*v, prefix + key, "expected true or false, got " + TypeName(*v));
+    *out = v->as_boolean();
+  }
+
+  template <typename Int>
+  void MaybeInt(const toml::value& table, const std::string& prefix, const std::string& key,
+                Int min, Int max, Int* out) {
+    const toml::value* v = Find(table, key);
+    if (v == nullptr) return;
+    if (!v->is_integer()) Fail(*v, prefix + key, "expected an integer, got " + TypeName(*v));
+    auto n = v->as_integer();
+    if (n < static_cast<toml::integer>(min) || n > static_cast<toml::integer>(max)) {
+      Fail(*v, prefix + key,
+           "must be between " + std::to_string(min) + " and " + std::to_string(max));
+    }
+    *out = static_cast<Int>(n);
+  }
+
+  void MaybeDuration(const toml::value& table, const std::string& prefix, const std::string& key,
+                     Millis min, Millis* out) {
+    const toml::value* v = Find(table, key);
+    if (v == nullptr) return;
+    if (!v->is_string()) {
+      Fail(*v, prefix + key,
+           "expected a duration string such as \"500ms\", \"5s\", \"1m\", got " + TypeName(*v));
+    }
+    auto d = ParseDuration(String(*v, prefix + key));
+    if (!d) Fail(*v, prefix + key, "not a duration (use ms, s, m, h or d, e.g. \"1m30s\")");
+    if (*d < min) Fail(*v, prefix + key, "must be at least " + FormatDuration(min));
+    *out = *d;
+  }
+
+  // Any scalar as the text librdkafka expects.
+  std::string PropertyValue(const toml::value& v, const std::string& key) {
+    if (v.is_string()) return String(v, key);
+    if (v.is_integer()) return std::to_string(v.as_integer());
+    if (v.is_boolean()) return v.as_boolean() ? "true" : "false";
+    if (v.is_floating()) {
+      std::ostringstream out;
+      out << v.as_floating();
+      return out.str();
+    }
+    Fail(v, key, "expected a string, number or boolean, got " + TypeName(v));
+  }
+
+ private:
+  // Replaces ${NAME} with the environment variable NAME; an unset variable is an error.
+  std::string Interpolate(const toml::value& at, const std::string& key, const std::string& in) {
+    std::string out;
+    size_t i = 0;
+    while (i < in.size()) {
+      size_t start = in.find("${", i);
+      if (start == std::string::npos) {
+        out.append(in, i);
+        break;
+      }
+      size_t end = in.find('}', start);
+      if (end == std::string::npos) Fail(at, key, "unterminated ${ in value");
+      out.append(in, i, start - i);
+      std::string name = in.substr(start + 2, end - start - 2);
+      const char* value = std::getenv(name.c_str());
+      if (value == nullptr) Fail(at, key, "environment variable " + name + " is not set");
+      out += value;
+      i = end + 1;
+    }
+    return out;
+  }
+
+  static std::string TypeName(const toml::value& v) {
+    std::ostringstream out;
+    out << v.type();
+    return out.str();
+  }
+
+  static std::string Join(const std::set<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out;
+  }
+
+  std::string file_;
+  const toml::value empty_ = toml::table{};
+};
+
+// librdkafka properties that outboxd sets itself or that would break its guarantees.
+void CheckKafkaProperty(Reader& r, const toml::value& at, const std::string& name,
+                        const std::string& value) {
+  const std::string key = "kafka.properties.\"" + name + "\"";
+  if (name == "bootstrap.servers" || name == "metadata.broker.list") {
+    r.Fail(at, key, "set kafka.bootstrap_servers instead");
+  }
+  if (name == "enable.idempotence" && value != "true") {
+    r.Fail(at, key, "outboxd needs the idempotent producer (per-key order across retries)");
+  }
+  if ((name == "acks" || name == "request.required.acks") && value != "all" && value != "-1") {
+    r.Fail(at, key,
+           "outboxd removes a row only after every in-sync replica has it: acks must be all");
+  }
+  if (name == "partitioner") {
+    r.Fail(at, key, "outboxd uses murmur2_random so keys land where Java clients put them");
+  }
+  if (name == "transactional.id") {
+    r.Fail(at, key, "transactions (exactly-once mode) are not supported yet");
+  }
+  if (name.rfind("dr_", 0) == 0 || name == "opaque" || name == "error_cb") {
+    r.Fail(at, key, "callbacks are set by outboxd");
+  }
+}
+
+Config Build(const toml::value& root, const std::string& file) {
+  Reader r(file);
+  Config c;
+  c.path = file;
+  r.OnlyKnownKeys(root, "", {"postgres", "kafka", "relay", "backoff", "leadership", "log"});
+
+  const toml::value& pg = r.Table(root, "postgres");
+  r.OnlyKnownKeys(pg, "postgres.", {"conninfo"});
+  r.MaybeString(pg, "postgres.", "conninfo", &c.postgres.conninfo);
+  if (c.postgres.conninfo.empty()) r.FailNoLine("postgres.conninfo", "required (a libpq string)");
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(c.postgres.conninfo.c_str(), &err);
+  if (opts == nullptr) {
+    std::string msg = err ? err : "invalid";
+    PQfreemem(err);
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    r.Fail(*r.Find(pg, "conninfo"), "postgres.conninfo", msg);
+  }
+  PQconninfoFree(opts);
+
+  const toml::value& kafka = r.Table(root, "kafka");
+  r.OnlyKnownKeys(kafka, "kafka.", {"bootstrap_servers", "properties"});
+  r.MaybeString(kafka, "kafka.", "bootstrap_servers", &c.kafka.bootstrap_servers);
+  if (c.kafka.bootstrap_servers.empty()) r.FailNoLine("kafka.bootstrap_servers", "required");
+  const toml::value& props = r.Table(kafka, "properties");
+  for (const auto& [name, value] : props.as_table()) {
+    std::string text = r.PropertyValue(value, "kafka.properties.\"" + name + "\"");
+    CheckKafkaProperty(r, value, name, text);
+    c.kafka.properties[name] = text;
+  }
+
+  const toml::value& relay = r.Table(root, "relay");
+  const std::string p = "relay.";
+  r.OnlyKnownKeys(
+      relay, p,
+      {"batch_size", "max_in_flight", "poll_interval", "idle_poll_interval", "idle_grace", "notify",
+       "on_sent", "retention", "cleanup_interval", "shutdown_timeout", "dead_letter_topic"});
+  RelayConfig& rc = c.relay;
+  r.MaybeInt(relay, p, "batch_size", 1, 100'000, &rc.batch_size);
+  r.MaybeInt(relay, p, "max_in_flight", 1, 1'000'000, &rc.max_in_flight);
+  if (rc.max_in_flight < rc.batch_size) {
+    r.Fail(*(r.Find(relay, "max_in_flight") ? r.Find(relay, "max_in_flight")
+                                            : r.Find(relay, "batch_size")),
+           "relay.max_in_flight", "must be at least relay.batch_size");
+  }
+  r.MaybeDuration(relay, p, "poll_interval", Millis(1), &rc.poll_interval);
+  r.MaybeDuration(relay, p, "idle_poll_interval", Millis(1), &rc.idle_poll_interval);
+  r.MaybeDuration(relay, p, "idle_grace", Millis(0), &rc.idle_grace);
+  r.MaybeBool(relay, p, "notify", &rc.notify);
+  if (const toml::value* v = r.Find(relay, "on_sent")) {
+    std::string s = r.String(*v, "relay.on_sent");
+    if (s == "delete") {
+      rc.on_sent = OnSent::kDelete;
+    } else if (s == "retain") {
+      rc.on_sent = OnSent::kRetain;
+    } else {
+      r.Fail(*v, "relay.on_sent", "expected \"delete\" or \"retain\", got \"" + s + "\"");
+    }
+  }
+  r.MaybeDuration(relay, p, "retention", Millis(1000), &rc.retention);
+  r.MaybeDuration(relay, p, "cleanup_interval", Millis(1000), &rc.cleanup_interval);
+  r.MaybeDuration(relay, p, "shutdown_timeout", Millis(0), &rc.shutdown_timeout);
+  r.MaybeString(relay, p, "dead_letter_topic", &rc.dead_letter_topic);
+
+  const toml::value& backoff = r.Table(root, "backoff");
+  r.OnlyKnownKeys(backoff, "backoff.", {"initial", "max"});
+  r.MaybeDuration(backoff, "backoff.", "initial", Millis(1), &c.backoff.initial);
+  r.MaybeDuration(backoff, "backoff.", "max", Millis(1), &c.backoff.max);
+  if (c.backoff.max < c.backoff.initial) {
+    r.FailNoLine("backoff.max", "must be at least backoff.initial");
+  }
+
+  const toml::value& lead = r.Table(root, "leadership");
+  r.OnlyKnownKeys(lead, "leadership.", {"lock_id", "retry_interval"});
+  r.MaybeInt(lead, "leadership.", "lock_id", INT64_MIN, INT64_MAX, &c.leadership.lock_id);
+  r.MaybeDuration(lead, "leadership.", "retry_interval", Millis(10), &c.leadership.retry_interval);
+
+  const toml::value& log = r.Table(root, "log");
+  r.OnlyKnownKeys(log, "log.", {"level"});
+  if (const toml::value* v = r.Find(log, "level")) {
+    std::string level = r.String(*v, "log.level");
+    static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
+    if (!kLevels.count(level))
+      r.Fail(*v, "log.level", "expected trace, debug, info, warn or error");
+    c.log.level = level;
+  }
+  return c;
+}
+
+// toml11's syntax errors read "[error] toml::parse_...: msg\n --> file\n   |\n 3 | ...".
+// Keeps that text, prefixed with file:line so the first line says where.
+std::string SyntaxMessage(const std::string& file, const std::exception& e,
+                          const toml::source_location& where) {
+  return file + ":" + std::to_string(where.line()) + ": syntax error\n" + e.what();
+}
+
+}  // namespace
+
+Result<Config> ParseConfig(const std::string& text, const std::string& name) {
+  std::istringstream in(text);
+  try {
+    toml::value root = toml::parse(in, name);
+    return Build(root, name);
+  } catch (const ConfigError& e) {
+    return Status::Invalid(e.message);
+  } catch (const toml::syntax_error& e) {
+    return Status::Invalid(SyntaxMessage(name, e, e.location()));
+  } catch (const toml::exception& e) {
+    return Status::Invalid(SyntaxMessage(name, e, e.location()));
+  }
+}
+
+Result<Config> LoadConfig(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::Invalid(path + ": cannot open configuration file");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return ParseConfig(text.str(), path);
+}
+
+}  // namespace outboxd

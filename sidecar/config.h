@@ -1,0 +1,69 @@
+// Config: the TOML file as a plain struct, validated. Every field's default is here and in
+// config/outboxd.toml; the two are kept in step by a unit test that loads that file.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "duration.h"
+#include "status.h"
+
+namespace outboxd {
+
+enum class OnSent { kDelete, kRetain };
+
+struct PostgresConfig {
+  std::string conninfo;  // libpq connection string; required
+};
+
+struct KafkaConfig {
+  std::string bootstrap_servers;                  // required
+  std::map<std::string, std::string> properties;  // passed to librdkafka as they are
+};
+
+struct RelayConfig {
+  int batch_size = 1000;             // rows fetched per query
+  int max_in_flight = 20000;         // produced but not yet acknowledged messages, at most
+  Millis poll_interval{1000};        // longest sleep when idle (and the fallback without NOTIFY)
+  Millis idle_poll_interval{10};     // polls this often for idle_grace after the last row
+  Millis idle_grace{200};            // then sets the sleeping flag and waits for NOTIFY
+  bool notify = true;                // wake on NOTIFY from outbox.publish when asleep
+  OnSent on_sent = OnSent::kDelete;  // delete acknowledged rows, or set sent_at and keep them
+  Millis retention{86'400'000};      // on_sent = "retain": how long sent rows are kept
+  Millis cleanup_interval{60'000};   // on_sent = "retain": how often old sent rows are removed
+  Millis shutdown_timeout{10'000};   // SIGTERM: longest wait for outstanding acknowledgements
+  std::string dead_letter_topic;     // empty: poison rows go to outbox.dead_letters only
+};
+
+struct BackoffConfig {
+  Millis initial{100};
+  Millis max{10'000};
+};
+
+struct LeadershipConfig {
+  int64_t lock_id = 7'299'548'542'091'251'572;  // advisory lock key; one per outbox
+  Millis retry_interval{1000};                  // how often a standby tries to take over
+};
+
+struct LogConfig {
+  std::string level = "info";
+};
+
+struct Config {
+  std::string path;  // the file it was read from
+  PostgresConfig postgres;
+  KafkaConfig kafka;
+  RelayConfig relay;
+  BackoffConfig backoff;
+  LeadershipConfig leadership;
+  LogConfig log;
+};
+
+// Reads and validates a configuration file. On failure the Status message names the file, the
+// line and the key, e.g. "outboxd.toml:12: relay.batch_size: expected an integer".
+Result<Config> LoadConfig(const std::string& path);
+// The same, from text (tests); `name` stands in for the file name in messages.
+Result<Config> ParseConfig(const std::string& text, const std::string& name);
+
+}  // namespace outboxd

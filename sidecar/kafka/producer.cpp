@@ -1,0 +1,162 @@
+#include "kafka/producer.h"
+
+#include <spdlog/spdlog.h>
+
+namespace outboxd {
+
+DeliveryReport::Outcome ClassifyDeliveryError(rd_kafka_resp_err_t err) {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR_NO_ERROR:
+      return DeliveryReport::Outcome::kPersisted;
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:  // larger than the broker or producer accepts
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:  // invalid topic name
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+      return DeliveryReport::Outcome::kPermanent;
+    default:
+      return DeliveryReport::Outcome::kRetriable;
+  }
+}
+
+std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config) {
+  std::map<std::string, std::string> p = {
+      {"client.id", "outboxd"},
+      {"linger.ms", "5"},
+      {"socket.keepalive.enable", "true"},
+  };
+  for (const auto& [k, v] : config.properties) p[k] = v;
+  // The guarantees, which Config already refuses to let anyone change.
+  p["bootstrap.servers"] = config.bootstrap_servers;
+  p["enable.idempotence"] = "true";
+  p["acks"] = "all";
+  p["partitioner"] = "murmur2_random";
+  return p;
+}
+
+Result<PublisherPtr> KafkaPublisher::Create(const KafkaConfig& config) {
+  KafkaConfPtr conf(rd_kafka_conf_new());
+  char err[512];
+  for (const auto& [k, v] : ProducerProperties(config)) {
+    if (rd_kafka_conf_set(conf.get(), k.c_str(), v.c_str(), err, sizeof(err)) != RD_KAFKA_CONF_OK) {
+      return Status::Invalid("kafka.properties \"" + k + "\": " + err);
+    }
+  }
+  std::unique_ptr<KafkaPublisher> pub(new KafkaPublisher());
+  rd_kafka_conf_set_opaque(conf.get(), pub.get());
+  rd_kafka_conf_set_dr_msg_cb(conf.get(), &KafkaPublisher::OnDelivery);
+  rd_kafka_conf_set_error_cb(conf.get(), &KafkaPublisher::OnError);
+  rd_kafka_conf_set_log_cb(conf.get(),
+                           [](const rd_kafka_t*, int level, const char* fac, const char* buf) {
+                             // librdkafka's syslog levels: 0-3 errors, 4 warning, 5-6 info, 7
+                             // debug.
+                             auto lvl = level <= 3   ? spdlog::level::err
+                                        : level == 4 ? spdlog::level::warn
+                                                     : spdlog::level::debug;
+                             spdlog::log(lvl, "kafka {}: {}", fac, buf);
+                           });
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof(err));
+  if (rk == nullptr) return Status::Invalid(std::string("kafka producer: ") + err);
+  conf.release();  // rd_kafka_new took ownership on success
+  pub->rk_.reset(rk);
+  return PublisherPtr(std::move(pub));
+}
+
+KafkaPublisher::~KafkaPublisher() {
+  if (!rk_) return;
+  // Whatever is still queued is failed locally; its rows stay in the outbox.
+  rd_kafka_purge(rk_.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+  rd_kafka_poll(rk_.get(), 0);
+  topics_.clear();
+}
+
+rd_kafka_topic_t* KafkaPublisher::Topic(const std::string& name) {
+  auto it = topics_.find(name);
+  if (it != topics_.end()) return it->second.get();
+  rd_kafka_topic_t* t = rd_kafka_topic_new(rk_.get(), name.c_str(), nullptr);
+  if (t == nullptr) return nullptr;
+  topics_.emplace(name, KafkaTopicPtr(t));
+  return t;
+}
+
+Status KafkaPublisher::Produce(const OutgoingMessage& m, uint64_t token) {
+  rd_kafka_topic_t* topic = Topic(*m.topic);
+  if (topic == nullptr) {
+    return Status::Permanent("invalid topic \"" + *m.topic +
+                             "\": " + rd_kafka_err2str(rd_kafka_last_error()));
+  }
+  rd_kafka_headers_t* headers = rd_kafka_headers_new(m.headers->size());
+  for (const auto& [name, value] : *m.headers) {
+    rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()),
+                        value ? value->data() : nullptr,
+                        value ? static_cast<ssize_t>(value->size()) : 0);
+  }
+  // The RD_KAFKA_V_* macros cast their arguments textually: pass plain variables.
+  const void* key = m.key->has_value() ? (*m.key)->data() : nullptr;
+  size_t key_len = m.key->has_value() ? (*m.key)->size() : 0;
+  void* value = m.payload->has_value() ? const_cast<char*>((*m.payload)->data()) : nullptr;
+  size_t value_len = m.payload->has_value() ? (*m.payload)->size() : 0;
+  void* opaque = reinterpret_cast<void*>(token);
+  rd_kafka_resp_err_t err =
+      rd_kafka_producev(rk_.get(), RD_KAFKA_V_RKT(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                        RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, value_len),
+                        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return Status::Ok();
+  rd_kafka_headers_destroy(headers);  // ownership passes only on success
+  std::string what = rd_kafka_err2str(err);
+  if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return Status::QueueFull(what);
+  if (err == RD_KAFKA_RESP_ERR__FATAL) return Status::Fatal(FatalError().value_or(what));
+  if (ClassifyDeliveryError(err) == DeliveryReport::Outcome::kPermanent) {
+    return Status::Permanent(what);
+  }
+  return Status::Unavailable(what);
+}
+
+void KafkaPublisher::Poll(Millis timeout, std::vector<DeliveryReport>* reports) {
+  sink_ = reports;
+  rd_kafka_poll(rk_.get(), static_cast<int>(timeout.count()));
+  sink_ = nullptr;
+}
+
+void KafkaPublisher::OnDelivery(rd_kafka_t*, const rd_kafka_message_t* msg, void* opaque) {
+  auto* self = static_cast<KafkaPublisher*>(opaque);
+  DeliveryReport r;
+  r.token = reinterpret_cast<uint64_t>(msg->_private);
+  r.outcome = ClassifyDeliveryError(msg->err);
+  if (r.outcome == DeliveryReport::Outcome::kPersisted &&
+      rd_kafka_message_status(msg) != RD_KAFKA_MSG_STATUS_PERSISTED) {
+    r.outcome = DeliveryReport::Outcome::kRetriable;  // never remove what is not persisted
+  }
+  if (msg->err) r.error = rd_kafka_err2str(msg->err);
+  if (self->sink_) self->sink_->push_back(std::move(r));
+}
+
+void KafkaPublisher::OnError(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
+  auto* self = static_cast<KafkaPublisher*>(opaque);
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
+    char buf[512];
+    rd_kafka_fatal_error(rk, buf, sizeof(buf));
+    spdlog::error("kafka: fatal producer error: {}", buf);
+    return;
+  }
+  // Transport errors repeat while a broker is down; say each distinct one once.
+  std::string text = reason ? reason : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
+  if (text != self->last_error_) {
+    self->last_error_ = text;
+    spdlog::warn("kafka: {}", text);
+  }
+}
+
+std::optional<std::string> KafkaPublisher::FatalError() {
+  char buf[512];
+  rd_kafka_resp_err_t err = rd_kafka_fatal_error(rk_.get(), buf, sizeof(buf));
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return std::nullopt;
+  return std::string(rd_kafka_err2name(err)) + ": " + buf;
+}
+
+void KafkaPublisher::PurgeAll() {
+  rd_kafka_purge(rk_.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+}
+
+}  // namespace outboxd

@@ -1,0 +1,61 @@
+// KafkaPublisher: RAII over a librdkafka idempotent producer (C API). Delivery reports and errors
+// are served by Poll on the caller's thread; librdkafka codes are mapped to outcomes in one place
+// (ClassifyDeliveryError). Move-only through its unique_ptr; used by the relay thread only.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include <librdkafka/rdkafka.h>
+
+#include "config.h"
+#include "publisher.h"
+
+namespace outboxd {
+
+struct KafkaDeleter {
+  void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
+};
+struct KafkaConfDeleter {
+  void operator()(rd_kafka_conf_t* c) const { rd_kafka_conf_destroy(c); }
+};
+struct KafkaTopicDeleter {
+  void operator()(rd_kafka_topic_t* t) const { rd_kafka_topic_destroy(t); }
+};
+using KafkaPtr = std::unique_ptr<rd_kafka_t, KafkaDeleter>;
+using KafkaConfPtr = std::unique_ptr<rd_kafka_conf_t, KafkaConfDeleter>;
+using KafkaTopicPtr = std::unique_ptr<rd_kafka_topic_t, KafkaTopicDeleter>;
+
+// The outcome that a librdkafka error gives a message.
+DeliveryReport::Outcome ClassifyDeliveryError(rd_kafka_resp_err_t err);
+
+// The producer settings outboxd applies: its guarantees first, then the user's properties.
+std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config);
+
+class KafkaPublisher : public Publisher {
+ public:
+  // Builds a producer; Invalid when librdkafka rejects a property (named in the message).
+  static Result<PublisherPtr> Create(const KafkaConfig& config);
+  ~KafkaPublisher() override;
+
+  Status Produce(const OutgoingMessage& message, uint64_t token) override;
+  void Poll(Millis timeout, std::vector<DeliveryReport>* reports) override;
+  std::optional<std::string> FatalError() override;
+  void PurgeAll() override;
+
+ private:
+  KafkaPublisher() = default;
+  static void OnDelivery(rd_kafka_t* rk, const rd_kafka_message_t* msg, void* opaque);
+  static void OnError(rd_kafka_t* rk, int err, const char* reason, void* opaque);
+  rd_kafka_topic_t* Topic(const std::string& name);
+
+  // The topic handles must go before the producer, so they are declared after it.
+  KafkaPtr rk_;
+  std::unordered_map<std::string, KafkaTopicPtr> topics_;
+  std::vector<DeliveryReport>* sink_ = nullptr;  // set during Poll only
+  std::string last_error_;
+};
+
+}  // namespace outboxd

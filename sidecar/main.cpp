@@ -1,0 +1,120 @@
+// outboxd: flags, signals and exit codes. Everything else lives in the library.
+//   exit 0: success · exit 2: bad configuration or usage · exit 1: runtime failure
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include "config.h"
+#include "kafka/producer.h"
+#include "log.h"
+#include "migrate.h"
+#include "outbox_store.h"
+#include "pg/connection.h"
+#include "relay.h"
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitRuntime = 1;
+constexpr int kExitConfig = 2;
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) { g_stop.store(true); }
+
+void InstallSignalHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+outboxd::Result<outboxd::Config> Load(const std::string& path) {
+  auto config = outboxd::LoadConfig(path);
+  if (!config.ok()) std::cerr << "outboxd: " << config.status().message() << "\n";
+  return config;
+}
+
+int Run(const outboxd::Config& config) {
+  outboxd::InitLogging(config.log.level);
+  spdlog::info("outboxd {} starting: config {}, kafka {}", OUTBOXD_VERSION, config.path,
+               config.kafka.bootstrap_servers);
+  // Build one producer now, so that a property librdkafka rejects is a configuration error.
+  if (auto probe = outboxd::KafkaPublisher::Create(config.kafka); !probe.ok()) {
+    spdlog::error("{}: {}", config.path, probe.status().message());
+    return kExitConfig;
+  }
+  InstallSignalHandlers();
+  outboxd::PgOutboxStore store(config);
+  outboxd::Relay relay(config, store,
+                       [&config] { return outboxd::KafkaPublisher::Create(config.kafka); });
+  outboxd::Status s = relay.Run(g_stop);
+  if (!s.ok()) {
+    spdlog::error("{}", s.message());
+    return s.code() == outboxd::Status::Code::kInvalid ? kExitConfig : kExitRuntime;
+  }
+  return kExitOk;
+}
+
+int Migrate(const outboxd::Config& config) {
+  outboxd::InitLogging(config.log.level);
+  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd migrate");
+  if (!conn.ok()) {
+    spdlog::error("{}", conn.status().message());
+    return kExitRuntime;
+  }
+  auto applied = outboxd::ApplyMigrations(*conn);
+  if (!applied.ok()) {
+    spdlog::error("{}", applied.status().message());
+    return kExitRuntime;
+  }
+  std::cout << "schema current: " << *applied << " migration(s) applied, "
+            << outboxd::EmbeddedMigrations().size() << " known\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"outboxd: a transactional outbox relay from PostgreSQL to Kafka"};
+  std::string config_path = "/etc/outboxd/outboxd.toml";
+  app.add_option("-c,--config", config_path, "configuration file")
+      ->envname("OUTBOXD_CONFIG")
+      ->capture_default_str();
+  app.require_subcommand(0, 1);
+  auto* run = app.add_subcommand("run", "deliver outbox messages to Kafka (the default)");
+  auto* migrate = app.add_subcommand("migrate", "apply pending schema migrations, then exit");
+  auto* check = app.add_subcommand("check-config", "validate the configuration without connecting");
+  auto* version = app.add_subcommand("version", "print the version");
+  for (auto* sub : {run, migrate, check}) {
+    sub->add_option("-c,--config", config_path, "configuration file")->envname("OUTBOXD_CONFIG");
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitConfig;
+  }
+
+  if (*version) {
+    std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
+    return kExitOk;
+  }
+  auto config = Load(config_path);
+  if (!config.ok()) return kExitConfig;
+  if (*check) {
+    std::cout << config_path << ": ok\n";
+    return kExitOk;
+  }
+  if (*migrate) return Migrate(*config);
+  return Run(*config);
+}

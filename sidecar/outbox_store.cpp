@@ -1,0 +1,197 @@
+#include "outbox_store.h"
+
+#include <algorithm>
+
+#include <spdlog/spdlog.h>
+
+#include "migrate.h"
+
+namespace outboxd {
+namespace {
+
+// Row 0 carries the statement's snapshot; then late rows (inside the gaps), then fresh rows.
+// Results are binary: id is int8, the rest raw bytes.
+constexpr const char* kFetchSql = R"sql(
+SELECT 0 AS branch, NULL::bigint AS id, pg_current_snapshot()::text AS topic, NULL::text AS key,
+       NULL::bytea AS payload, NULL::text AS headers
+UNION ALL
+(SELECT 1, m.id, m.topic, m.key, m.payload, m.headers::text
+   FROM unnest($2::bigint[], $3::bigint[]) AS g(first, last)
+   JOIN outbox.messages m ON m.id BETWEEN g.first AND g.last
+  WHERE m.sent_at IS NULL
+  ORDER BY m.id LIMIT $4)
+UNION ALL
+(SELECT 2, id, topic, key, payload, headers::text
+   FROM outbox.messages
+  WHERE id > $1 AND sent_at IS NULL
+  ORDER BY id LIMIT $4))sql";
+
+constexpr const char* kDeleteSql = "DELETE FROM outbox.messages WHERE id = ANY($1::bigint[])";
+constexpr const char* kRetainSql =
+    "UPDATE outbox.messages SET sent_at = now() WHERE id = ANY($1::bigint[]) AND sent_at IS NULL";
+constexpr const char* kDeadLetterSql = R"sql(
+WITH moved AS (DELETE FROM outbox.messages WHERE id = $1
+               RETURNING id, topic, key, payload, headers, created_at)
+INSERT INTO outbox.dead_letters (id, topic, key, payload, headers, created_at, error)
+SELECT id, topic, key, payload, headers, created_at, $2 FROM moved
+ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now())sql";
+constexpr const char* kSleepSql = "UPDATE outbox.relay_state SET sleeping = $1";
+constexpr const char* kCleanupSql = R"sql(
+DELETE FROM outbox.messages WHERE id IN (
+  SELECT id FROM outbox.messages WHERE sent_at < now() - $1::interval LIMIT 10000))sql";
+
+}  // namespace
+
+PgOutboxStore::PgOutboxStore(const Config& config)
+    : conninfo_(config.postgres.conninfo),
+      lock_id_(config.leadership.lock_id),
+      batch_size_(config.relay.batch_size),
+      notify_(config.relay.notify),
+      on_sent_(config.relay.on_sent) {}
+
+Status PgOutboxStore::Failed(const Status& s) {
+  if (conn_ && !conn_->healthy()) Disconnect();
+  return s;
+}
+
+void PgOutboxStore::Disconnect() {
+  if (leader_) spdlog::warn("leadership released: PostgreSQL connection closed");
+  conn_.reset();
+  leader_ = false;
+  window_.Reset();
+}
+
+Status PgOutboxStore::Lead() {
+  if (conn_ && leader_ && conn_->healthy()) return Status::Ok();
+  if (!conn_ || !conn_->healthy()) {
+    leader_ = false;
+    auto c = pg::Connection::Open(conninfo_, "outboxd");
+    if (!c.ok()) return c.status();
+    conn_.emplace(std::move(*c));
+  }
+  pg::Params p;
+  p.Add(lock_id_);
+  auto r = conn_->Query("SELECT pg_try_advisory_lock($1::bigint)", p);
+  if (!r.ok()) return Failed(r.status());
+  if (r->Get(0, 0) != "t") return Status::NotLeader("another outboxd instance holds the outbox");
+  if (Status s = CheckSchemaCurrent(*conn_); !s.ok()) {
+    Disconnect();
+    return s;
+  }
+  if (Status s = Prepare(); !s.ok()) {
+    Disconnect();
+    return s;
+  }
+  leader_ = true;
+  window_.Reset();
+  // A previous leader may have died asleep; until a relay sleeps again nobody needs a NOTIFY.
+  return SetSleeping(false);
+}
+
+Status PgOutboxStore::Prepare() {
+  Status s = conn_->Prepare("fetch", kFetchSql);
+  if (s.ok())
+    s = conn_->Prepare("mark_sent", on_sent_ == OnSent::kDelete ? kDeleteSql : kRetainSql);
+  if (s.ok()) s = conn_->Prepare("dead_letter", kDeadLetterSql);
+  if (s.ok()) s = conn_->Prepare("sleep", kSleepSql);
+  if (s.ok() && notify_) s = conn_->Exec("LISTEN outbox");
+  return s;
+}
+
+Status PgOutboxStore::FetchBatch(std::vector<OutboxRow>* rows) {
+  rows->clear();
+  if (!leader_) return Status::NotLeader("not leading");
+  pg::Params p;
+  p.Add(window_.hi()).Add(window_.GapStarts()).Add(window_.GapEnds()).Add(int64_t{batch_size_});
+  auto r = conn_->ExecPrepared("fetch", p, /*binary_results=*/true);
+  if (!r.ok()) return Failed(r.status());
+  std::optional<Snapshot> snap;
+  std::vector<int64_t> late_ids, fresh_ids;
+  rows->reserve(r->rows());
+  for (int i = 0; i < r->rows(); ++i) {
+    int64_t branch = r->GetBinaryInt(i, 0);
+    if (branch == 0) {
+      snap = Snapshot::Parse(r->Get(i, 2));
+      if (!snap) return Status::Invalid("cannot parse snapshot " + std::string(r->Get(i, 2)));
+      continue;
+    }
+    OutboxRow row;
+    row.id = r->GetBinaryInt(i, 1);
+    row.topic = r->Get(i, 2);
+    if (!r->IsNull(i, 3)) row.key = std::string(r->Get(i, 3));
+    if (!r->IsNull(i, 4)) row.payload = std::string(r->Get(i, 4));
+    row.headers = r->Get(i, 5);
+    (branch == 1 ? late_ids : fresh_ids).push_back(row.id);
+    rows->push_back(std::move(row));
+  }
+  if (!snap) return Status::Invalid("fetch returned no snapshot row");
+  // Late ids are all below hi and fresh ones above it, so id order puts the late rows first.
+  std::sort(rows->begin(), rows->end(),
+            [](const OutboxRow& a, const OutboxRow& b) { return a.id < b.id; });
+  std::sort(fresh_ids.begin(), fresh_ids.end());
+  bool late_full = static_cast<int>(late_ids.size()) >= batch_size_;
+  if (!window_.Apply(*snap, late_ids, late_full, fresh_ids)) {
+    rows->resize(late_ids.size());
+  }
+  if (!late_ids.empty()) {
+    spdlog::debug("fetched {} late rows (committed after higher ids)", late_ids.size());
+  }
+  return Status::Ok();
+}
+
+Status PgOutboxStore::MarkSent(const std::vector<int64_t>& ids) {
+  if (ids.empty()) return Status::Ok();
+  if (!leader_) return Status::NotLeader("not leading");
+  pg::Params p;
+  p.Add(pg::ArrayLiteral(ids));
+  return Failed(conn_->ExecPrepared("mark_sent", p).status());
+}
+
+Status PgOutboxStore::DeadLetter(int64_t id, const std::string& error) {
+  if (!leader_) return Status::NotLeader("not leading");
+  pg::Params p;
+  p.Add(id).Add(error);
+  return Failed(conn_->ExecPrepared("dead_letter", p).status());
+}
+
+Status PgOutboxStore::SetSleeping(bool sleeping) {
+  if (!leader_) return Status::NotLeader("not leading");
+  pg::Params p;
+  p.Add(std::string(sleeping ? "true" : "false"));
+  return Failed(conn_->ExecPrepared("sleep", p).status());
+}
+
+Result<bool> PgOutboxStore::WaitForNotify(Millis timeout) {
+  if (!leader_) return Status::NotLeader("not leading");
+  auto r = conn_->WaitForNotifications(timeout);
+  if (!r.ok()) return Failed(r.status());
+  return *r > 0;
+}
+
+Result<std::optional<OutboxRow>> PgOutboxStore::FetchRow(int64_t id) {
+  if (!leader_) return Status::NotLeader("not leading");
+  pg::Params p;
+  p.Add(id);
+  auto r = conn_->Query(
+      "SELECT topic, key, payload, headers::text FROM outbox.messages WHERE id = $1", p, true);
+  if (!r.ok()) return Failed(r.status());
+  if (r->rows() == 0) return std::optional<OutboxRow>();
+  OutboxRow row;
+  row.id = id;
+  row.topic = r->Get(0, 0);
+  if (!r->IsNull(0, 1)) row.key = std::string(r->Get(0, 1));
+  if (!r->IsNull(0, 2)) row.payload = std::string(r->Get(0, 2));
+  row.headers = r->Get(0, 3);
+  return std::optional<OutboxRow>(std::move(row));
+}
+
+Result<int64_t> PgOutboxStore::RemoveSentBefore(Millis retention) {
+  if (!leader_) return Status::NotLeader("not leading");
+  pg::Params p;
+  p.Add(std::to_string(retention.count()) + " milliseconds");
+  auto r = conn_->Query(kCleanupSql, p);
+  if (!r.ok()) return Failed(r.status());
+  return r->Affected();
+}
+
+}  // namespace outboxd

@@ -1,0 +1,91 @@
+// OutboxStore: the outbox's SQL, behind an interface so the relay can be tested without services.
+// PgOutboxStore owns one PostgreSQL connection, which also holds the leadership lock: a statement
+// that succeeds on it proves this instance still leads, so no row is removed by a deposed leader.
+// Used by the relay thread only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "duration.h"
+#include "pg/connection.h"
+#include "scan_window.h"
+#include "status.h"
+
+namespace outboxd {
+
+struct OutboxRow {
+  int64_t id = 0;
+  std::string topic;
+  std::optional<std::string> key;      // nullopt: no key
+  std::optional<std::string> payload;  // nullopt: a tombstone
+  std::string headers = "{}";          // the row's jsonb, as text
+};
+
+class OutboxStore {
+ public:
+  virtual ~OutboxStore() = default;
+
+  // Connects if needed and takes leadership. NotLeader: another instance leads (try again later);
+  // Unavailable: PostgreSQL is down; Invalid: the schema is missing or old.
+  virtual Status Lead() = 0;
+  // Drops the connection, and with it leadership; the scan starts over on the next Lead().
+  virtual void Disconnect() = 0;
+  // The next rows in id order: rows committed since the last fetch, including late commits of
+  // lower ids, never a row returned before (unless Rewind asked for it again).
+  virtual Status FetchBatch(std::vector<OutboxRow>* rows) = 0;
+  // The rows from `first_unacked` on will be fetched again.
+  virtual void Rewind(int64_t first_unacked) = 0;
+  // Acknowledged rows leave the unsent set: deleted, or sent_at set (on_sent = "retain").
+  virtual Status MarkSent(const std::vector<int64_t>& ids) = 0;
+  // Moves a poison row to outbox.dead_letters with the error.
+  virtual Status DeadLetter(int64_t id, const std::string& error) = 0;
+  // One row by id (for its dead-letter copy); nullopt if it is gone.
+  virtual Result<std::optional<OutboxRow>> FetchRow(int64_t id) = 0;
+  // The wake-up flag that outbox.publish() reads: NOTIFY only while the relay sleeps.
+  virtual Status SetSleeping(bool sleeping) = 0;
+  // Waits for a NOTIFY or the timeout: true if notified; an error if the connection broke.
+  virtual Result<bool> WaitForNotify(Millis timeout) = 0;
+  // on_sent = "retain": removes sent rows older than `retention`. Returns rows removed.
+  virtual Result<int64_t> RemoveSentBefore(Millis retention) = 0;
+};
+
+using OutboxStorePtr = std::unique_ptr<OutboxStore>;
+
+class PgOutboxStore : public OutboxStore {
+ public:
+  PgOutboxStore(const Config& config);
+
+  Status Lead() override;
+  void Disconnect() override;
+  Status FetchBatch(std::vector<OutboxRow>* rows) override;
+  void Rewind(int64_t first_unacked) override { window_.Rewind(first_unacked); }
+  Status MarkSent(const std::vector<int64_t>& ids) override;
+  Status DeadLetter(int64_t id, const std::string& error) override;
+  Result<std::optional<OutboxRow>> FetchRow(int64_t id) override;
+  Status SetSleeping(bool sleeping) override;
+  Result<bool> WaitForNotify(Millis timeout) override;
+  Result<int64_t> RemoveSentBefore(Millis retention) override;
+
+ private:
+  Status Prepare();
+  // Turns a failed statement into a Status, dropping a broken connection.
+  Status Failed(const Status& s);
+
+  // Constant after construction.
+  const std::string conninfo_;
+  const int64_t lock_id_;
+  const int batch_size_;
+  const bool notify_;
+  const OnSent on_sent_;
+
+  std::optional<pg::Connection> conn_;
+  bool leader_ = false;
+  ScanWindow window_;
+};
+
+}  // namespace outboxd

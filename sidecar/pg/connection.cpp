@@ -1,0 +1,137 @@
+#include "connection.h"
+
+#include <poll.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace outboxd::pg {
+
+int64_t PgResult::GetBinaryInt(int row, int col) const {
+  const auto* p = reinterpret_cast<const unsigned char*>(PQgetvalue(r_.get(), row, col));
+  int len = PQgetlength(r_.get(), row, col);
+  uint64_t v = 0;
+  for (int i = 0; i < len; ++i) v = (v << 8) | p[i];
+  if (len == 4) return static_cast<int32_t>(static_cast<uint32_t>(v));
+  return static_cast<int64_t>(v);
+}
+
+int64_t PgResult::GetInt(int row, int col) const { return std::stoll(std::string(Get(row, col))); }
+
+int64_t PgResult::Affected() const {
+  const char* n = PQcmdTuples(r_.get());
+  return (n == nullptr || *n == '\0') ? 0 : std::stoll(n);
+}
+
+Params& Params::Add(std::string value) {
+  values_.push_back(std::move(value));
+  nulls_.push_back(false);
+  return *this;
+}
+
+Params& Params::AddNull() {
+  values_.emplace_back();
+  nulls_.push_back(true);
+  return *this;
+}
+
+std::vector<const char*> Params::Pointers() const {
+  std::vector<const char*> out;
+  out.reserve(values_.size());
+  for (size_t i = 0; i < values_.size(); ++i)
+    out.push_back(nulls_[i] ? nullptr : values_[i].c_str());
+  return out;
+}
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string ArrayLiteral(const std::vector<int64_t>& values) {
+  std::string out = "{";
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(values[i]);
+  }
+  out += '}';
+  return out;
+}
+
+Result<Connection> Connection::Open(const std::string& conninfo,
+                                    const std::string& application_name) {
+  // Defaults first; the user's conninfo (expanded from "dbname") overrides any of them.
+  const char* keys[] = {"connect_timeout",     "keepalives",       "keepalives_idle",
+                        "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                        "application_name",    "dbname",           nullptr};
+  const char* values[] = {
+      "10", "1", "5", "2", "3", "10000", application_name.c_str(), conninfo.c_str(), nullptr};
+  ConnPtr conn(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
+  if (!conn) return Status::Unavailable("PostgreSQL: out of memory");
+  if (PQstatus(conn.get()) != CONNECTION_OK) {
+    return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn.get())));
+  }
+  return Connection(std::move(conn));
+}
+
+Result<PgResult> Connection::Check(PGresult* raw) {
+  ResultPtr r(raw);
+  if (!r) return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
+  ExecStatusType st = PQresultStatus(r.get());
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return PgResult(std::move(r));
+  const char* state = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
+  std::string msg = "PostgreSQL: " + Trim(PQresultErrorMessage(r.get()));
+  if (state != nullptr) msg += " (SQLSTATE " + std::string(state) + ")";
+  // A broken connection, a server shutting down (57P*) or a connection failure (08*) is transient.
+  if (!healthy() ||
+      (state && (std::strncmp(state, "57P", 3) == 0 || std::strncmp(state, "08", 2) == 0))) {
+    return Status::Unavailable(msg);
+  }
+  return Status::Invalid(msg);
+}
+
+Status Connection::Exec(const std::string& sql) {
+  auto r = Check(PQexec(conn_.get(), sql.c_str()));
+  return r.status();
+}
+
+Result<PgResult> Connection::Query(const std::string& sql, const Params& params,
+                                   bool binary_results) {
+  auto ptrs = params.Pointers();
+  return Check(PQexecParams(conn_.get(), sql.c_str(), params.size(), nullptr, ptrs.data(), nullptr,
+                            nullptr, binary_results ? 1 : 0));
+}
+
+Status Connection::Prepare(const std::string& name, const std::string& sql) {
+  return Check(PQprepare(conn_.get(), name.c_str(), sql.c_str(), 0, nullptr)).status();
+}
+
+Result<PgResult> Connection::ExecPrepared(const std::string& name, const Params& params,
+                                          bool binary_results) {
+  auto ptrs = params.Pointers();
+  return Check(PQexecPrepared(conn_.get(), name.c_str(), params.size(), ptrs.data(), nullptr,
+                              nullptr, binary_results ? 1 : 0));
+}
+
+Result<int> Connection::DrainNotifications() {
+  if (PQconsumeInput(conn_.get()) == 0) {
+    return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
+  }
+  int count = 0;
+  while (PGnotify* n = PQnotifies(conn_.get())) {
+    PQfreemem(n);
+    ++count;
+  }
+  return count;
+}
+
+Result<int> Connection::WaitForNotifications(Millis timeout) {
+  auto drained = DrainNotifications();
+  if (!drained.ok() || *drained > 0) return drained;
+  pollfd pfd{PQsocket(conn_.get()), POLLIN, 0};
+  int rc = ::poll(&pfd, 1, static_cast<int>(timeout.count()));
+  if (rc < 0 && errno != EINTR) return Status::Unavailable(std::string("poll: ") + strerror(errno));
+  return DrainNotifications();
+}
+
+}  // namespace outboxd::pg

@@ -1,0 +1,101 @@
+// RAII over libpq: Connection owns a PGconn, PgResult owns a PGresult. libpq errors are mapped to
+// Status in one place (Connection::Check). Move-only; one thread uses a Connection at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <libpq-fe.h>
+
+#include "duration.h"
+#include "status.h"
+
+namespace outboxd::pg {
+
+struct ConnDeleter {
+  void operator()(PGconn* c) const { PQfinish(c); }
+};
+struct ResultDeleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using ConnPtr = std::unique_ptr<PGconn, ConnDeleter>;
+using ResultPtr = std::unique_ptr<PGresult, ResultDeleter>;
+
+class PgResult {
+ public:
+  explicit PgResult(ResultPtr r) : r_(std::move(r)) {}
+  int rows() const { return PQntuples(r_.get()); }
+  bool IsNull(int row, int col) const { return PQgetisnull(r_.get(), row, col) != 0; }
+  std::string_view Get(int row, int col) const {
+    return {PQgetvalue(r_.get(), row, col), static_cast<size_t>(PQgetlength(r_.get(), row, col))};
+  }
+  // A binary-format int8 or int4 column.
+  int64_t GetBinaryInt(int row, int col) const;
+  // A text-format integer column.
+  int64_t GetInt(int row, int col) const;
+  // Rows touched by INSERT/UPDATE/DELETE.
+  int64_t Affected() const;
+
+ private:
+  ResultPtr r_;
+};
+
+// A parameter list for PQexecParams / PQexecPrepared: all text format; nullopt is SQL NULL.
+class Params {
+ public:
+  Params& Add(std::string value);
+  Params& AddNull();
+  Params& Add(int64_t value) { return Add(std::to_string(value)); }
+  int size() const { return static_cast<int>(values_.size()); }
+  std::vector<const char*> Pointers() const;
+
+ private:
+  std::vector<std::string> values_;
+  std::vector<bool> nulls_;
+};
+
+class Connection {
+ public:
+  // Connects (blocking, bounded by connect_timeout) with TCP keepalives, so that a dead peer is
+  // noticed within about 15 s; settings in `conninfo` take precedence over these defaults.
+  static Result<Connection> Open(const std::string& conninfo, const std::string& application_name);
+
+  Connection(Connection&&) = default;
+  Connection& operator=(Connection&&) = default;
+
+  // Runs one or more statements without parameters.
+  Status Exec(const std::string& sql);
+  // Runs a statement with text parameters; results in text (binary_results = false) or binary.
+  Result<PgResult> Query(const std::string& sql, const Params& params = Params(),
+                         bool binary_results = false);
+  // Prepares once per connection; ExecPrepared runs it.
+  Status Prepare(const std::string& name, const std::string& sql);
+  Result<PgResult> ExecPrepared(const std::string& name, const Params& params,
+                                bool binary_results = false);
+
+  // Waits until the server sent something (a notification) or the timeout passed, then reads it.
+  // Returns the number of notifications received; an error if the connection broke.
+  Result<int> WaitForNotifications(Millis timeout);
+  // Notifications already received, without waiting.
+  Result<int> DrainNotifications();
+
+  bool healthy() const { return conn_ && PQstatus(conn_.get()) == CONNECTION_OK; }
+  PGconn* raw() { return conn_.get(); }
+
+ private:
+  explicit Connection(ConnPtr conn) : conn_(std::move(conn)) {}
+  // Maps a libpq result to a Status: OK statuses pass, the rest carry SQLSTATE and message.
+  Result<PgResult> Check(PGresult* raw);
+
+  ConnPtr conn_;
+};
+
+// "{1,2,3}": a text array literal for `= ANY($1::bigint[])`.
+std::string ArrayLiteral(const std::vector<int64_t>& values);
+// libpq error text without the trailing newline.
+std::string Trim(std::string s);
+
+}  // namespace outboxd::pg

@@ -1,0 +1,57 @@
+// Publisher: the seam between the relay and Kafka, so the relay can be tested with a fake.
+// KafkaPublisher (kafka/producer.h) is the real one. Called from the relay thread only.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "duration.h"
+#include "status.h"
+
+namespace outboxd {
+
+using Headers = std::vector<std::pair<std::string, std::optional<std::string>>>;
+
+struct OutgoingMessage {
+  const std::string* topic;
+  const std::optional<std::string>* key;
+  const std::optional<std::string>* payload;
+  const Headers* headers;
+};
+
+// One per produced message, exactly once, delivered by Poll.
+struct DeliveryReport {
+  enum class Outcome {
+    kPersisted,  // the broker acknowledged it (acks=all): the row may be removed
+    kRetriable,  // not delivered, or maybe delivered: produce it again later
+    kPermanent,  // can never be delivered as it is (poison)
+  };
+  uint64_t token = 0;
+  Outcome outcome = Outcome::kRetriable;
+  std::string error;
+};
+
+class Publisher {
+ public:
+  virtual ~Publisher() = default;
+  // Queues one message; its report comes later from Poll with the same token.
+  // QueueFull: poll and try again; Permanent: this message can never be produced (no report
+  // follows); Fatal: the producer is unusable, rebuild it (no report follows).
+  virtual Status Produce(const OutgoingMessage& message, uint64_t token) = 0;
+  // Serves delivery reports, waiting up to `timeout` for the first; appends them to `reports`.
+  virtual void Poll(Millis timeout, std::vector<DeliveryReport>* reports) = 0;
+  // The fatal error that made this producer unusable, if any.
+  virtual std::optional<std::string> FatalError() = 0;
+  // Fails everything queued or in flight; their reports (retriable) follow from Poll.
+  virtual void PurgeAll() = 0;
+};
+
+using PublisherPtr = std::unique_ptr<Publisher>;
+using PublisherFactory = std::function<Result<PublisherPtr>()>;
+
+}  // namespace outboxd

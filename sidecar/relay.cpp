@@ -1,0 +1,407 @@
+#include "relay.h"
+
+#include <algorithm>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
+
+namespace outboxd {
+
+using Clock = std::chrono::steady_clock;
+
+Result<Headers> MessageHeaders(int64_t id, const std::string& headers_json) {
+  Headers headers;
+  headers.emplace_back("outbox-id", std::to_string(id));
+  if (headers_json == "{}") return headers;
+  auto json = nlohmann::json::parse(headers_json, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) {
+    return Status::Permanent("headers must be a JSON object, got: " + headers_json.substr(0, 200));
+  }
+  for (const auto& [name, value] : json.items()) {
+    if (value.is_string()) {
+      headers.emplace_back(name, value.get<std::string>());
+    } else if (value.is_null()) {
+      headers.emplace_back(name, std::nullopt);
+    } else {
+      headers.emplace_back(name, value.dump());
+    }
+  }
+  return headers;
+}
+
+Relay::Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher)
+    : config_(config),
+      store_(store),
+      make_publisher_(std::move(make_publisher)),
+      backoff_(config.backoff.initial, config.backoff.max) {}
+
+Status Relay::Run(const std::atomic<bool>& stop) {
+  while (!stop) {
+    if (!leading_) {
+      Status s = store_.Lead();
+      if (s.ok()) {
+        pg_log_.Recovered();
+        leading_ = true;
+        standby_logged_ = false;
+        ++stats_.leadership_terms;
+        idle_since_.reset();
+        next_cleanup_ = Clock::now();
+        spdlog::info("leading the outbox: delivering messages");
+        continue;
+      }
+      if (s.code() == Status::Code::kNotLeader) {
+        pg_log_.Recovered();
+        if (!standby_logged_) spdlog::info("standing by: {}", s.message());
+        standby_logged_ = true;
+        WaitInterruptibly(config_.leadership.retry_interval, stop);
+      } else {
+        pg_log_.Failure(s.message());
+        WaitInterruptibly(backoff_.Next(), stop);
+      }
+      continue;
+    }
+    if (!publisher_) {
+      auto p = make_publisher_();
+      if (!p.ok()) {
+        if (p.status().code() == Status::Code::kInvalid) return p.status();
+        kafka_log_.Failure(p.status().message());
+        WaitInterruptibly(backoff_.Next(), stop);
+        continue;
+      }
+      publisher_ = std::move(*p);
+    }
+    Step(stop);
+  }
+  if (leading_) Drain();
+  return Status::Ok();
+}
+
+bool Relay::StoreOk(const Status& s) {
+  if (s.ok()) return true;
+  LoseLeadership(s);
+  return false;
+}
+
+bool Relay::Step(const std::atomic<bool>& stop) {
+  ServeReports(Millis(0));
+  if (!leading_) return false;
+  if (!fatal_) {
+    if (auto reason = publisher_->FatalError()) HandleFatal(*reason);
+  }
+  if (!FlushMarks(false)) return false;
+  if (rewind_to_ || fatal_) return Recover(stop);
+
+  auto now = Clock::now();
+  if (config_.relay.on_sent == OnSent::kRetain && now >= next_cleanup_) {
+    next_cleanup_ = now + config_.relay.cleanup_interval;
+    auto removed = store_.RemoveSentBefore(config_.relay.retention);
+    if (!StoreOk(removed.status())) return false;
+    if (*removed > 0) spdlog::info("removed {} sent rows older than the retention", *removed);
+  }
+  if (static_cast<int>(in_flight_.size()) + config_.relay.batch_size >
+      config_.relay.max_in_flight) {
+    ServeReports(Millis(1));
+    return leading_;
+  }
+  std::vector<OutboxRow> rows;
+  if (!StoreOk(store_.FetchBatch(&rows))) return false;
+  if (rows.empty()) return IdleWait(stop);
+  idle_since_.reset();
+  return ProduceRows(rows);
+}
+
+bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
+  for (OutboxRow& row : rows) {
+    if (!leading_) return false;
+    if (rewind_to_ || fatal_) {
+      Failure(row.id);  // this row and the rest of the batch are fetched again after recovery
+      break;
+    }
+    auto headers = MessageHeaders(row.id, row.headers);
+    if (!headers.ok()) {
+      Poison(row.id, &row, headers.status().message());
+      continue;
+    }
+    OutgoingMessage m{&row.topic, &row.key, &row.payload, &*headers};
+    InFlight entry{row.id, row.key, false, {}};
+    Status s = ProduceOne(m, std::move(entry));
+    if (s.code() == Status::Code::kPermanent) Poison(row.id, &row, s.message());
+  }
+  if (store_error_) {
+    Status s = *store_error_;
+    store_error_.reset();
+    LoseLeadership(s);
+  }
+  return leading_;
+}
+
+Status Relay::ProduceOne(const OutgoingMessage& m, InFlight entry) {
+  const uint64_t token = next_token_++;
+  for (;;) {
+    if (!leading_ || !publisher_) return Status::Unavailable("not leading");
+    Status s = publisher_->Produce(m, token);
+    switch (s.code()) {
+      case Status::Code::kOk:
+        in_flight_.emplace(token, std::move(entry));
+        ++stats_.produced;
+        return s;
+      case Status::Code::kQueueFull:
+        ServeReports(Millis(5));  // the local queue drains as reports arrive
+        continue;
+      case Status::Code::kPermanent:
+        return s;
+      case Status::Code::kFatal:
+        HandleFatal(s.message());
+        Failure(entry.id);
+        return s;
+      default:
+        last_failure_ = s.message();
+        Failure(entry.id);
+        return s;
+    }
+  }
+}
+
+void Relay::ServeReports(Millis timeout) {
+  if (!publisher_) return;
+  std::vector<DeliveryReport> reports;
+  publisher_->Poll(timeout, &reports);
+  for (const DeliveryReport& r : reports) OnReport(r);
+  if (store_error_) {
+    Status s = *store_error_;
+    store_error_.reset();
+    LoseLeadership(s);
+  }
+}
+
+void Relay::OnReport(const DeliveryReport& r) {
+  auto it = in_flight_.find(r.token);
+  if (it == in_flight_.end()) {
+    spdlog::error("delivery report for an unknown message (token {})", r.token);
+    return;
+  }
+  InFlight e = std::move(it->second);
+  in_flight_.erase(it);
+  using Outcome = DeliveryReport::Outcome;
+
+  if (abandoning_) {
+    if (r.outcome == Outcome::kPersisted) to_mark_.push_back(e.id);
+    return;
+  }
+  if (e.dead_letter_copy) {
+    if (r.outcome == Outcome::kPersisted) {
+      DeadLetterRow(e.id, e.error);
+    } else if (r.outcome == Outcome::kPermanent) {
+      DeadLetterRow(e.id, e.error + "; the dead-letter topic refused it too: " + r.error);
+    } else {
+      last_failure_ = r.error;
+      Failure(e.id);
+    }
+    return;
+  }
+  switch (r.outcome) {
+    case Outcome::kPersisted: {
+      ++stats_.acknowledged;
+      if (kafka_log_.failing()) {
+        kafka_log_.Recovered();
+        backoff_.Reset();
+      }
+      if (e.key) {
+        auto failed = failed_keys_.find(*e.key);
+        if (failed != failed_keys_.end() && failed->second < e.id) {
+          Failure(e.id);  // an earlier row of this key failed: this one goes again after it
+          return;
+        }
+      }
+      if (to_mark_.empty()) first_unmarked_ = Clock::now();
+      to_mark_.push_back(e.id);
+      return;
+    }
+    case Outcome::kPermanent:
+      Poison(e.id, nullptr, r.error);
+      return;
+    case Outcome::kRetriable:
+      last_failure_ = r.error;
+      Failure(e.id);
+      if (e.key) failed_keys_.try_emplace(*e.key, e.id);
+      return;
+  }
+}
+
+void Relay::Poison(int64_t id, const OutboxRow* row, const std::string& error) {
+  const std::string& dlq = config_.relay.dead_letter_topic;
+  if (dlq.empty()) {
+    DeadLetterRow(id, error);
+    return;
+  }
+  std::optional<OutboxRow> fetched;
+  if (row == nullptr) {
+    auto r = store_.FetchRow(id);
+    if (!r.ok()) {
+      store_error_ = r.status();
+      return;
+    }
+    if (!*r) return;  // already gone
+    fetched = std::move(**r);
+    row = &*fetched;
+  }
+  auto parsed = MessageHeaders(id, row->headers);
+  Headers headers = parsed.ok() ? std::move(*parsed) : Headers{{"outbox-id", std::to_string(id)}};
+  headers.emplace_back("outbox-error", error);
+  headers.emplace_back("outbox-topic", row->topic);
+  OutgoingMessage m{&dlq, &row->key, &row->payload, &headers};
+  Status s = ProduceOne(m, InFlight{id, row->key, /*dead_letter_copy=*/true, error});
+  if (s.code() == Status::Code::kPermanent) {
+    DeadLetterRow(id, error + "; the dead-letter topic refused it too: " + s.message());
+  }
+}
+
+void Relay::DeadLetterRow(int64_t id, const std::string& error) {
+  Status s = store_.DeadLetter(id, error);
+  if (!s.ok()) {
+    store_error_ = s;
+    return;
+  }
+  ++stats_.dead_lettered;
+  spdlog::warn("message {} moved to outbox.dead_letters: {}", id, error);
+}
+
+bool Relay::FlushMarks(bool force) {
+  if (to_mark_.empty()) return true;
+  if (!force && static_cast<int>(to_mark_.size()) < config_.relay.batch_size &&
+      !in_flight_.empty() && Clock::now() - first_unmarked_ < Millis(5)) {
+    return true;
+  }
+  if (!StoreOk(store_.MarkSent(to_mark_))) return false;
+  stats_.marked_sent += static_cast<int64_t>(to_mark_.size());
+  to_mark_.clear();
+  return true;
+}
+
+void Relay::HandleFatal(const std::string& reason) {
+  if (fatal_) return;
+  fatal_ = true;
+  last_failure_ = "fatal producer error: " + reason;
+  spdlog::error("kafka producer unusable ({}): rebuilding it and re-sending unacknowledged rows",
+                reason);
+  publisher_->PurgeAll();  // their reports come back as failures; no row is removed for them
+}
+
+bool Relay::Recover(const std::atomic<bool>& stop) {
+  if (!in_flight_.empty()) {
+    ServeReports(Millis(10));  // every report must be in before the rows are fetched again
+    return leading_;
+  }
+  if (!FlushMarks(true)) return false;
+  if (fatal_) {
+    publisher_.reset();  // Run builds a new one
+    fatal_ = false;
+    ++stats_.producer_rebuilds;
+  }
+  if (rewind_to_) {
+    kafka_log_.Failure(last_failure_);
+    store_.Rewind(*rewind_to_);
+    ++stats_.rewinds;
+    spdlog::debug("re-fetching from id {}", *rewind_to_);
+  }
+  rewind_to_.reset();
+  failed_keys_.clear();
+  WaitInterruptibly(backoff_.Next(), stop);
+  return true;
+}
+
+void Relay::Abandon() {
+  if (publisher_ && !in_flight_.empty()) {
+    publisher_->PurgeAll();
+    abandoning_ = true;
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (!in_flight_.empty() && Clock::now() < deadline) {
+      std::vector<DeliveryReport> reports;
+      publisher_->Poll(Millis(10), &reports);
+      for (const DeliveryReport& r : reports) OnReport(r);
+    }
+    abandoning_ = false;
+    // Purging in-flight requests leaves the idempotent producer's sequence state unknown.
+    publisher_.reset();
+    ++stats_.producer_rebuilds;
+  }
+  in_flight_.clear();
+  rewind_to_.reset();
+  failed_keys_.clear();
+  fatal_ = false;
+}
+
+void Relay::LoseLeadership(const Status& why) {
+  if (!leading_) return;
+  leading_ = false;
+  spdlog::warn("stopped delivering: {}", why.message());
+  Abandon();
+  to_mark_.clear();  // acknowledged but not removed: sent again by the next leader (duplicates)
+  store_.Disconnect();
+  idle_since_.reset();
+}
+
+bool Relay::IdleWait(const std::atomic<bool>& stop) {
+  auto now = Clock::now();
+  if (!idle_since_) idle_since_ = now;
+  if (!in_flight_.empty() || !to_mark_.empty() || now - *idle_since_ < config_.relay.idle_grace) {
+    if (in_flight_.empty()) {
+      WaitInterruptibly(config_.relay.idle_poll_interval, stop);
+    } else {
+      ServeReports(config_.relay.idle_poll_interval);
+    }
+    return leading_;
+  }
+  if (!config_.relay.notify) {
+    WaitInterruptibly(config_.relay.poll_interval, stop);
+    return true;
+  }
+  // Asleep: publish() now notifies. Look once more for rows committed before the flag was seen.
+  if (!StoreOk(store_.SetSleeping(true))) return false;
+  std::vector<OutboxRow> rows;
+  while (!stop) {
+    if (!StoreOk(store_.FetchBatch(&rows))) return false;
+    if (!rows.empty()) break;
+    auto wake_at = Clock::now() + config_.relay.poll_interval;
+    while (!stop && Clock::now() < wake_at) {
+      auto left = std::chrono::duration_cast<Millis>(wake_at - Clock::now());
+      auto notified = store_.WaitForNotify(std::min(left, Millis(100)));
+      if (!StoreOk(notified.status())) return false;
+      if (*notified) break;
+    }
+  }
+  if (!StoreOk(store_.SetSleeping(false))) return false;
+  idle_since_.reset();
+  return ProduceRows(rows);
+}
+
+void Relay::Drain() {
+  auto deadline = Clock::now() + config_.relay.shutdown_timeout;
+  if (!in_flight_.empty()) {
+    spdlog::info("stopping: waiting up to {} for {} unacknowledged messages",
+                 FormatDuration(config_.relay.shutdown_timeout), in_flight_.size());
+  }
+  while (leading_ && publisher_ && !in_flight_.empty() && Clock::now() < deadline) {
+    ServeReports(Millis(10));
+    FlushMarks(false);
+  }
+  if (!leading_) return;
+  size_t left = in_flight_.size();
+  Abandon();  // persisted reports that arrive while purging are still removed below
+  FlushMarks(true);
+  if (left > 0) {
+    spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);
+  }
+  spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent);
+}
+
+void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {
+  auto until = Clock::now() + d;
+  while (!stop && Clock::now() < until) {
+    auto left = std::chrono::duration_cast<Millis>(until - Clock::now());
+    std::this_thread::sleep_for(std::min(left, Millis(50)));
+  }
+}
+
+}  // namespace outboxd

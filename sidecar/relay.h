@@ -1,0 +1,109 @@
+// Relay: the loop that moves committed outbox rows to Kafka.
+//   lead -> fetch (id order) -> produce -> serve delivery reports -> remove acknowledged rows
+// It owns the producer (rebuilt after a fatal error) and drives the store; everything runs on the
+// thread that calls Run, so the hot path has no locks. The outbox is the source of truth: after any
+// failure the relay rewinds and fetches again what PostgreSQL still holds.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backoff.h"
+#include "config.h"
+#include "log.h"
+#include "outbox_store.h"
+#include "publisher.h"
+
+namespace outboxd {
+
+// Parses a row's jsonb headers into Kafka headers, "outbox-id" first. Invalid unless an object.
+Result<Headers> MessageHeaders(int64_t id, const std::string& headers_json);
+
+class Relay {
+ public:
+  struct Stats {
+    int64_t produced = 0;       // messages handed to the producer (including repeats)
+    int64_t acknowledged = 0;   // persisted delivery reports
+    int64_t marked_sent = 0;    // rows removed (or marked) after their ack
+    int64_t dead_lettered = 0;  // rows moved to outbox.dead_letters
+    int64_t rewinds = 0;        // times the relay went back to re-fetch after a failure
+    int64_t producer_rebuilds = 0;
+    int64_t leadership_terms = 0;
+  };
+
+  Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher);
+
+  // Runs until `stop` is set, then drains as DESIGN.md says: stop fetching, wait for outstanding
+  // acknowledgements up to shutdown_timeout, remove what was acknowledged. Returns a non-ok Status
+  // only for errors that retrying cannot fix (a producer property librdkafka rejects).
+  Status Run(const std::atomic<bool>& stop);
+
+  const Stats& stats() const { return stats_; }
+  bool leading() const { return leading_; }
+
+ private:
+  struct InFlight {
+    int64_t id;
+    std::optional<std::string> key;
+    bool dead_letter_copy = false;  // a copy on the dead-letter topic; `error` says why
+    std::string error;
+  };
+
+  // One pass: serve reports, remove acked rows, fetch and produce, or wait. False: leadership lost.
+  bool Step(const std::atomic<bool>& stop);
+  bool ProduceRows(std::vector<OutboxRow>& rows);
+  // Produces one message, waiting out a full local queue. Permanent: poison, the caller decides;
+  // any other failure is recorded (Failure) and the batch stops.
+  Status ProduceOne(const OutgoingMessage& m, InFlight entry);
+  void ServeReports(Millis timeout);
+  void OnReport(const DeliveryReport& r);
+  // A row that can never be delivered: to the dead-letter topic if one is set, else to the table.
+  void Poison(int64_t id, const OutboxRow* row, const std::string& error);
+  void DeadLetterRow(int64_t id, const std::string& error);
+  bool FlushMarks(bool force);
+  // After a retriable failure: wait for in-flight reports, remove what may be, fetch again.
+  bool Recover(const std::atomic<bool>& stop);
+  void HandleFatal(const std::string& reason);
+  // Fails everything in flight and waits for the reports; no row is removed afterwards.
+  void Abandon();
+  void LoseLeadership(const Status& why);
+  bool IdleWait(const std::atomic<bool>& stop);
+  void Drain();
+  void WaitInterruptibly(Millis d, const std::atomic<bool>& stop);
+  void Failure(int64_t id) { rewind_to_ = std::min(rewind_to_.value_or(id), id); }
+  bool StoreOk(const Status& s);
+
+  // Constant after construction.
+  const Config& config_;
+  OutboxStore& store_;
+  PublisherFactory make_publisher_;
+
+  PublisherPtr publisher_;
+  bool leading_ = false;
+  uint64_t next_token_ = 1;
+  std::unordered_map<uint64_t, InFlight> in_flight_;
+  std::vector<int64_t> to_mark_;  // acknowledged, not yet removed
+  std::chrono::steady_clock::time_point first_unmarked_;
+  // The current attempt's failures: the first unacknowledged id, and per key the lowest failed id
+  // (a later row of that key is not removed even if it was acknowledged: it goes again, in order).
+  std::optional<int64_t> rewind_to_;
+  std::unordered_map<std::string, int64_t> failed_keys_;
+  std::string last_failure_;
+  bool fatal_ = false;
+  bool abandoning_ = false;            // reports only count as acks, nothing else
+  std::optional<Status> store_error_;  // a store failure met while serving reports
+  std::optional<std::chrono::steady_clock::time_point> idle_since_;
+  std::chrono::steady_clock::time_point next_cleanup_;
+  Backoff backoff_;
+  OnceLogger pg_log_{"PostgreSQL"};
+  OnceLogger kafka_log_{"Kafka delivery"};
+  bool standby_logged_ = false;
+  Stats stats_;
+};
+
+}  // namespace outboxd

@@ -1,0 +1,132 @@
+#include "config.h"
+
+#include <cstdlib>
+
+#include <gtest/gtest.h>
+
+namespace outboxd {
+namespace {
+
+constexpr const char* kMinimal = R"(
+[postgres]
+conninfo = "host=127.0.0.1 dbname=x"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+)";
+
+std::string ErrorOf(const std::string& text) {
+  auto c = ParseConfig(text, "test.toml");
+  EXPECT_FALSE(c.ok());
+  return c.ok() ? "" : c.status().message();
+}
+
+TEST(Config, MinimalFileGetsDocumentedDefaults) {
+  auto c = ParseConfig(kMinimal, "test.toml");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  RelayConfig defaults;
+  EXPECT_EQ(c->relay.batch_size, defaults.batch_size);
+  EXPECT_EQ(c->relay.on_sent, OnSent::kDelete);
+  EXPECT_TRUE(c->relay.notify);
+  EXPECT_EQ(c->relay.shutdown_timeout, Millis(10'000));
+  EXPECT_EQ(c->log.level, "info");
+}
+
+// config/outboxd.toml shows every default: loading it must give exactly the built-in defaults.
+TEST(Config, ExampleFileMatchesBuiltInDefaults) {
+  setenv("OUTBOXD_PG_PORT", "55432", 1);
+  setenv("OUTBOXD_KAFKA_PORT", "59092", 1);
+  auto c = LoadConfig(std::string(OUTBOXD_SOURCE_DIR) + "/config/outboxd.toml");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  Config d;
+  EXPECT_EQ(c->postgres.conninfo, "host=127.0.0.1 port=55432 dbname=outboxd user=postgres");
+  EXPECT_EQ(c->kafka.bootstrap_servers, "127.0.0.1:59092");
+  EXPECT_EQ(c->kafka.properties.at("linger.ms"), "5");
+  EXPECT_EQ(c->relay.batch_size, d.relay.batch_size);
+  EXPECT_EQ(c->relay.max_in_flight, d.relay.max_in_flight);
+  EXPECT_EQ(c->relay.notify, d.relay.notify);
+  EXPECT_EQ(c->relay.poll_interval, d.relay.poll_interval);
+  EXPECT_EQ(c->relay.idle_poll_interval, d.relay.idle_poll_interval);
+  EXPECT_EQ(c->relay.idle_grace, d.relay.idle_grace);
+  EXPECT_EQ(c->relay.on_sent, d.relay.on_sent);
+  EXPECT_EQ(c->relay.retention, d.relay.retention);
+  EXPECT_EQ(c->relay.cleanup_interval, d.relay.cleanup_interval);
+  EXPECT_EQ(c->relay.shutdown_timeout, d.relay.shutdown_timeout);
+  EXPECT_EQ(c->relay.dead_letter_topic, d.relay.dead_letter_topic);
+  EXPECT_EQ(c->backoff.initial, d.backoff.initial);
+  EXPECT_EQ(c->backoff.max, d.backoff.max);
+  EXPECT_EQ(c->leadership.lock_id, d.leadership.lock_id);
+  EXPECT_EQ(c->leadership.retry_interval, d.leadership.retry_interval);
+  EXPECT_EQ(c->log.level, d.log.level);
+}
+
+TEST(Config, UnknownKeyNamesFileLineAndKey) {
+  std::string text = std::string(kMinimal) + "[relay]\nbatch_size = 10\nbatch_szie = 5\n";
+  EXPECT_EQ(ErrorOf(text).rfind("test.toml:8: relay.batch_szie: unknown key", 0), 0u)
+      << ErrorOf(text);
+}
+
+TEST(Config, WrongTypeNamesFileLineAndKey) {
+  std::string text = std::string(kMinimal) + "[relay]\nbatch_size = \"many\"\n";
+  EXPECT_EQ(ErrorOf(text).rfind("test.toml:7: relay.batch_size: expected an integer", 0), 0u)
+      << ErrorOf(text);
+}
+
+TEST(Config, BadDurationAndEnumAreErrors) {
+  EXPECT_NE(ErrorOf(std::string(kMinimal) + "[relay]\npoll_interval = \"soon\"\n")
+                .find("relay.poll_interval: not a duration"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(std::string(kMinimal) + "[relay]\non_sent = \"archive\"\n")
+                .find("relay.on_sent: expected \"delete\" or \"retain\""),
+            std::string::npos);
+}
+
+TEST(Config, MissingRequiredKeys) {
+  EXPECT_NE(ErrorOf("[kafka]\nbootstrap_servers = \"x:1\"\n").find("postgres.conninfo: required"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("[postgres]\nconninfo = \"dbname=x\"\n").find("kafka.bootstrap_servers"),
+            std::string::npos);
+}
+
+TEST(Config, InvalidConninfoIsCaughtWithoutConnecting) {
+  std::string e =
+      ErrorOf("[postgres]\nconninfo = \"hots=x\"\n[kafka]\nbootstrap_servers=\"a:1\"\n");
+  EXPECT_EQ(e.rfind("test.toml:2: postgres.conninfo:", 0), 0u) << e;
+}
+
+TEST(Config, KafkaPropertiesThatBreakGuaranteesAreRefused) {
+  for (const char* line : {"\"enable.idempotence\" = false", "acks = \"1\"",
+                           "partitioner = \"consistent\"", "\"bootstrap.servers\" = \"x:1\""}) {
+    std::string text = std::string(kMinimal) + "[kafka.properties]\n" + line + "\n";
+    EXPECT_NE(ErrorOf(text).find("test.toml:7: kafka.properties."), std::string::npos) << line;
+  }
+  auto ok = ParseConfig(std::string(kMinimal) +
+                            "[kafka.properties]\n\"linger.ms\" = 20\n"
+                            "\"compression.type\" = \"lz4\"\n",
+                        "t");
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_EQ(ok->kafka.properties.at("linger.ms"), "20");
+}
+
+TEST(Config, EnvironmentInterpolation) {
+  setenv("OUTBOXD_TEST_SECRET", "s3cret", 1);
+  auto c = ParseConfig(
+      "[postgres]\nconninfo = \"dbname=x password=${OUTBOXD_TEST_SECRET}\"\n"
+      "[kafka]\nbootstrap_servers = \"b:1\"\n",
+      "t");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->postgres.conninfo, "dbname=x password=s3cret");
+  unsetenv("OUTBOXD_TEST_UNSET");
+  EXPECT_NE(
+      ErrorOf("[postgres]\nconninfo = \"dbname=${OUTBOXD_TEST_UNSET}\"\n")
+          .find(
+              "test.toml:2: postgres.conninfo: environment variable OUTBOXD_TEST_UNSET is not set"),
+      std::string::npos);
+}
+
+TEST(Config, SyntaxErrorNamesFileAndLine) {
+  std::string e = ErrorOf("[postgres]\nconninfo = \n");
+  EXPECT_EQ(e.rfind("test.toml:2:", 0), 0u) << e;
+}
+
+}  // namespace
+}  // namespace outboxd

@@ -1,0 +1,97 @@
+#include "scan_window.h"
+
+#include <gtest/gtest.h>
+
+namespace outboxd {
+namespace {
+
+Snapshot Snap(std::vector<uint64_t> running) {
+  Snapshot s;
+  s.xmin = running.empty() ? 100 : running.front();
+  s.xmax = 1000;
+  s.running = std::move(running);
+  return s;
+}
+
+TEST(Snapshot, ParsesPgText) {
+  auto s = Snapshot::Parse("735:740:736,738");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->xmin, 735u);
+  EXPECT_EQ(s->xmax, 740u);
+  EXPECT_EQ(s->running, (std::vector<uint64_t>{736, 738}));
+  EXPECT_TRUE(Snapshot::Parse("10:10:"));
+  EXPECT_FALSE(Snapshot::Parse("10:x:"));
+}
+
+TEST(ScanWindow, AdvancesPastFreshRows) {
+  ScanWindow w;
+  EXPECT_TRUE(w.Apply(Snap({}), {}, false, {1, 2, 3}));
+  EXPECT_EQ(w.hi(), 3);
+  EXPECT_TRUE(w.gaps().empty());
+}
+
+// Id 5 taken by a transaction still running when 6 and 7 were read: 5 must stay watched.
+TEST(ScanWindow, GapOfRunningTransactionIsKeptUntilItEnds) {
+  ScanWindow w;
+  ASSERT_TRUE(w.Apply(Snap({}), {}, false, {1, 2, 3, 4}));
+  ASSERT_TRUE(w.Apply(Snap({42}), {}, false, {6, 7}));
+  ASSERT_EQ(w.gaps().size(), 1u);
+  EXPECT_EQ(w.gaps()[0].first, 5);
+  EXPECT_EQ(w.gaps()[0].last, 5);
+  EXPECT_EQ(w.GapStarts(), "{5}");
+  // Still running: the gap stays.
+  ASSERT_TRUE(w.Apply(Snap({42}), {}, false, {}));
+  EXPECT_EQ(w.gaps().size(), 1u);
+  // It committed: this fetch returned id 5 as a late row, and the gap is gone.
+  ASSERT_TRUE(w.Apply(Snap({}), {5}, false, {8}));
+  EXPECT_TRUE(w.gaps().empty());
+  EXPECT_EQ(w.hi(), 8);
+}
+
+TEST(ScanWindow, GapOfAbortedTransactionIsDroppedWhenItsOwnersEnd) {
+  ScanWindow w;
+  ASSERT_TRUE(w.Apply(Snap({7, 9}), {}, false, {1, 4}));
+  EXPECT_EQ(w.GapStarts(), "{2}");
+  EXPECT_EQ(w.GapEnds(), "{3}");
+  ASSERT_TRUE(w.Apply(Snap({9, 12}), {}, false, {}));
+  EXPECT_EQ(w.gaps().size(), 1u);
+  EXPECT_EQ(w.gaps()[0].owners, (std::vector<uint64_t>{9}));  // 12 started later: not an owner
+  ASSERT_TRUE(w.Apply(Snap({12}), {}, false, {}));
+  EXPECT_TRUE(w.gaps().empty());
+}
+
+TEST(ScanWindow, LateRowsAreCarvedOut) {
+  ScanWindow w;
+  ASSERT_TRUE(w.Apply(Snap({5}), {}, false, {10}));  // gap 1..9
+  ASSERT_TRUE(w.Apply(Snap({5}), {4}, false, {}));
+  EXPECT_EQ(w.GapStarts(), "{1,5}");
+  EXPECT_EQ(w.GapEnds(), "{3,9}");
+}
+
+TEST(ScanWindow, FullLateBranchHoldsBackFreshRows) {
+  ScanWindow w;
+  ASSERT_TRUE(w.Apply(Snap({5}), {}, false, {10}));
+  EXPECT_FALSE(w.Apply(Snap({}), {1, 2}, true, {11, 12}));
+  EXPECT_EQ(w.hi(), 10);            // fresh rows not taken
+  EXPECT_EQ(w.GapStarts(), "{3}");  // the owner is kept though it ended: rows may remain
+  ASSERT_TRUE(w.Apply(Snap({}), {3}, false, {11, 12}));
+  EXPECT_TRUE(w.gaps().empty());
+  EXPECT_EQ(w.hi(), 12);
+}
+
+TEST(ScanWindow, RewindRefetchesFromTheFirstUnacked) {
+  ScanWindow w;
+  ASSERT_TRUE(w.Apply(Snap({3}), {}, false, {1, 2, 10, 20}));  // gaps 3..9, 11..19
+  w.Rewind(15);
+  EXPECT_EQ(w.hi(), 14);
+  EXPECT_EQ(w.GapStarts(), "{3,11}");
+  EXPECT_EQ(w.GapEnds(), "{9,14}");
+  w.Rewind(100);  // never forward
+  EXPECT_EQ(w.hi(), 14);
+  w.Reset();
+  EXPECT_EQ(w.hi(), 0);
+  EXPECT_TRUE(w.gaps().empty());
+}
+
+}  // namespace
+}  // namespace outboxd
