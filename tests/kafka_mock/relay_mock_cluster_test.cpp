@@ -1,0 +1,2 @@
+// Placeholder replaced by the kafka_mock suite.
+#include <gtest/gtest.h>
