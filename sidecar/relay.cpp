@@ -107,7 +107,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   std::vector<OutboxRow> rows;
   if (!StoreOk(store_.FetchBatch(&rows))) return false;
   if (rows.empty()) return IdleWait(stop);
-  idle_since_.reset();
+  if (!Wake()) return false;
   return ProduceRows(rows);
 }
 
@@ -340,6 +340,7 @@ void Relay::LoseLeadership(const Status& why) {
   to_mark_.clear();  // acknowledged but not removed: sent again by the next leader (duplicates)
   store_.Disconnect();
   idle_since_.reset();
+  asleep_ = false;  // the next leader clears the flag when it takes over
 }
 
 bool Relay::IdleWait(const std::atomic<bool>& stop) {
@@ -357,23 +358,28 @@ bool Relay::IdleWait(const std::atomic<bool>& stop) {
     WaitInterruptibly(config_.relay.poll_interval, stop);
     return true;
   }
-  // Asleep: publish() now notifies. Look once more for rows committed before the flag was seen.
-  if (!StoreOk(store_.SetSleeping(true))) return false;
-  std::vector<OutboxRow> rows;
-  while (!stop) {
-    if (!StoreOk(store_.FetchBatch(&rows))) return false;
-    if (!rows.empty()) break;
-    auto wake_at = Clock::now() + config_.relay.poll_interval;
-    while (!stop && Clock::now() < wake_at) {
-      auto left = std::chrono::duration_cast<Millis>(wake_at - Clock::now());
-      auto notified = store_.WaitForNotify(std::min(left, Millis(100)));
-      if (!StoreOk(notified.status())) return false;
-      if (*notified) break;
-    }
+  if (!asleep_) {
+    // From now on publish() notifies. Step fetches once more at once, for rows that committed
+    // before the flag was visible.
+    if (!StoreOk(store_.SetSleeping(true))) return false;
+    asleep_ = true;
+    return true;
   }
-  if (!StoreOk(store_.SetSleeping(false))) return false;
+  auto wake_at = now + config_.relay.poll_interval;
+  while (!stop && Clock::now() < wake_at) {
+    auto left = std::chrono::duration_cast<Millis>(wake_at - Clock::now());
+    auto notified = store_.WaitForNotify(std::min(left, Millis(100)));
+    if (!StoreOk(notified.status())) return false;
+    if (*notified) break;
+  }
+  return true;
+}
+
+bool Relay::Wake() {
   idle_since_.reset();
-  return ProduceRows(rows);
+  if (!asleep_) return true;
+  asleep_ = false;
+  return StoreOk(store_.SetSleeping(false));
 }
 
 void Relay::Drain() {
@@ -390,6 +396,7 @@ void Relay::Drain() {
   size_t left = in_flight_.size();
   Abandon();  // persisted reports that arrive while purging are still removed below
   FlushMarks(true);
+  if (leading_) (void)Wake();  // nobody listens any more: publish() must not notify
   if (left > 0) {
     spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);
   }

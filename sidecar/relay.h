@@ -72,7 +72,10 @@ class Relay {
   // Fails everything in flight and waits for the reports; no row is removed afterwards.
   void Abandon();
   void LoseLeadership(const Status& why);
+  // Nothing to fetch: poll again soon, or (notify = true) sleep on LISTEN.
   bool IdleWait(const std::atomic<bool>& stop);
+  // Rows arrived: leave the sleeping state, so publish() stops notifying.
+  bool Wake();
   void Drain();
   void WaitInterruptibly(Millis d, const std::atomic<bool>& stop);
   void Failure(int64_t id) { rewind_to_ = std::min(rewind_to_.value_or(id), id); }
@@ -98,6 +101,7 @@ class Relay {
   bool abandoning_ = false;            // reports only count as acks, nothing else
   std::optional<Status> store_error_;  // a store failure met while serving reports
   std::optional<std::chrono::steady_clock::time_point> idle_since_;
+  bool asleep_ = false;  // outbox.relay_state.sleeping is set
   std::chrono::steady_clock::time_point next_cleanup_;
   Backoff backoff_;
   OnceLogger pg_log_{"PostgreSQL"};

@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
 namespace outboxd::pg {
 
 int64_t PgResult::GetBinaryInt(int row, int col) const {
@@ -71,6 +73,10 @@ Result<Connection> Connection::Open(const std::string& conninfo,
   if (PQstatus(conn.get()) != CONNECTION_OK) {
     return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn.get())));
   }
+  // Server notices (e.g. "already exists, skipping") go to the debug log, not to stderr.
+  PQsetNoticeProcessor(
+      conn.get(),
+      [](void*, const char* message) { spdlog::debug("PostgreSQL: {}", Trim(message)); }, nullptr);
   return Connection(std::move(conn));
 }
 

@@ -1,2 +1,638 @@
-// Placeholder replaced by the kafka_mock suite.
+// The relay with the real idempotent producer against librdkafka's mock cluster (3 brokers), the
+// outbox being the in-memory FakeStore. Faults are injected into the cluster; afterwards each test
+// reads back everything the cluster stored and checks what a consumer would notice: no row lost,
+// per key the first copy of each row in id order and in one partition, value and headers intact,
+// and no row removed from the outbox that Kafka does not hold. Duplicates are allowed (at least
+// once) and printed.
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
 #include <gtest/gtest.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "../support/fakes.h"
+#include "kafka/producer.h"
+#include "relay.h"
+
+namespace outboxd {
+namespace {
+
+using testing::Eventually;
+using testing::FakeStore;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kBrokers = 3;
+constexpr int kPartitions = 3;
+constexpr int16_t kProduceApi = 0;  // ApiKey of ProduceRequest
+constexpr Millis kLongWait{30'000};
+
+struct MockClusterDeleter {
+  void operator()(rd_kafka_mock_cluster_t* mc) const { rd_kafka_mock_cluster_destroy(mc); }
+};
+struct PartitionListDeleter {
+  void operator()(rd_kafka_topic_partition_list_t* l) const {
+    rd_kafka_topic_partition_list_destroy(l);
+  }
+};
+
+// A mock cluster of kBrokers brokers (ids 1..kBrokers), and the throwaway handle it lives in.
+class MockCluster {
+ public:
+  MockCluster() {
+    char err[512];
+    KafkaConfPtr conf(rd_kafka_conf_new());
+    // It connects nowhere; without this it says so ("No bootstrap.servers") on every test.
+    rd_kafka_conf_set(conf.get(), "log_level", "4", err, sizeof(err));
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof(err));
+    if (rk == nullptr) throw std::runtime_error(std::string("mock cluster handle: ") + err);
+    conf.release();
+    handle_.reset(rk);
+    cluster_.reset(rd_kafka_mock_cluster_new(handle_.get(), kBrokers));
+    if (!cluster_) throw std::runtime_error("rd_kafka_mock_cluster_new failed");
+  }
+
+  rd_kafka_mock_cluster_t* get() const { return cluster_.get(); }
+  std::string bootstraps() const { return rd_kafka_mock_cluster_bootstraps(cluster_.get()); }
+
+  // A topic with kPartitions partitions, replicated on every broker. Partition p is led by
+  // `leader`, or by broker p+1 when leader is 0.
+  void CreateTopic(const std::string& topic, int32_t leader = 0) {
+    ASSERT_EQ(rd_kafka_mock_topic_create(get(), topic.c_str(), kPartitions, kBrokers),
+              RD_KAFKA_RESP_ERR_NO_ERROR);
+    for (int32_t p = 0; p < kPartitions; ++p) {
+      ASSERT_EQ(rd_kafka_mock_partition_set_leader(get(), topic.c_str(), p,
+                                                   leader ? leader : p % kBrokers + 1),
+                RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+  }
+
+  // Produce errors queued on one broker that it has not served yet.
+  size_t PendingProduceErrors(int32_t broker) const {
+    size_t n = 0;
+    rd_kafka_mock_broker_error_stack_cnt(get(), broker, kProduceApi, &n);
+    return n;
+  }
+
+ private:
+  // The cluster goes before the handle it lives in, so it is declared after it.
+  KafkaPtr handle_;
+  std::unique_ptr<rd_kafka_mock_cluster_t, MockClusterDeleter> cluster_;
+};
+
+// One record as the cluster stored it.
+struct Record {
+  int32_t partition = 0;
+  int64_t offset = 0;
+  std::optional<std::string> key;
+  std::optional<std::string> value;
+  std::map<std::string, std::string> headers;  // the last value of each name
+  int64_t outbox_id() const { return std::stoll(headers.at("outbox-id")); }
+};
+
+// Everything the cluster holds for `topic`, per partition in offset order: a consumer assigned
+// to every partition from the beginning, reading up to the high watermark (no group membership).
+std::vector<Record> ReadTopic(const MockCluster& cluster, const std::string& topic) {
+  std::vector<Record> records;
+  char err[512];
+  KafkaConfPtr conf(rd_kafka_conf_new());
+  for (const auto& [k, v] : std::map<std::string, std::string>{
+           {"bootstrap.servers", cluster.bootstraps()},
+           {"group.id", "outboxd-mock-reader"},  // assign() needs one; nothing is committed
+           {"enable.auto.commit", "false"},
+           {"enable.auto.offset.store", "false"}}) {
+    if (rd_kafka_conf_set(conf.get(), k.c_str(), v.c_str(), err, sizeof(err)) != RD_KAFKA_CONF_OK) {
+      ADD_FAILURE() << k << ": " << err;
+      return records;
+    }
+  }
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), err, sizeof(err));
+  if (rk == nullptr) {
+    ADD_FAILURE() << "consumer: " << err;
+    return records;
+  }
+  conf.release();
+  KafkaPtr consumer(rk);
+
+  std::map<int32_t, int64_t> high;  // partitions still to read, and where they end
+  std::unique_ptr<rd_kafka_topic_partition_list_t, PartitionListDeleter> assignment(
+      rd_kafka_topic_partition_list_new(kPartitions));
+  for (int32_t p = 0; p < kPartitions; ++p) {
+    int64_t lo = 0, hi = 0;
+    rd_kafka_resp_err_t e =
+        rd_kafka_query_watermark_offsets(rk, topic.c_str(), p, &lo, &hi, /*timeout_ms=*/10'000);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      ADD_FAILURE() << "watermarks of " << topic << " [" << p << "]: " << rd_kafka_err2str(e);
+      return records;
+    }
+    if (hi > lo) high[p] = hi;
+    rd_kafka_topic_partition_list_add(assignment.get(), topic.c_str(), p)->offset =
+        RD_KAFKA_OFFSET_BEGINNING;
+  }
+  if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, assignment.get())) {
+    ADD_FAILURE() << "assign: " << rd_kafka_err2str(e);
+    return records;
+  }
+  auto deadline = Clock::now() + kLongWait;
+  while (!high.empty() && Clock::now() < deadline) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 100);
+    if (m == nullptr) continue;
+    std::unique_ptr<rd_kafka_message_t, decltype(&rd_kafka_message_destroy)> msg(
+        m, &rd_kafka_message_destroy);
+    if (m->err) {
+      if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        std::cerr << "read-back: " << rd_kafka_message_errstr(m) << "\n";
+      }
+      continue;
+    }
+    Record r;
+    r.partition = m->partition;
+    r.offset = m->offset;
+    if (m->key) r.key.emplace(static_cast<const char*>(m->key), m->key_len);
+    if (m->payload) r.value.emplace(static_cast<const char*>(m->payload), m->len);
+    rd_kafka_headers_t* headers = nullptr;
+    if (rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      const char* name;
+      const void* value;
+      size_t size;
+      for (size_t i = 0;
+           rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
+           ++i) {
+        r.headers[name] = value ? std::string(static_cast<const char*>(value), size) : "";
+      }
+    }
+    records.push_back(std::move(r));
+    auto it = high.find(m->partition);
+    if (it != high.end() && m->offset + 1 >= it->second) high.erase(it);
+  }
+  EXPECT_TRUE(high.empty()) << "read-back of " << topic << " did not reach the end of "
+                            << high.size() << " partitions";
+  rd_kafka_consumer_close(rk);
+  return records;
+}
+
+// What the test wrote into the outbox.
+struct WrittenRow {
+  std::string key;
+  std::string payload;
+};
+using Written = std::map<int64_t, WrittenRow>;
+
+// Adds rows first..last: key "key-<id % keys>", payload "payload-<id>" (or `payload` when given),
+// one row header carrying the id.
+void AddRows(FakeStore& store, Written& written, const std::string& topic, int64_t first,
+             int64_t last, int keys, const std::string& payload = "") {
+  for (int64_t id = first; id <= last; ++id) {
+    WrittenRow row{"key-" + std::to_string(id % keys),
+                   payload.empty() ? "payload-" + std::to_string(id) : payload};
+    store.Add(id, topic, row.key, row.payload, R"({"trace-id": "t)" + std::to_string(id) + R"("})");
+    written[id] = std::move(row);
+  }
+}
+
+// Checks the read-back against what was written, as a consumer of the topic would see it.
+// `dead` rows are expected not to arrive (dead-lettered); every other row must.
+void ExpectEveryRowDeliveredInKeyOrder(const std::vector<Record>& records, const Written& written,
+                                       FakeStore& store, const std::set<int64_t>& dead = {}) {
+  std::map<int64_t, int> copies;
+  std::map<std::string, int64_t> last_first_copy;  // per key, the latest id seen the first time
+  std::map<std::string, int32_t> partition_of;
+  int reordered = 0, corrupted = 0, unexpected = 0;
+  for (const Record& r : records) {
+    if (!r.headers.count("outbox-id")) {
+      ++unexpected;
+      continue;
+    }
+    const int64_t id = r.outbox_id();
+    auto w = written.find(id);
+    if (w == written.end() || dead.count(id)) {
+      if (++unexpected <= 5) ADD_FAILURE() << "unexpected record with outbox-id " << id;
+      continue;
+    }
+    if (r.key != w->second.key || r.value != w->second.payload ||
+        r.headers.count("trace-id") == 0 || r.headers.at("trace-id") != "t" + std::to_string(id)) {
+      if (++corrupted <= 5) ADD_FAILURE() << "record " << id << " differs from its row";
+    }
+    auto [p, inserted] = partition_of.emplace(w->second.key, r.partition);
+    EXPECT_EQ(p->second, r.partition) << "key " << w->second.key << " is in two partitions";
+    if (copies[id]++ > 0) continue;  // a duplicate: allowed; order is judged by first copies
+    auto last = last_first_copy.find(w->second.key);
+    if (last != last_first_copy.end() && last->second > id) {
+      if (++reordered <= 5) {
+        ADD_FAILURE() << "key " << w->second.key << ": row " << id << " first arrived after row "
+                      << last->second << " (partition " << r.partition << ", offset " << r.offset
+                      << ")";
+      }
+    }
+    if (last == last_first_copy.end() || last->second < id) last_first_copy[w->second.key] = id;
+  }
+  std::vector<int64_t> lost;
+  for (const auto& [id, row] : written) {
+    if (!dead.count(id) && !copies.count(id)) lost.push_back(id);
+  }
+  EXPECT_TRUE(lost.empty()) << lost.size() << " rows lost, the first " << lost.front();
+  EXPECT_EQ(reordered, 0) << "first copies out of id order within a key";
+  EXPECT_EQ(corrupted, 0);
+  EXPECT_EQ(unexpected, 0);
+
+  // Removed from the outbox only what Kafka holds, and everything was removed or dead-lettered.
+  int removed_not_stored = 0;
+  for (int64_t id : store.Removed()) {
+    if (!copies.count(id) && ++removed_not_stored <= 5) {
+      ADD_FAILURE() << "row " << id << " was removed from the outbox but is not in Kafka";
+    }
+  }
+  EXPECT_EQ(removed_not_stored, 0);
+  EXPECT_TRUE(store.Remaining().empty()) << store.Remaining().size() << " rows still in outbox";
+  std::set<int64_t> dead_lettered;
+  for (const auto& [id, error] : store.DeadLetters()) dead_lettered.insert(id);
+  EXPECT_EQ(dead_lettered, dead);
+
+  int duplicates = 0;
+  std::ostringstream examples;
+  for (const auto& [id, n] : copies) {
+    if (n > 1 && duplicates++ < 10) examples << " " << id << "x" << n;
+    if (n > 2) duplicates += n - 2;
+  }
+  std::cout << "[ read-back] " << records.size() << " records for " << written.size() - dead.size()
+            << " rows, " << duplicates << " duplicate copies" << (duplicates ? ":" : "")
+            << examples.str() << "\n";
+  ::testing::Test::RecordProperty("duplicates", duplicates);
+}
+
+// Runs a relay with a real KafkaPublisher on its own thread for the life of the object.
+class RunningRelay {
+ public:
+  RunningRelay(Config config, FakeStore& store)
+      : config_(std::move(config)),
+        relay_(config_, store, [this] { return KafkaPublisher::Create(config_.kafka); }),
+        thread_([this] { status_ = relay_.Run(stop_); }) {}
+  ~RunningRelay() { Stop(); }
+
+  // Stops the relay (it drains as on SIGTERM) and joins its thread. Stats are read after this.
+  const Relay::Stats& Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    return relay_.stats();
+  }
+  const Status& status() const { return status_; }
+
+ private:
+  const Config config_;
+  std::atomic<bool> stop_{false};
+  Relay relay_;
+  Status status_;
+  std::thread thread_;
+};
+
+// Counts log lines (the relay's and librdkafka's, which reach spdlog through the producer's log
+// callback) that contain a text, while the object lives; warnings still go to stderr.
+class LogCounter {
+ public:
+  LogCounter() : previous_(spdlog::default_logger()), sink_(std::make_shared<Sink>()) {
+    auto console = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+    console->set_level(previous_->level());
+    auto logger =
+        std::make_shared<spdlog::logger>("counted", spdlog::sinks_init_list{console, sink_});
+    logger->set_level(spdlog::level::trace);
+    spdlog::set_default_logger(logger);
+  }
+  ~LogCounter() { spdlog::set_default_logger(previous_); }
+  int Count(const std::string& text) { return sink_->Count(text); }
+
+ private:
+  class Sink : public spdlog::sinks::base_sink<std::mutex> {
+   public:
+    int Count(const std::string& text) {
+      std::lock_guard l(mutex_);
+      int n = 0;
+      for (const auto& line : lines_) n += line.find(text) != std::string::npos;
+      return n;
+    }
+
+   protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+      lines_.emplace_back(msg.payload.data(), msg.payload.size());
+    }
+    void flush_() override {}
+
+   private:
+    std::vector<std::string> lines_;  // GUARDED_BY(mutex_)
+  };
+
+  std::shared_ptr<spdlog::logger> previous_;
+  std::shared_ptr<Sink> sink_;
+};
+
+class RelayMockCluster : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* level = std::getenv("OUTBOXD_TEST_LOG");
+    spdlog::set_level(spdlog::level::from_str(level ? level : "warn"));
+    topic_ =
+        std::string("outboxd.") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    cluster_.CreateTopic(topic_);
+  }
+
+  // Like TestConfig() in the unit tests (short back-offs), with the mock cluster as Kafka.
+  Config MockConfig() const {
+    Config c;
+    c.kafka.bootstrap_servers = cluster_.bootstraps();
+    c.relay.batch_size = 100;
+    c.relay.max_in_flight = 1000;
+    c.relay.idle_grace = Millis(1);
+    c.relay.idle_poll_interval = Millis(1);
+    c.relay.poll_interval = Millis(5);
+    c.relay.shutdown_timeout = Millis(2000);
+    c.backoff.initial = Millis(1);
+    c.backoff.max = Millis(50);
+    c.leadership.retry_interval = Millis(5);
+    return c;
+  }
+
+  bool AllRemoved(Millis timeout = kLongWait) {
+    return Eventually([&] { return store_.Remaining().empty(); }, timeout);
+  }
+  bool RemovedAtLeast(size_t n) {
+    return Eventually([&] { return store_.Removed().size() >= n; }, kLongWait);
+  }
+
+  MockCluster cluster_;
+  std::string topic_;
+  FakeStore store_;
+  Written written_;
+};
+
+TEST_F(RelayMockCluster, DeliversEveryRowAndRemovesItAfterTheAck) {
+  AddRows(store_, written_, topic_, 1, 5000, 50);
+  RunningRelay relay(MockConfig(), store_);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  relay.Stop();
+  EXPECT_TRUE(relay.status().ok()) << relay.status().message();
+
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+  EXPECT_EQ(store_.Removed().size(), 5000u);
+}
+
+TEST_F(RelayMockCluster, ConnectionsDroppedMidStreamLoseNothing) {
+  AddRows(store_, written_, topic_, 1, 1000, 50);
+  RunningRelay relay(MockConfig(), store_);
+  ASSERT_TRUE(RemovedAtLeast(100));
+  // Each broker drops the connection on its next two ProduceRequests (the requests are not
+  // stored; the producer cannot know that and must treat them as possibly delivered).
+  for (int32_t b = 1; b <= kBrokers; ++b) {
+    ASSERT_EQ(rd_kafka_mock_broker_push_request_error_rtts(cluster_.get(), b, kProduceApi, 2,
+                                                           RD_KAFKA_RESP_ERR__TRANSPORT, 0,
+                                                           RD_KAFKA_RESP_ERR__TRANSPORT, 0),
+              RD_KAFKA_RESP_ERR_NO_ERROR);
+  }
+  AddRows(store_, written_, topic_, 1001, 5000, 50);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  relay.Stop();
+
+  for (int32_t b = 1; b <= kBrokers; ++b) {
+    EXPECT_EQ(cluster_.PendingProduceErrors(b), 0u) << "broker " << b << " never dropped";
+  }
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+}
+
+TEST_F(RelayMockCluster, RetriableProduceErrorsAreRetriedInOrder) {
+  LogCounter log;
+  Config c = MockConfig();
+  c.kafka.properties["debug"] = "msg";  // librdkafka logs each failed ProduceRequest
+  AddRows(store_, written_, topic_, 1, 1000, 50);
+  RunningRelay relay(c, store_);
+  ASSERT_TRUE(RemovedAtLeast(100));
+  const std::vector<rd_kafka_resp_err_t> errors = {
+      RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,      RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+      RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+      RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE};
+  rd_kafka_mock_push_request_errors(cluster_.get(), kProduceApi, 6, errors[0], errors[1], errors[2],
+                                    errors[3], errors[4], errors[5]);
+  AddRows(store_, written_, topic_, 1001, 5000, 50);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  relay.Stop();
+
+  // The faults happened: the producer met each error (the mock has no count for these queues).
+  for (rd_kafka_resp_err_t e :
+       {RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+        RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION}) {
+    EXPECT_GE(log.Count(std::string("encountered error: ") + rd_kafka_err2str(e)), 1)
+        << rd_kafka_err2name(e) << " was never returned to the producer";
+  }
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+}
+
+TEST_F(RelayMockCluster, LeaderDownLongerThanTheMessageTimeoutRemovesNothingUntilItIsBack) {
+  const std::string topic = topic_ + ".one-leader";
+  cluster_.CreateTopic(topic, /*leader=*/1);  // broker 1 leads every partition
+  Config c = MockConfig();
+  c.kafka.properties["message.timeout.ms"] = "2000";
+  c.kafka.properties["reconnect.backoff.ms"] = "50";
+  c.kafka.properties["reconnect.backoff.max.ms"] = "500";
+  AddRows(store_, written_, topic, 1, 500, 20);
+  RunningRelay relay(c, store_);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+
+  // Down, with no change of leader: nothing can be delivered, and every message times out.
+  ASSERT_EQ(rd_kafka_mock_broker_set_down(cluster_.get(), 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  AddRows(store_, written_, topic, 501, 1000, 20);
+  std::set<int64_t> pending;
+  for (int64_t id = 501; id <= 1000; ++id) pending.insert(id);
+  auto until = Clock::now() + Millis(5000);  // two and a half message timeouts
+  while (Clock::now() < until) {
+    ASSERT_EQ(store_.Remaining(), pending) << "a row left the outbox while its leader was down";
+    std::this_thread::sleep_for(Millis(20));
+  }
+  ASSERT_EQ(rd_kafka_mock_broker_set_up(cluster_.get(), 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  relay.Stop();
+
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic), written_, store_);
+}
+
+TEST_F(RelayMockCluster, StopDuringAnOutageKeepsEveryUnacknowledgedRowForTheNextRun) {
+  const std::string topic = topic_ + ".one-leader";
+  cluster_.CreateTopic(topic, /*leader=*/1);
+  Config c = MockConfig();
+  c.relay.shutdown_timeout = Millis(1000);
+  c.kafka.properties["reconnect.backoff.ms"] = "50";
+  c.kafka.properties["reconnect.backoff.max.ms"] = "500";
+  AddRows(store_, written_, topic, 1, 200, 20);
+  RunningRelay first(c, store_);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+
+  ASSERT_EQ(rd_kafka_mock_broker_set_down(cluster_.get(), 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  AddRows(store_, written_, topic, 201, 600, 20);
+  std::this_thread::sleep_for(Millis(500));  // produced, never acknowledged
+  first.Stop();  // SIGTERM: waits shutdown_timeout for acknowledgements, then gives up
+  std::set<int64_t> pending;
+  for (int64_t id = 201; id <= 600; ++id) pending.insert(id);
+  EXPECT_EQ(store_.Remaining(), pending);
+  store_.Disconnect();  // the stopped process's connection (and leadership) goes with it
+
+  ASSERT_EQ(rd_kafka_mock_broker_set_up(cluster_.get(), 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  RunningRelay next(c, store_);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  next.Stop();
+
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic), written_, store_);
+}
+
+TEST_F(RelayMockCluster, FatalIdempotenceErrorRebuildsTheProducerAndLosesNothing) {
+  AddRows(store_, written_, topic_, 1, 1000, 50);
+  RunningRelay relay(MockConfig(), store_);
+  ASSERT_TRUE(RemovedAtLeast(100));
+  // The broker answers the next ProduceRequest of partition 0's leader with a sequence number it
+  // did not expect: for the request at the head of the line librdkafka cannot tell what the
+  // broker holds, so it raises a fatal error (as the 2.0.2 bug #4438 does in production).
+  ASSERT_EQ(
+      rd_kafka_mock_broker_push_request_error_rtts(
+          cluster_.get(), 1, kProduceApi, 1, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, 0),
+      RD_KAFKA_RESP_ERR_NO_ERROR);
+  AddRows(store_, written_, topic_, 1001, 5000, 50);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  const Relay::Stats& stats = relay.Stop();
+  EXPECT_EQ(cluster_.PendingProduceErrors(1), 0u);
+  EXPECT_GE(stats.producer_rebuilds, 1);
+
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+}
+
+TEST_F(RelayMockCluster, MessageTooLargeForTheProducerIsDeadLetteredWhileOthersFlow) {
+  Config c = MockConfig();
+  c.kafka.properties["message.max.bytes"] = "10000";
+  const std::set<int64_t> poison = {100, 500, 501, 900};
+  AddRows(store_, written_, topic_, 1, 1000, 10);
+  for (int64_t id : poison) {
+    written_[id].payload = std::string(20'000, 'x');
+    store_.Add(id, topic_, written_[id].key, written_[id].payload,
+               R"({"trace-id": "t)" + std::to_string(id) + R"("})");
+  }
+  RunningRelay relay(c, store_);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  const Relay::Stats& stats = relay.Stop();
+  EXPECT_EQ(stats.dead_lettered, static_cast<int64_t>(poison.size()));
+  for (const auto& [id, error] : store_.DeadLetters()) {
+    EXPECT_NE(error.find("too large"), std::string::npos) << id << ": " << error;
+  }
+
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_, poison);
+}
+
+TEST_F(RelayMockCluster, MessageRefusedByTheBrokerGoesToTheDeadLetterTopic) {
+  const std::string dlq = topic_ + ".dlq";
+  cluster_.CreateTopic(dlq);
+  Config c = MockConfig();
+  c.relay.dead_letter_topic = dlq;
+  AddRows(store_, written_, topic_, 1, 300, 10);
+  RunningRelay relay(c, store_);
+  ASSERT_TRUE(AllRemoved());
+
+  // The broker refuses the one ProduceRequest that carries row 301 alone (the mock's errors are
+  // per request, so the row must be the only one in flight to be the only one refused).
+  rd_kafka_mock_push_request_errors(cluster_.get(), kProduceApi, 1,
+                                    RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+  AddRows(store_, written_, topic_, 301, 301, 10);
+  ASSERT_TRUE(AllRemoved());
+  AddRows(store_, written_, topic_, 302, 600, 10);
+  ASSERT_TRUE(AllRemoved());
+  relay.Stop();
+
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_, {301});
+  auto copies = ReadTopic(cluster_, dlq);
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(copies[0].outbox_id(), 301);
+  EXPECT_EQ(copies[0].value, written_[301].payload);
+  EXPECT_EQ(copies[0].headers["outbox-topic"], topic_);
+  EXPECT_NE(copies[0].headers["outbox-error"].find("too large"), std::string::npos)
+      << copies[0].headers["outbox-error"];
+}
+
+// Known failures, disabled until the relay is fixed (each is described in the report that came
+// with this file). Run them with --gtest_also_run_disabled_tests.
+
+// A broker refuses a whole ProduceRequest as too large (a real broker refuses a partition's
+// record batch when it exceeds the topic's max.message.bytes; librdkafka does not split it). Today
+// every row in that request is dead-lettered, though only one of them, or none, is too large.
+// Expected: the refused rows are sent again one at a time, and only a row refused alone is poison.
+TEST_F(RelayMockCluster, DISABLED_BrokerRefusingARequestDeadLettersNoHealthyRow) {
+  AddRows(store_, written_, topic_, 1, 1000, 50);
+  RunningRelay relay(MockConfig(), store_);
+  ASSERT_TRUE(RemovedAtLeast(100));
+  rd_kafka_mock_push_request_errors(cluster_.get(), kProduceApi, 1,
+                                    RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+  AddRows(store_, written_, topic_, 1001, 5000, 50);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  relay.Stop();
+
+  EXPECT_EQ(store_.DeadLetters().size(), 0u);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+}
+
+// The leader is down while rows keep coming, and comes back while the queued messages are timing
+// out (message.timeout.ms). librdkafka delivers the younger messages that have not timed out yet,
+// before the relay re-sends the older ones of the same key: first copies arrive out of key order
+// (and every later row of a failed key is sent twice). Expected: key order holds; for example
+// with message.timeout.ms forced to 0 (infinite) by ProducerProperties this test passes.
+TEST_F(RelayMockCluster, DISABLED_OutageEndingWhileMessagesTimeOutKeepsKeyOrder) {
+  const std::string topic = topic_ + ".one-leader";
+  cluster_.CreateTopic(topic, /*leader=*/1);
+  Config c = MockConfig();
+  c.kafka.properties["message.timeout.ms"] = "2000";
+  c.kafka.properties["reconnect.backoff.ms"] = "10";
+  c.kafka.properties["reconnect.backoff.max.ms"] = "100";
+  AddRows(store_, written_, topic, 1, 100, 5);
+  RunningRelay relay(c, store_);
+  ASSERT_TRUE(AllRemoved());
+  ASSERT_EQ(rd_kafka_mock_broker_set_down(cluster_.get(), 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  int64_t next = 101;
+  auto up_at = Clock::now() + Millis(2700);  // after the first timeouts, before the last
+  while (Clock::now() < up_at) {
+    AddRows(store_, written_, topic, next, next + 4, 5);
+    next += 5;
+    std::this_thread::sleep_for(Millis(10));
+  }
+  ASSERT_EQ(rd_kafka_mock_broker_set_up(cluster_.get(), 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  relay.Stop();
+
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic), written_, store_);
+}
+
+// The broker fails one ProduceRequest with INVALID_PRODUCER_EPOCH. librdkafka fails that batch
+// (a retriable delivery report), bumps the epoch and goes on sending the partition's next
+// messages, so later rows of the same keys arrive before the failed ones are re-sent. Expected:
+// key order holds; with enable.gapless.guarantee=true in ProducerProperties the error becomes
+// fatal, the producer is rebuilt, and this test passes.
+TEST_F(RelayMockCluster, DISABLED_BatchFailedWithoutAFatalErrorKeepsKeyOrder) {
+  AddRows(store_, written_, topic_, 1, 1000, 50);
+  RunningRelay relay(MockConfig(), store_);
+  ASSERT_TRUE(RemovedAtLeast(100));
+  ASSERT_EQ(rd_kafka_mock_broker_push_request_error_rtts(
+                cluster_.get(), 1, kProduceApi, 1, RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH, 0),
+            RD_KAFKA_RESP_ERR_NO_ERROR);
+  AddRows(store_, written_, topic_, 1001, 5000, 50);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  relay.Stop();
+  EXPECT_EQ(cluster_.PendingProduceErrors(1), 0u);
+
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+}
+
+}  // namespace
+}  // namespace outboxd

@@ -1,0 +1,24 @@
+# The two commands of the README, and their parts. Each installs what is missing first.
+.PHONY: demo test build bench stop services clean
+
+demo:      ## run the demo: services, build, schema, outboxd, sample messages arriving in Kafka
+	scripts/demo.sh
+
+test:      ## run the whole test suite (what CI runs)
+	scripts/test.sh
+
+build:     ## install dependencies and build outboxd and the tests
+	scripts/build.sh
+
+bench:     ## run the benchmarks (see bench/README.md)
+	bench/run.sh
+
+services:  ## start the local PostgreSQL and Kafka
+	scripts/services.sh start
+
+stop:      ## stop the demo's outboxd and the local services
+	scripts/demo.sh stop
+	scripts/services.sh stop
+
+clean:     ## remove the build (keeps the downloaded Kafka jars and the database)
+	rm -rf build

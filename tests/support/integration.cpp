@@ -1,0 +1,380 @@
+#include "integration.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "migrate.h"
+
+namespace outboxd::testing {
+namespace {
+
+std::string Env(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return (v && *v) ? v : fallback;
+}
+
+std::string TempDir() {
+  static std::string dir = [] {
+    std::string base = Env("TMPDIR", "/tmp") + "/outboxd-tests-XXXXXX";
+    std::vector<char> buf(base.begin(), base.end());
+    buf.push_back('\0');
+    if (mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    return std::string(buf.data());
+  }();
+  return dir;
+}
+
+}  // namespace
+
+bool InCi() { return Env("CI", "") == "true" || Env("CI", "") == "1"; }
+
+std::string UniqueName(const std::string& prefix) {
+  static std::atomic<int> counter{0};
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string test = info ? info->name() : "t";
+  std::string out = prefix + "_";
+  for (char c : test) {
+    if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(c));
+    if (out.size() > 40) break;
+  }
+  return out + "_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
+}
+
+std::string Services::Check(Services* out) {
+  out->pg_port = Env("OUTBOXD_PG_PORT", "55432");
+  out->pg_admin_conninfo = Env("OUTBOXD_TEST_PG_ADMIN", "host=127.0.0.1 port=" + out->pg_port +
+                                                            " dbname=postgres user=postgres");
+  out->kafka_bootstrap =
+      Env("OUTBOXD_KAFKA_BOOTSTRAP", "127.0.0.1:" + Env("OUTBOXD_KAFKA_PORT", "59092"));
+  std::string missing;
+  auto conn = pg::Connection::Open(out->pg_admin_conninfo + " connect_timeout=3", "outboxd-test");
+  if (!conn.ok()) missing += "PostgreSQL (" + conn.status().message() + ") ";
+  // Kafka: ask for metadata with a short timeout.
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", out->kafka_bootstrap.c_str(), err, sizeof(err));
+  rd_kafka_conf_set(conf, "log_level", "0", err, sizeof(err));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+  const rd_kafka_metadata_t* md = nullptr;
+  if (rk == nullptr || rd_kafka_metadata(rk, 0, nullptr, &md, 5000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    missing += "Kafka at " + out->kafka_bootstrap;
+  }
+  if (md) rd_kafka_metadata_destroy(md);
+  if (rk) rd_kafka_destroy(rk);
+  return missing;
+}
+
+TestDatabase::TestDatabase(const Services& s, bool migrate)
+    : services_(s), name_(UniqueName("it")) {
+  auto admin = pg::Connection::Open(s.pg_admin_conninfo, "outboxd-test");
+  if (!admin.ok()) throw std::runtime_error(admin.status().message());
+  Status st = admin->Exec("CREATE DATABASE " + name_);
+  if (!st.ok()) throw std::runtime_error(st.message());
+  if (migrate) {
+    pg::Connection c = Connect();
+    auto applied = ApplyMigrations(c);
+    if (!applied.ok()) throw std::runtime_error(applied.status().message());
+  }
+}
+
+TestDatabase::~TestDatabase() {
+  auto admin = pg::Connection::Open(services_.pg_admin_conninfo, "outboxd-test");
+  if (admin.ok()) (void)admin->Exec("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
+}
+
+std::string TestDatabase::conninfo() const {
+  return "host=" + services_.pg_host + " port=" + services_.pg_port + " dbname=" + name_ +
+         " user=postgres";
+}
+
+pg::Connection TestDatabase::Connect() const {
+  auto c = pg::Connection::Open(conninfo(), "outboxd-test");
+  if (!c.ok()) throw std::runtime_error(c.status().message());
+  return std::move(*c);
+}
+
+std::string TestDatabase::Scalar(const std::string& sql) const {
+  pg::Connection c = Connect();
+  auto r = c.Query(sql);
+  if (!r.ok()) throw std::runtime_error(r.status().message() + " in: " + sql);
+  if (r->rows() == 0 || r->IsNull(0, 0)) return "";
+  return std::string(r->Get(0, 0));
+}
+
+void TestDatabase::Exec(const std::string& sql) const {
+  pg::Connection c = Connect();
+  Status s = c.Exec(sql);
+  if (!s.ok()) throw std::runtime_error(s.message() + " in: " + sql);
+}
+
+std::optional<std::string> Record::Header(const std::string& name) const {
+  for (const auto& [k, v] : headers) {
+    if (k == name) return v;
+  }
+  return std::nullopt;
+}
+
+int64_t Record::outbox_id() const {
+  auto h = Header("outbox-id");
+  return h ? std::stoll(*h) : -1;
+}
+
+void CreateTopic(const Services& s, const std::string& topic, int partitions, int replicas) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", s.kafka_bootstrap.c_str(), err, sizeof(err));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+  if (rk == nullptr) throw std::runtime_error(err);
+  rd_kafka_NewTopic_t* nt =
+      rd_kafka_NewTopic_new(topic.c_str(), partitions, replicas, err, sizeof(err));
+  rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
+  rd_kafka_CreateTopics(rk, &nt, 1, nullptr, q);
+  rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 30000);
+  std::string error;
+  if (ev == nullptr) {
+    error = "CreateTopics timed out";
+  } else if (rd_kafka_event_error(ev)) {
+    error = rd_kafka_event_error_string(ev);
+  } else {
+    size_t n;
+    const rd_kafka_topic_result_t** res =
+        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+    if (n == 1 && rd_kafka_topic_result_error(res[0]))
+      error = rd_kafka_topic_result_error_string(res[0]);
+  }
+  if (ev) rd_kafka_event_destroy(ev);
+  rd_kafka_queue_destroy(q);
+  rd_kafka_NewTopic_destroy(nt);
+  // Wait until the leaders are known, so the first produce does not race topic creation.
+  for (int i = 0; i < 100 && error.empty(); ++i) {
+    rd_kafka_topic_t* t = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
+    const rd_kafka_metadata_t* md = nullptr;
+    bool ready = false;
+    if (rd_kafka_metadata(rk, 0, t, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        md->topic_cnt == 1 && md->topics[0].err == 0 && md->topics[0].partition_cnt == partitions) {
+      ready = true;
+      for (int p = 0; p < md->topics[0].partition_cnt; ++p)
+        ready &= md->topics[0].partitions[p].leader >= 0;
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(t);
+    if (ready) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  rd_kafka_destroy(rk);
+  if (!error.empty()) throw std::runtime_error("create topic " + topic + ": " + error);
+}
+
+Consumer::Consumer(const Services& s, const std::string& topic) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", s.kafka_bootstrap.c_str(), err, sizeof(err));
+  rd_kafka_conf_set(conf, "group.id", ("checker-" + topic).c_str(), err, sizeof(err));
+  rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof(err));
+  rd_kafka_conf_set(conf, "enable.partition.eof", "false", err, sizeof(err));
+  rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+  if (rk_ == nullptr) throw std::runtime_error(err);
+  rd_kafka_poll_set_consumer(rk_);
+  // Assign every partition from the beginning (no group rebalancing).
+  rd_kafka_topic_t* t = rd_kafka_topic_new(rk_, topic.c_str(), nullptr);
+  const rd_kafka_metadata_t* md = nullptr;
+  int partitions = 0;
+  for (int i = 0; i < 100 && partitions == 0; ++i) {
+    if (rd_kafka_metadata(rk_, 0, t, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        md->topic_cnt == 1) {
+      partitions = md->topics[0].partition_cnt;
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    md = nullptr;
+    if (partitions == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  rd_kafka_topic_destroy(t);
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(partitions);
+  for (int p = 0; p < partitions; ++p) {
+    rd_kafka_topic_partition_list_add(list, topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_assign(rk_, list);
+  rd_kafka_topic_partition_list_destroy(list);
+}
+
+Consumer::~Consumer() {
+  if (rk_) {
+    rd_kafka_consumer_close(rk_);
+    rd_kafka_destroy(rk_);
+  }
+}
+
+void Consumer::PollOnce(int timeout_ms) {
+  rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, timeout_ms);
+  if (m == nullptr) return;
+  if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    Record r;
+    r.partition = m->partition;
+    r.offset = m->offset;
+    if (m->key) r.key = std::string(static_cast<const char*>(m->key), m->key_len);
+    if (m->payload) r.value = std::string(static_cast<const char*>(m->payload), m->len);
+    rd_kafka_headers_t* hdrs = nullptr;
+    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      const char* name;
+      const void* value;
+      size_t size;
+      for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &size) == 0; ++i) {
+        r.headers.emplace_back(name, value ? std::optional<std::string>(
+                                                 std::string(static_cast<const char*>(value), size))
+                                           : std::nullopt);
+      }
+    }
+    records_.push_back(std::move(r));
+  }
+  rd_kafka_message_destroy(m);
+}
+
+const std::vector<Record>& Consumer::ReadUntil(size_t count, std::chrono::milliseconds timeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (records_.size() < count && std::chrono::steady_clock::now() < until) PollOnce(100);
+  return records_;
+}
+
+const std::vector<Record>& Consumer::ReadFor(std::chrono::milliseconds d) {
+  auto until = std::chrono::steady_clock::now() + d;
+  while (std::chrono::steady_clock::now() < until) PollOnce(100);
+  return records_;
+}
+
+std::string DeliveryCheck::Summary() const {
+  std::ostringstream s;
+  s << "expected " << expected << ", received " << received << ": lost " << lost << ", duplicates "
+    << duplicates << ", out of order " << out_of_order << ", unexpected " << unexpected;
+  return s.str();
+}
+
+DeliveryCheck CheckDelivery(const std::map<int64_t, std::optional<std::string>>& expected_keys,
+                            const std::vector<Record>& records) {
+  DeliveryCheck c;
+  c.expected = expected_keys.size();
+  c.received = records.size();
+  std::set<int64_t> seen;
+  std::map<std::string, int64_t> last_first_arrival;
+  for (const Record& r : records) {
+    int64_t id = r.outbox_id();
+    if (!expected_keys.count(id)) {
+      ++c.unexpected;
+      continue;
+    }
+    if (!seen.insert(id).second) {
+      ++c.duplicates;
+      continue;
+    }
+    if (r.key) {
+      auto it = last_first_arrival.find(*r.key);
+      if (it != last_first_arrival.end() && it->second > id) ++c.out_of_order;
+      last_first_arrival[*r.key] = std::max(id, it == last_first_arrival.end() ? id : it->second);
+    }
+  }
+  for (const auto& [id, key] : expected_keys) {
+    if (!seen.count(id)) ++c.lost;
+  }
+  return c;
+}
+
+OutboxdProcess::OutboxdProcess(const Services& s, const TestDatabase& db,
+                               const std::string& relay_toml, const std::string& extra_toml) {
+  std::string base = TempDir() + "/" + UniqueName("outboxd");
+  config_path_ = base + ".toml";
+  log_path_ = base + ".log";
+  std::ofstream out(config_path_);
+  out << "[postgres]\nconninfo = \"" << db.conninfo() << "\"\n"
+      << "[kafka]\nbootstrap_servers = \"" << s.kafka_bootstrap << "\"\n"
+      << "[relay]\nidle_grace = \"50ms\"\n"
+      << relay_toml << "\n"
+      << "[backoff]\ninitial = \"50ms\"\nmax = \"1s\"\n"
+      << "[leadership]\nretry_interval = \"200ms\"\n"
+      << extra_toml << "\n";
+}
+
+OutboxdProcess::~OutboxdProcess() {
+  if (pid_ > 0 && !exit_code_) {
+    Kill(SIGKILL);
+    Wait(std::chrono::seconds(10));
+  }
+}
+
+void OutboxdProcess::Start() {
+  exit_code_.reset();
+  pid_ = fork();
+  if (pid_ == 0) {
+    int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execl(OUTBOXD_BINARY, OUTBOXD_BINARY, "run", "--config", config_path_.c_str(), nullptr);
+    _exit(127);
+  }
+}
+
+void OutboxdProcess::Kill(int signal) {
+  if (pid_ > 0 && !exit_code_) ::kill(pid_, signal);
+}
+
+std::optional<int> OutboxdProcess::Wait(std::chrono::milliseconds timeout) {
+  if (exit_code_) return exit_code_;
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    int status = 0;
+    pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return exit_code_;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return std::nullopt;
+}
+
+bool OutboxdProcess::running() { return pid_ > 0 && !Wait(std::chrono::milliseconds(0)); }
+
+std::string OutboxdProcess::Log() const {
+  std::ifstream in(log_path_);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool OutboxdProcess::WaitForLog(const std::string& text, std::chrono::milliseconds timeout) const {
+  return WaitFor([&] { return Log().find(text) != std::string::npos; }, timeout);
+}
+
+std::pair<int, std::string> RunOutboxd(const std::vector<std::string>& args) {
+  std::string cmd = OUTBOXD_BINARY;
+  for (const auto& a : args) cmd += " '" + a + "'";
+  cmd += " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return cond();
+}
+
+}  // namespace outboxd::testing
