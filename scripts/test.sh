@@ -3,7 +3,7 @@
 # (unit, kafka_mock, integration). Extra arguments go to ctest, e.g. `scripts/test.sh -L unit`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-LOG_TAG=test
+LOG_TAG="test"
 
 "$ROOT/scripts/build.sh"
 "$ROOT/scripts/services.sh" start

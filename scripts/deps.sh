@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages outboxd needs to build, test and run its
+# dev services. Only missing packages are installed; `apt-get update` runs only
+# when something is missing, so the warm path is a single dpkg-query (< 1 s).
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PACKAGES=(
+  # C++ toolchain and libraries
+  build-essential cmake ninja-build pkg-config clang-format
+  libpq-dev librdkafka-dev libtoml11-dev libgtest-dev libgmock-dev
+  libspdlog-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
+  # PostgreSQL 15 server + client. The contrib modules ship inside
+  # postgresql-15 on Debian 12 (it "Provides: postgresql-contrib-15", which
+  # is a virtual name that cannot be queried/installed on its own).
+  postgresql-15 postgresql-client-15
+  # Kafka: kcat for readiness/smoke tests; Java 17 + Maven run/fetch the broker.
+  kcat openjdk-17-jre-headless maven
+  # misc tools the scripts use (ss comes from iproute2, pgrep/ps from procps)
+  curl procps iproute2 shellcheck
+)
+
+# One dpkg-query for all packages; unknown packages yield no line.
+installed=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! grep -qxF "$p ii " <<<"$installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  log "all ${#PACKAGES[@]} packages already installed"
+  exit 0
+fi
+
+log "missing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+log "installed: ${missing[*]}"
