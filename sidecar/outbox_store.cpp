@@ -1,6 +1,7 @@
 #include "outbox_store.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include <spdlog/spdlog.h>
 
@@ -12,8 +13,11 @@ namespace {
 // Row 0 carries the statement's snapshot; then late rows (inside the gaps), then fresh rows.
 // Results are binary: id is int8, the rest raw bytes.
 constexpr const char* kFetchSql = R"sql(
-SELECT 0 AS branch, NULL::bigint AS id, pg_current_snapshot()::text AS topic, NULL::text AS key,
+SELECT 0 AS branch, NULL::bigint AS id, s::text AS topic,
+       -- how far the next xid is past xmax; age() reads the next xid without assigning one
+       age((pg_snapshot_xmax(s)::text::numeric % 4294967296)::text::xid)::text AS key,
        NULL::bytea AS payload, NULL::text AS headers
+  FROM pg_current_snapshot() AS s
 UNION ALL
 (SELECT 1, m.id, m.topic, m.key, m.payload, m.headers::text
    FROM unnest($2::bigint[], $3::bigint[]) AS g(first, last)
@@ -113,6 +117,9 @@ Status PgOutboxStore::FetchBatch(std::vector<OutboxRow>* rows) {
     if (branch == 0) {
       snap = Snapshot::Parse(r->Get(i, 2));
       if (!snap) return Status::Invalid("cannot parse snapshot " + std::string(r->Get(i, 2)));
+      // age() is 32-bit; outside a sane range, assume any xid above xmax may be an owner.
+      long long ahead = std::atoll(std::string(r->Get(i, 3)).c_str());
+      snap->next_xid = ahead >= 0 && ahead < (1LL << 30) ? snap->xmax + ahead : UINT64_MAX;
       continue;
     }
     OutboxRow row;
@@ -130,6 +137,12 @@ Status PgOutboxStore::FetchBatch(std::vector<OutboxRow>* rows) {
             [](const OutboxRow& a, const OutboxRow& b) { return a.id < b.id; });
   std::sort(fresh_ids.begin(), fresh_ids.end());
   bool late_full = static_cast<int>(late_ids.size()) >= batch_size_;
+  if (spdlog::should_log(spdlog::level::trace)) {
+    spdlog::trace("fetch hi={} gaps={}..{} snapshot={}: {} late, {} fresh ({}..{})", window_.hi(),
+                  window_.GapStarts(), window_.GapEnds(), r->Get(0, 2), late_ids.size(),
+                  fresh_ids.size(), fresh_ids.empty() ? 0 : fresh_ids.front(),
+                  fresh_ids.empty() ? 0 : fresh_ids.back());
+  }
   if (!window_.Apply(*snap, late_ids, late_full, fresh_ids)) {
     rows->resize(late_ids.size());
   }

@@ -28,11 +28,12 @@ std::optional<Snapshot> Snapshot::Parse(std::string_view text) {
     }
   }
   std::sort(s.running.begin(), s.running.end());
+  s.next_xid = s.xmax;
   return s;
 }
 
-bool Snapshot::IsRunning(uint64_t xid) const {
-  return std::binary_search(running.begin(), running.end(), xid);
+bool Snapshot::MayRun(uint64_t xid) const {
+  return xid >= xmax || std::binary_search(running.begin(), running.end(), xid);
 }
 
 void ScanWindow::Carve(int64_t id) {
@@ -61,14 +62,23 @@ bool ScanWindow::Apply(const Snapshot& snap, const std::vector<int64_t>& late_id
 
   // Owners that finished before `snap` have shown all their rows to this fetch.
   for (Gap& g : gaps_) {
-    std::erase_if(g.owners, [&](uint64_t xid) { return !snap.IsRunning(xid); });
+    std::erase_if(g.owners, [&](uint64_t xid) { return !snap.MayRun(xid); });
+    if (g.open_from < g.open_to && g.open_from < snap.xmax) {
+      // The part of the open range below xmax is now known: keep only the listed ones.
+      for (uint64_t xid : snap.running) {
+        if (xid >= g.open_from && xid < g.open_to) g.owners.push_back(xid);
+      }
+      g.open_from = std::min(snap.xmax, g.open_to);
+    }
   }
-  std::erase_if(gaps_, [](const Gap& g) { return g.owners.empty(); });
+  std::erase_if(gaps_, [](const Gap& g) { return g.settled(); });
 
-  if (!snap.running.empty()) {
+  if (!snap.running.empty() || snap.next_xid > snap.xmax) {
     int64_t expected = hi_ + 1;
     for (int64_t id : fresh_ids) {
-      if (id > expected) gaps_.push_back(Gap{expected, id - 1, snap.running});
+      if (id > expected) {
+        gaps_.push_back(Gap{expected, id - 1, snap.running, snap.xmax, snap.next_xid});
+      }
       expected = id + 1;
     }
   }

@@ -18,13 +18,17 @@
 
 namespace outboxd {
 
-// pg_current_snapshot() as text: "xmin:xmax:xip,xip,...".
+// pg_current_snapshot() as text: "xmin:xmax:xip,xip,...", plus the next xid to be assigned.
+// Note that xmax is latestCompletedXid + 1, not the next xid: a transaction that took its xid after
+// the last one to complete is running but not listed in xip. Such xids lie in [xmax, next_xid).
 struct Snapshot {
   uint64_t xmin = 0;
   uint64_t xmax = 0;
-  std::vector<uint64_t> running;  // sorted
+  uint64_t next_xid = 0;          // at or after the snapshot; >= xmax
+  std::vector<uint64_t> running;  // sorted, all < xmax
   static std::optional<Snapshot> Parse(std::string_view text);
-  bool IsRunning(uint64_t xid) const;
+  // Whether `xid` may still be running: listed in xip, or at or above xmax.
+  bool MayRun(uint64_t xid) const;
 };
 
 class ScanWindow {
@@ -32,7 +36,10 @@ class ScanWindow {
   struct Gap {
     int64_t first;                 // inclusive
     int64_t last;                  // inclusive
-    std::vector<uint64_t> owners;  // xids that may still commit a row in [first, last]
+    std::vector<uint64_t> owners;  // xids that may still commit a row in [first, last] ...
+    uint64_t open_from = 0;        // ... and every xid in [open_from, open_to)
+    uint64_t open_to = 0;
+    bool settled() const { return owners.empty() && open_from >= open_to; }
   };
 
   int64_t hi() const { return hi_; }

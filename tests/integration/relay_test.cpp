@@ -122,7 +122,7 @@ TEST_F(RelayIntegration, LateCommitOfALowerIdIsNotSkipped) {
 // Many writers whose transactions commit in a different order than they took their ids; writers
 // of one key serialize on a lock, as the README asks of applications.
 TEST_F(RelayIntegration, ConcurrentWritersCommittingOutOfIdOrderLoseNothing) {
-  OutboxdProcess outboxd(services_, *db_);
+  OutboxdProcess outboxd(services_, *db_, "", "[log]\nlevel = \"trace\"");
   outboxd.Start();
   constexpr int kWriters = 8, kTxPerWriter = 150, kKeys = 20;
   std::vector<std::thread> writers;
@@ -152,7 +152,9 @@ TEST_F(RelayIntegration, ConcurrentWritersCommittingOutOfIdOrderLoseNothing) {
   ASSERT_EQ(errors, 0);
   // Everything committed is either still in the outbox or delivered; collect what was committed
   // from Kafka's side by reading until the outbox is empty.
-  ASSERT_TRUE(WaitFor([&] { return Remaining() == 0; }, seconds(60))) << outboxd.Log();
+  ASSERT_TRUE(WaitFor([&] { return Remaining() == 0; }, seconds(60)))
+      << outboxd.Log() << "\nleft: "
+      << db_->Scalar("SELECT string_agg(id::text || '/' || txid::text, ',') FROM outbox.messages");
   Consumer consumer(services_, topic_);
   consumer.ReadFor(seconds(3));
   std::map<int64_t, std::optional<std::string>> expected;
