@@ -167,6 +167,14 @@ void CheckKafkaProperty(Reader& r, const toml::value& at, const std::string& nam
   if (name == "partitioner") {
     r.Fail(at, key, "outboxd uses murmur2_random so keys land where Java clients put them");
   }
+  if (name == "enable.gapless.guarantee") {
+    r.Fail(at, key, "outboxd sets it: a failed batch must not let later messages of a key pass");
+  }
+  if ((name == "message.timeout.ms" || name == "delivery.timeout.ms") && value != "0") {
+    r.Fail(at, key,
+           "must stay 0 (no limit): a timed-out message could be overtaken by a later one of its "
+           "key; the outbox keeps the message, and relay.max_in_flight bounds what waits");
+  }
   if (name == "transactional.id") {
     r.Fail(at, key, "transactions (exactly-once mode) are not supported yet");
   }

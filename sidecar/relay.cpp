@@ -43,6 +43,7 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       if (s.ok()) {
         pg_log_.Recovered();
         leading_ = true;
+        leading_flag_.store(true, std::memory_order_release);
         standby_logged_ = false;
         ++stats_.leadership_terms;
         idle_since_.reset();
@@ -99,6 +100,11 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     if (!StoreOk(removed.status())) return false;
     if (*removed > 0) spdlog::info("removed {} sent rows older than the retention", *removed);
   }
+  if (isolated_in_flight_) {
+    ServeReports(Millis(1));  // a suspect travels alone: nothing else until its report
+    return leading_;
+  }
+  if (!ProduceDeadLetterCopies()) return false;
   if (static_cast<int>(in_flight_.size()) + config_.relay.batch_size >
       config_.relay.max_in_flight) {
     ServeReports(Millis(1));
@@ -112,21 +118,34 @@ bool Relay::Step(const std::atomic<bool>& stop) {
 }
 
 bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
-  for (OutboxRow& row : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    OutboxRow& row = rows[i];
     if (!leading_) return false;
-    if (rewind_to_ || fatal_) {
+    if (rewind_to_ || fatal_ || isolated_in_flight_) {
       Failure(row.id);  // this row and the rest of the batch are fetched again after recovery
       break;
     }
+    if (dead_letters_.count(row.id)) continue;  // on its way to the dead-letter topic
     auto headers = MessageHeaders(row.id, row.headers);
     if (!headers.ok()) {
-      Poison(row.id, &row, headers.status().message());
+      Poison(row.id, headers.status().message());
       continue;
     }
+    bool isolate = suspects_.count(row.id) > 0;
+    if (isolate && !in_flight_.empty()) {
+      Failure(row.id);  // a suspect goes alone: wait until nothing else is in flight
+      break;
+    }
     OutgoingMessage m{&row.topic, &row.key, &row.payload, &*headers};
-    InFlight entry{row.id, row.key, false, {}};
-    Status s = ProduceOne(m, std::move(entry));
-    if (s.code() == Status::Code::kPermanent) Poison(row.id, &row, s.message());
+    Status s = ProduceOne(m, InFlight{row.id, row.key, false, isolate});
+    if (s.code() == Status::Code::kPermanent) {
+      Poison(row.id, s.message());  // refused by the producer itself: certainly this row
+    } else if (!s.ok()) {
+      Failure(row.id);
+      break;
+    } else if (isolate) {
+      isolated_in_flight_ = true;
+    }
   }
   if (store_error_) {
     Status s = *store_error_;
@@ -153,11 +172,9 @@ Status Relay::ProduceOne(const OutgoingMessage& m, InFlight entry) {
         return s;
       case Status::Code::kFatal:
         HandleFatal(s.message());
-        Failure(entry.id);
         return s;
       default:
         last_failure_ = s.message();
-        Failure(entry.id);
         return s;
     }
   }
@@ -185,76 +202,101 @@ void Relay::OnReport(const DeliveryReport& r) {
   in_flight_.erase(it);
   using Outcome = DeliveryReport::Outcome;
 
-  if (abandoning_) {
-    if (r.outcome == Outcome::kPersisted) to_mark_.push_back(e.id);
-    return;
-  }
+  if (e.isolated) isolated_in_flight_ = false;
   if (e.dead_letter_copy) {
+    auto pending = dead_letters_.find(e.id);
+    std::string error = pending == dead_letters_.end() ? "" : pending->second.error;
     if (r.outcome == Outcome::kPersisted) {
-      DeadLetterRow(e.id, e.error);
-    } else if (r.outcome == Outcome::kPermanent) {
-      DeadLetterRow(e.id, e.error + "; the dead-letter topic refused it too: " + r.error);
-    } else {
-      last_failure_ = r.error;
-      Failure(e.id);
+      DeadLetterRow(e.id, error);
+    } else if (r.outcome == Outcome::kPermanent && !abandoning_) {
+      DeadLetterRow(e.id, error + "; the dead-letter topic refused it too: " + r.error);
+    } else if (pending != dead_letters_.end()) {
+      pending->second.in_flight = false;  // produced again later
     }
     return;
   }
-  switch (r.outcome) {
-    case Outcome::kPersisted: {
-      ++stats_.acknowledged;
-      if (kafka_log_.failing()) {
-        kafka_log_.Recovered();
-        backoff_.Reset();
-      }
-      if (e.key) {
-        auto failed = failed_keys_.find(*e.key);
-        if (failed != failed_keys_.end() && failed->second < e.id) {
-          Failure(e.id);  // an earlier row of this key failed: this one goes again after it
-          return;
-        }
-      }
-      if (to_mark_.empty()) first_unmarked_ = Clock::now();
-      to_mark_.push_back(e.id);
-      return;
+  if (r.outcome == Outcome::kPersisted) {
+    ++stats_.acknowledged;
+    if (kafka_log_.failing() && !abandoning_) {
+      kafka_log_.Recovered();
+      backoff_.Reset();
     }
-    case Outcome::kPermanent:
-      Poison(e.id, nullptr, r.error);
-      return;
-    case Outcome::kRetriable:
-      last_failure_ = r.error;
-      Failure(e.id);
-      if (e.key) failed_keys_.try_emplace(*e.key, e.id);
-      return;
+    suspects_.erase(e.id);
+    if (e.key) {
+      auto failed = failed_keys_.find(*e.key);
+      if (failed != failed_keys_.end() && failed->second < e.id) {
+        Failure(e.id);  // an earlier row of this key failed: this one goes again after it
+        return;
+      }
+    }
+    if (to_mark_.empty()) first_unmarked_ = Clock::now();
+    to_mark_.push_back(e.id);
+    return;
   }
+  if (abandoning_) return;  // the row stays in the outbox
+  if (r.outcome == Outcome::kPermanent && e.isolated) {
+    suspects_.erase(e.id);
+    Poison(e.id, r.error);  // refused while alone in its request: it is the poison
+    return;
+  }
+  if (r.outcome == Outcome::kPermanent) {
+    // The broker refuses whole requests: this row may only have shared one with the poison.
+    if (suspects_.insert(e.id).second) {
+      spdlog::info("message {} refused by the broker ({}): sending it again alone", e.id, r.error);
+    }
+  }
+  last_failure_ = r.error;
+  Failure(e.id);
+  if (e.key) failed_keys_.try_emplace(*e.key, e.id);
 }
 
-void Relay::Poison(int64_t id, const OutboxRow* row, const std::string& error) {
-  const std::string& dlq = config_.relay.dead_letter_topic;
-  if (dlq.empty()) {
+void Relay::Poison(int64_t id, const std::string& error) {
+  if (config_.relay.dead_letter_topic.empty()) {
     DeadLetterRow(id, error);
     return;
   }
-  std::optional<OutboxRow> fetched;
-  if (row == nullptr) {
-    auto r = store_.FetchRow(id);
-    if (!r.ok()) {
-      store_error_ = r.status();
-      return;
+  dead_letters_.try_emplace(id, PendingDeadLetter{error, false});
+}
+
+bool Relay::ProduceDeadLetterCopies() {
+  const std::string& topic = config_.relay.dead_letter_topic;
+  for (auto it = dead_letters_.begin(); it != dead_letters_.end() && leading_;) {
+    auto& [id, pending] = *it;
+    if (pending.in_flight) {
+      ++it;
+      continue;
     }
-    if (!*r) return;  // already gone
-    fetched = std::move(**r);
-    row = &*fetched;
+    auto row = store_.FetchRow(id);
+    if (!StoreOk(row.status())) return false;
+    if (!*row) {  // gone meanwhile
+      it = dead_letters_.erase(it);
+      continue;
+    }
+    auto parsed = MessageHeaders(id, (*row)->headers);
+    Headers headers = parsed.ok() ? std::move(*parsed) : Headers{{"outbox-id", std::to_string(id)}};
+    headers.emplace_back("outbox-error", pending.error);
+    headers.emplace_back("outbox-topic", (*row)->topic);
+    OutgoingMessage m{&topic, &(*row)->key, &(*row)->payload, &headers};
+    Status s = ProduceOne(m, InFlight{id, (*row)->key, /*dead_letter_copy=*/true, false});
+    if (s.ok()) {
+      pending.in_flight = true;
+    } else if (s.code() == Status::Code::kPermanent) {
+      int64_t dead = id;
+      std::string error = pending.error + "; the dead-letter topic refused it too: " + s.message();
+      ++it;
+      DeadLetterRow(dead, error);
+      continue;
+    } else {
+      break;  // the producer is not well: try again on a later pass
+    }
+    ++it;
   }
-  auto parsed = MessageHeaders(id, row->headers);
-  Headers headers = parsed.ok() ? std::move(*parsed) : Headers{{"outbox-id", std::to_string(id)}};
-  headers.emplace_back("outbox-error", error);
-  headers.emplace_back("outbox-topic", row->topic);
-  OutgoingMessage m{&dlq, &row->key, &row->payload, &headers};
-  Status s = ProduceOne(m, InFlight{id, row->key, /*dead_letter_copy=*/true, error});
-  if (s.code() == Status::Code::kPermanent) {
-    DeadLetterRow(id, error + "; the dead-letter topic refused it too: " + s.message());
+  if (store_error_) {
+    Status s = *store_error_;
+    store_error_.reset();
+    LoseLeadership(s);
   }
+  return leading_;
 }
 
 void Relay::DeadLetterRow(int64_t id, const std::string& error) {
@@ -263,6 +305,7 @@ void Relay::DeadLetterRow(int64_t id, const std::string& error) {
     store_error_ = s;
     return;
   }
+  dead_letters_.erase(id);
   ++stats_.dead_lettered;
   spdlog::warn("message {} moved to outbox.dead_letters: {}", id, error);
 }
@@ -330,14 +373,19 @@ void Relay::Abandon() {
   rewind_to_.reset();
   failed_keys_.clear();
   fatal_ = false;
+  isolated_in_flight_ = false;
+  for (auto& [id, pending] : dead_letters_) pending.in_flight = false;
 }
 
 void Relay::LoseLeadership(const Status& why) {
   if (!leading_) return;
   leading_ = false;
+  leading_flag_.store(false, std::memory_order_release);
   spdlog::warn("stopped delivering: {}", why.message());
   Abandon();
   to_mark_.clear();  // acknowledged but not removed: sent again by the next leader (duplicates)
+  dead_letters_.clear();
+  suspects_.clear();
   store_.Disconnect();
   idle_since_.reset();
   asleep_ = false;  // the next leader clears the flag when it takes over
@@ -400,6 +448,7 @@ void Relay::Drain() {
   if (left > 0) {
     spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);
   }
+  leading_flag_.store(false, std::memory_order_release);
   spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent);
 }
 

@@ -8,7 +8,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -44,14 +46,19 @@ class Relay {
   Status Run(const std::atomic<bool>& stop);
 
   const Stats& stats() const { return stats_; }
-  bool leading() const { return leading_; }
+  // Whether this instance leads; safe to read from any thread (check-back follows it).
+  bool leading() const { return leading_flag_.load(std::memory_order_acquire); }
 
  private:
   struct InFlight {
     int64_t id;
     std::optional<std::string> key;
-    bool dead_letter_copy = false;  // a copy on the dead-letter topic; `error` says why
+    bool dead_letter_copy = false;  // a copy on the dead-letter topic
+    bool isolated = false;          // a suspect, sent with nothing else in flight
+  };
+  struct PendingDeadLetter {
     std::string error;
+    bool in_flight = false;  // its copy is on the way to the dead-letter topic
   };
 
   // One pass: serve reports, remove acked rows, fetch and produce, or wait. False: leadership lost.
@@ -62,8 +69,10 @@ class Relay {
   Status ProduceOne(const OutgoingMessage& m, InFlight entry);
   void ServeReports(Millis timeout);
   void OnReport(const DeliveryReport& r);
-  // A row that can never be delivered: to the dead-letter topic if one is set, else to the table.
-  void Poison(int64_t id, const OutboxRow* row, const std::string& error);
+  // A row that can never be delivered: to the table now, or (dead_letter_topic set) queued for
+  // a copy on that topic, produced by ProduceDeadLetterCopies while the producer is healthy.
+  void Poison(int64_t id, const std::string& error);
+  bool ProduceDeadLetterCopies();
   void DeadLetterRow(int64_t id, const std::string& error);
   bool FlushMarks(bool force);
   // After a retriable failure: wait for in-flight reports, remove what may be, fetch again.
@@ -88,6 +97,7 @@ class Relay {
 
   PublisherPtr publisher_;
   bool leading_ = false;
+  std::atomic<bool> leading_flag_{false};  // leading_, published for other threads
   uint64_t next_token_ = 1;
   std::unordered_map<uint64_t, InFlight> in_flight_;
   std::vector<int64_t> to_mark_;  // acknowledged, not yet removed
@@ -98,8 +108,12 @@ class Relay {
   std::unordered_map<std::string, int64_t> failed_keys_;
   std::string last_failure_;
   bool fatal_ = false;
-  bool abandoning_ = false;            // reports only count as acks, nothing else
-  std::optional<Status> store_error_;  // a store failure met while serving reports
+  bool abandoning_ = false;  // reports only count as acks, nothing else
+  // Rows the broker refused in a request with others: each is sent again alone to tell.
+  std::set<int64_t> suspects_;
+  bool isolated_in_flight_ = false;
+  std::map<int64_t, PendingDeadLetter> dead_letters_;  // poison rows awaiting their topic copy
+  std::optional<Status> store_error_;                  // a store failure met while serving reports
   std::optional<std::chrono::steady_clock::time_point> idle_since_;
   bool asleep_ = false;  // outbox.relay_state.sleeping is set
   std::chrono::steady_clock::time_point next_cleanup_;

@@ -25,6 +25,9 @@ std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config)
       {"client.id", "outboxd"},
       {"linger.ms", "5"},
       {"socket.keepalive.enable", "true"},
+      // Never give up on a message: a timed-out message leaves a gap that later messages of its
+      // partition (and key) could overtake. The outbox is the buffer; max_in_flight bounds it.
+      {"message.timeout.ms", "0"},
   };
   for (const auto& [k, v] : config.properties) p[k] = v;
   // The guarantees, which Config already refuses to let anyone change.
@@ -32,6 +35,9 @@ std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config)
   p["enable.idempotence"] = "true";
   p["acks"] = "all";
   p["partitioner"] = "murmur2_random";
+  // An error that could leave a gap in a partition's sequence is fatal: the relay rebuilds the
+  // producer and re-sends from PostgreSQL, so no later message of a key overtakes an earlier one.
+  p["enable.gapless.guarantee"] = "true";
   return p;
 }
 

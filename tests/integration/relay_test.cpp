@@ -122,7 +122,7 @@ TEST_F(RelayIntegration, LateCommitOfALowerIdIsNotSkipped) {
 // Many writers whose transactions commit in a different order than they took their ids; writers
 // of one key serialize on a lock, as the README asks of applications.
 TEST_F(RelayIntegration, ConcurrentWritersCommittingOutOfIdOrderLoseNothing) {
-  OutboxdProcess outboxd(services_, *db_, "", "[log]\nlevel = \"trace\"");
+  OutboxdProcess outboxd(services_, *db_);
   outboxd.Start();
   constexpr int kWriters = 8, kTxPerWriter = 150, kKeys = 20;
   std::vector<std::thread> writers;

@@ -549,9 +549,11 @@ TEST_F(RelayMockCluster, MessageRefusedByTheBrokerGoesToTheDeadLetterTopic) {
   RunningRelay relay(c, store_);
   ASSERT_TRUE(AllRemoved());
 
-  // The broker refuses the one ProduceRequest that carries row 301 alone (the mock's errors are
-  // per request, so the row must be the only one in flight to be the only one refused).
-  rd_kafka_mock_push_request_errors(cluster_.get(), kProduceApi, 1,
+  // The broker refuses the ProduceRequest that carries row 301, and again when the relay sends it
+  // alone to tell it from its request's other rows (the mock's errors are per request, so the row
+  // must be the only one in flight to be the only one refused).
+  rd_kafka_mock_push_request_errors(cluster_.get(), kProduceApi, 2,
+                                    RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
                                     RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
   AddRows(store_, written_, topic_, 301, 301, 10);
   ASSERT_TRUE(AllRemoved());
@@ -569,14 +571,14 @@ TEST_F(RelayMockCluster, MessageRefusedByTheBrokerGoesToTheDeadLetterTopic) {
       << copies[0].headers["outbox-error"];
 }
 
-// Known failures, disabled until the relay is fixed (each is described in the report that came
-// with this file). Run them with --gtest_also_run_disabled_tests.
+// Scenarios that broke the relay before it sent suspects alone, forced message.timeout.ms=0
+// and enable.gapless.guarantee=true; kept as regressions.
 
 // A broker refuses a whole ProduceRequest as too large (a real broker refuses a partition's
 // record batch when it exceeds the topic's max.message.bytes; librdkafka does not split it). Today
 // every row in that request is dead-lettered, though only one of them, or none, is too large.
 // Expected: the refused rows are sent again one at a time, and only a row refused alone is poison.
-TEST_F(RelayMockCluster, DISABLED_BrokerRefusingARequestDeadLettersNoHealthyRow) {
+TEST_F(RelayMockCluster, BrokerRefusingARequestDeadLettersNoHealthyRow) {
   AddRows(store_, written_, topic_, 1, 1000, 50);
   RunningRelay relay(MockConfig(), store_);
   ASSERT_TRUE(RemovedAtLeast(100));
@@ -590,16 +592,14 @@ TEST_F(RelayMockCluster, DISABLED_BrokerRefusingARequestDeadLettersNoHealthyRow)
   ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
 }
 
-// The leader is down while rows keep coming, and comes back while the queued messages are timing
-// out (message.timeout.ms). librdkafka delivers the younger messages that have not timed out yet,
-// before the relay re-sends the older ones of the same key: first copies arrive out of key order
-// (and every later row of a failed key is sent twice). Expected: key order holds; for example
-// with message.timeout.ms forced to 0 (infinite) by ProducerProperties this test passes.
-TEST_F(RelayMockCluster, DISABLED_OutageEndingWhileMessagesTimeOutKeepsKeyOrder) {
+// The leader is down while rows keep coming, then comes back. With a finite message.timeout.ms,
+// librdkafka delivered the younger messages that had not timed out yet before the relay re-sent
+// the older ones of the same key. outboxd now refuses a finite timeout (see ProducerProperties),
+// so the messages wait for the leader and key order holds.
+TEST_F(RelayMockCluster, OutageEndingWhileMessagesTimeOutKeepsKeyOrder) {
   const std::string topic = topic_ + ".one-leader";
   cluster_.CreateTopic(topic, /*leader=*/1);
   Config c = MockConfig();
-  c.kafka.properties["message.timeout.ms"] = "2000";
   c.kafka.properties["reconnect.backoff.ms"] = "10";
   c.kafka.properties["reconnect.backoff.max.ms"] = "100";
   AddRows(store_, written_, topic, 1, 100, 5);
@@ -623,10 +623,10 @@ TEST_F(RelayMockCluster, DISABLED_OutageEndingWhileMessagesTimeOutKeepsKeyOrder)
 // The broker fails one ProduceRequest with INVALID_PRODUCER_EPOCH, answering after 200 ms so that
 // the partition's next messages are queued behind it. librdkafka fails that batch
 // (a retriable delivery report), bumps the epoch and goes on sending the partition's next
-// messages, so later rows of the same keys arrive before the failed ones are re-sent. Expected:
-// key order holds; with enable.gapless.guarantee=true in ProducerProperties the error becomes
-// fatal, the producer is rebuilt, and this test passes.
-TEST_F(RelayMockCluster, DISABLED_BatchFailedWithoutAFatalErrorKeepsKeyOrder) {
+// messages, so later rows of the same keys arrived before the failed ones were re-sent. With
+// enable.gapless.guarantee=true (ProducerProperties) the error is fatal, the producer is rebuilt,
+// and key order holds.
+TEST_F(RelayMockCluster, BatchFailedWithoutAFatalErrorKeepsKeyOrder) {
   AddRows(store_, written_, topic_, 1, 1000, 50);
   RunningRelay relay(MockConfig(), store_);
   ASSERT_TRUE(RemovedAtLeast(100));

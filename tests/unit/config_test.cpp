@@ -94,8 +94,10 @@ TEST(Config, InvalidConninfoIsCaughtWithoutConnecting) {
 }
 
 TEST(Config, KafkaPropertiesThatBreakGuaranteesAreRefused) {
-  for (const char* line : {"\"enable.idempotence\" = false", "acks = \"1\"",
-                           "partitioner = \"consistent\"", "\"bootstrap.servers\" = \"x:1\""}) {
+  for (const char* line :
+       {"\"enable.idempotence\" = false", "acks = \"1\"", "partitioner = \"consistent\"",
+        "\"bootstrap.servers\" = \"x:1\"", "\"message.timeout.ms\" = 30000",
+        "\"enable.gapless.guarantee\" = false"}) {
     std::string text = std::string(kMinimal) + "[kafka.properties]\n" + line + "\n";
     EXPECT_NE(ErrorOf(text).find("test.toml:7: kafka.properties."), std::string::npos) << line;
   }
