@@ -19,10 +19,12 @@ SELECT 0 AS branch, NULL::bigint AS id, s::text AS topic,
        NULL::bytea AS payload, NULL::text AS headers
   FROM pg_current_snapshot() AS s
 UNION ALL
+-- LATERAL: an index range scan per gap, also in the generic plan of the prepared statement
 (SELECT 1, m.id, m.topic, m.key, m.payload, m.headers::text
    FROM unnest($2::bigint[], $3::bigint[]) AS g(first, last)
-   JOIN outbox.messages m ON m.id BETWEEN g.first AND g.last
-  WHERE m.sent_at IS NULL
+  CROSS JOIN LATERAL (SELECT id, topic, key, payload, headers FROM outbox.messages
+                       WHERE id BETWEEN g.first AND g.last AND sent_at IS NULL
+                       ORDER BY id LIMIT $4) AS m
   ORDER BY m.id LIMIT $4)
 UNION ALL
 (SELECT 2, id, topic, key, payload, headers::text
