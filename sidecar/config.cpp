@@ -183,11 +183,70 @@ void CheckKafkaProperty(Reader& r, const toml::value& at, const std::string& nam
   }
 }
 
+void ReadCheckback(Reader& r, const toml::value& table, CheckbackConfig* out) {
+  const std::string p = "checkback.";
+  r.OnlyKnownKeys(table, p,
+                  {"enabled", "checker", "transaction_timeout", "check_interval", "max_checks",
+                   "final_action", "final_topic", "http_url", "http_timeout", "sql_conninfo",
+                   "sql_query", "sql_timeout", "batch_size", "poll_interval", "settled_retention"});
+  CheckbackConfig& cb = *out;
+  r.MaybeBool(table, p, "enabled", &cb.enabled);
+  if (const toml::value* v = r.Find(table, "checker")) {
+    std::string s = r.String(*v, p + "checker");
+    if (s == "none") {
+      cb.checker = CheckerKind::kNone;
+    } else if (s == "http") {
+      cb.checker = CheckerKind::kHttp;
+    } else if (s == "sql") {
+      cb.checker = CheckerKind::kSql;
+    } else {
+      r.Fail(*v, p + "checker", "expected \"none\", \"http\" or \"sql\", got \"" + s + "\"");
+    }
+  }
+  r.MaybeDuration(table, p, "transaction_timeout", Millis(0), &cb.transaction_timeout);
+  r.MaybeDuration(table, p, "check_interval", Millis(10), &cb.check_interval);
+  r.MaybeInt(table, p, "max_checks", 0, 1'000'000, &cb.max_checks);
+  if (const toml::value* v = r.Find(table, "final_action")) {
+    std::string s = r.String(*v, p + "final_action");
+    if (s == "rollback") {
+      cb.final_action = FinalAction::kRollback;
+    } else if (s == "dead_letter") {
+      cb.final_action = FinalAction::kDeadLetter;
+    } else {
+      r.Fail(*v, p + "final_action", "expected \"rollback\" or \"dead_letter\", got \"" + s + "\"");
+    }
+  }
+  r.MaybeString(table, p, "final_topic", &cb.final_topic);
+  if (!cb.final_topic.empty() && cb.final_action != FinalAction::kDeadLetter) {
+    r.Fail(*r.Find(table, "final_topic"), p + "final_topic",
+           "only used with final_action = \"dead_letter\"");
+  }
+  r.MaybeString(table, p, "http_url", &cb.http_url);
+  if (!cb.http_url.empty() && cb.http_url.rfind("http://", 0) != 0 &&
+      cb.http_url.rfind("https://", 0) != 0) {
+    r.Fail(*r.Find(table, "http_url"), p + "http_url", "expected an http:// or https:// URL");
+  }
+  if (cb.checker == CheckerKind::kHttp && cb.http_url.empty()) {
+    r.FailNoLine(p + "http_url", "required with checker = \"http\"");
+  }
+  r.MaybeDuration(table, p, "http_timeout", Millis(1), &cb.http_timeout);
+  r.MaybeString(table, p, "sql_conninfo", &cb.sql_conninfo);
+  r.MaybeString(table, p, "sql_query", &cb.sql_query);
+  if (cb.checker == CheckerKind::kSql && cb.sql_query.empty()) {
+    r.FailNoLine(p + "sql_query", "required with checker = \"sql\"");
+  }
+  r.MaybeDuration(table, p, "sql_timeout", Millis(1), &cb.sql_timeout);
+  r.MaybeInt(table, p, "batch_size", 1, 100'000, &cb.batch_size);
+  r.MaybeDuration(table, p, "poll_interval", Millis(1), &cb.poll_interval);
+  r.MaybeDuration(table, p, "settled_retention", Millis(0), &cb.settled_retention);
+}
+
 Config Build(const toml::value& root, const std::string& file) {
   Reader r(file);
   Config c;
   c.path = file;
-  r.OnlyKnownKeys(root, "", {"postgres", "kafka", "relay", "backoff", "leadership", "log"});
+  r.OnlyKnownKeys(root, "",
+                  {"postgres", "kafka", "relay", "backoff", "leadership", "checkback", "log"});
 
   const toml::value& pg = r.Table(root, "postgres");
   r.OnlyKnownKeys(pg, "postgres.", {"conninfo"});
@@ -259,6 +318,8 @@ Config Build(const toml::value& root, const std::string& file) {
   r.OnlyKnownKeys(lead, "leadership.", {"lock_id", "retry_interval"});
   r.MaybeInt(lead, "leadership.", "lock_id", INT64_MIN, INT64_MAX, &c.leadership.lock_id);
   r.MaybeDuration(lead, "leadership.", "retry_interval", Millis(10), &c.leadership.retry_interval);
+
+  ReadCheckback(r, r.Table(root, "checkback"), &c.checkback);
 
   const toml::value& log = r.Table(root, "log");
   r.OnlyKnownKeys(log, "log.", {"level"});

@@ -46,6 +46,29 @@ struct LeadershipConfig {
   Millis retry_interval{1000};                  // how often a standby tries to take over
 };
 
+enum class CheckerKind { kNone, kHttp, kSql };
+enum class FinalAction { kRollback, kDeadLetter };
+
+// Half messages (docs/half-messages.md). Defaults are RocketMQ's: first check after 6 s, then
+// every 30 s, at most 15 checks, then roll back.
+struct CheckbackConfig {
+  bool enabled = true;                       // run check-back (on the leading instance only)
+  CheckerKind checker = CheckerKind::kNone;  // none: no checks; prepared messages wait for the app
+  Millis transaction_timeout{6000};          // a prepared message is first checked this old
+  Millis check_interval{30'000};             // then re-checked this often while unknown
+  int max_checks = 15;                       // after this many unknown answers: the final action
+  FinalAction final_action = FinalAction::kRollback;
+  std::string final_topic;  // final_action = dead_letter: also publish the message here
+  std::string http_url;     // checker = http: POST the check here
+  Millis http_timeout{3000};
+  std::string sql_conninfo;    // checker = sql: the application's database ("" = postgres.conninfo)
+  std::string sql_query;       // $1 id, $2 key, $3 headers -> 'commit' | 'rollback' | 'unknown'
+  Millis sql_timeout{3000};    // statement_timeout of that query
+  int batch_size = 100;        // due messages checked per round
+  Millis poll_interval{1000};  // how often it looks for due messages
+  Millis settled_retention{86'400'000};  // committed / rolled back rows are kept this long
+};
+
 struct LogConfig {
   std::string level = "info";
 };
@@ -57,6 +80,7 @@ struct Config {
   RelayConfig relay;
   BackoffConfig backoff;
   LeadershipConfig leadership;
+  CheckbackConfig checkback;
   LogConfig log;
 };
 

@@ -3,17 +3,22 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "checkback.h"
+#include "checker.h"
 #include "config.h"
 #include "kafka/producer.h"
 #include "log.h"
 #include "migrate.h"
 #include "outbox_store.h"
 #include "pg/connection.h"
+#include "prepared_store.h"
 #include "relay.h"
+#include "status_report.h"
 
 namespace {
 
@@ -53,10 +58,34 @@ int Run(const outboxd::Config& config) {
   outboxd::PgOutboxStore store(config);
   outboxd::Relay relay(config, store,
                        [&config] { return outboxd::KafkaPublisher::Create(config.kafka); });
+  // Check-back: its own thread and connection, active while the relay leads.
+  outboxd::PgPreparedStore prepared(config.postgres.conninfo);
+  std::optional<outboxd::CheckBack> checkback;
+  if (config.checkback.enabled) {
+    checkback.emplace(config.checkback, prepared,
+                      outboxd::MakeChecker(config.checkback, config.postgres.conninfo),
+                      [&relay] { return relay.leading(); });
+    checkback->Start(g_stop);
+  }
   outboxd::Status s = relay.Run(g_stop);
+  if (checkback) checkback->Stop();
   if (!s.ok()) {
     spdlog::error("{}", s.message());
     return s.code() == outboxd::Status::Code::kInvalid ? kExitConfig : kExitRuntime;
+  }
+  return kExitOk;
+}
+
+int PrintStatus(const outboxd::Config& config) {
+  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd status");
+  if (!conn.ok()) {
+    std::cerr << "outboxd: " << conn.status().message() << "\n";
+    return kExitRuntime;
+  }
+  outboxd::Status s = outboxd::WriteStatusReport(*conn, config, std::cout);
+  if (!s.ok()) {
+    std::cerr << "outboxd: " << s.message() << "\n";
+    return kExitRuntime;
   }
   return kExitOk;
 }
@@ -90,8 +119,10 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "deliver outbox messages to Kafka (the default)");
   auto* migrate = app.add_subcommand("migrate", "apply pending schema migrations, then exit");
   auto* check = app.add_subcommand("check-config", "validate the configuration without connecting");
+  auto* status = app.add_subcommand(
+      "status", "show the backlog, dead letters and prepared (half) messages, then exit");
   auto* version = app.add_subcommand("version", "print the version");
-  for (auto* sub : {run, migrate, check}) {
+  for (auto* sub : {run, migrate, check, status}) {
     sub->add_option("-c,--config", config_path, "configuration file")->envname("OUTBOXD_CONFIG");
   }
   try {
@@ -116,5 +147,6 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   if (*migrate) return Migrate(*config);
+  if (*status) return PrintStatus(*config);
   return Run(*config);
 }

@@ -112,6 +112,13 @@ Status Connection::Prepare(const std::string& name, const std::string& sql) {
   return Check(PQprepare(conn_.get(), name.c_str(), sql.c_str(), 0, nullptr)).status();
 }
 
+Status Connection::Prepare(const std::string& name, const std::string& sql,
+                           const std::vector<Oid>& types) {
+  return Check(PQprepare(conn_.get(), name.c_str(), sql.c_str(), static_cast<int>(types.size()),
+                         types.data()))
+      .status();
+}
+
 Result<PgResult> Connection::ExecPrepared(const std::string& name, const Params& params,
                                           bool binary_results) {
   auto ptrs = params.Pointers();

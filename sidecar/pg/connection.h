@@ -73,6 +73,8 @@ class Connection {
                          bool binary_results = false);
   // Prepares once per connection; ExecPrepared runs it.
   Status Prepare(const std::string& name, const std::string& sql);
+  // The same, with the parameters' types given (a query need not use every parameter).
+  Status Prepare(const std::string& name, const std::string& sql, const std::vector<Oid>& types);
   Result<PgResult> ExecPrepared(const std::string& name, const Params& params,
                                 bool binary_results = false);
 

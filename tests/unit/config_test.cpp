@@ -56,7 +56,64 @@ TEST(Config, ExampleFileMatchesBuiltInDefaults) {
   EXPECT_EQ(c->backoff.max, d.backoff.max);
   EXPECT_EQ(c->leadership.lock_id, d.leadership.lock_id);
   EXPECT_EQ(c->leadership.retry_interval, d.leadership.retry_interval);
+  EXPECT_EQ(c->checkback.enabled, d.checkback.enabled);
+  EXPECT_EQ(c->checkback.checker, d.checkback.checker);
+  EXPECT_EQ(c->checkback.transaction_timeout, d.checkback.transaction_timeout);
+  EXPECT_EQ(c->checkback.check_interval, d.checkback.check_interval);
+  EXPECT_EQ(c->checkback.max_checks, d.checkback.max_checks);
+  EXPECT_EQ(c->checkback.final_action, d.checkback.final_action);
+  EXPECT_EQ(c->checkback.final_topic, d.checkback.final_topic);
+  EXPECT_EQ(c->checkback.http_url, d.checkback.http_url);
+  EXPECT_EQ(c->checkback.http_timeout, d.checkback.http_timeout);
+  EXPECT_EQ(c->checkback.sql_conninfo, d.checkback.sql_conninfo);
+  EXPECT_EQ(c->checkback.sql_query, d.checkback.sql_query);
+  EXPECT_EQ(c->checkback.sql_timeout, d.checkback.sql_timeout);
+  EXPECT_EQ(c->checkback.batch_size, d.checkback.batch_size);
+  EXPECT_EQ(c->checkback.poll_interval, d.checkback.poll_interval);
+  EXPECT_EQ(c->checkback.settled_retention, d.checkback.settled_retention);
   EXPECT_EQ(c->log.level, d.log.level);
+}
+
+// RocketMQ's defaults: first check after 6 s, every 30 s, at most 15 checks, then roll back.
+TEST(Config, CheckbackDefaultsAreRocketMqs) {
+  CheckbackConfig d;
+  EXPECT_EQ(d.transaction_timeout, Millis(6000));
+  EXPECT_EQ(d.check_interval, Millis(30'000));
+  EXPECT_EQ(d.max_checks, 15);
+  EXPECT_EQ(d.final_action, FinalAction::kRollback);
+}
+
+TEST(Config, CheckbackSettingsAreReadAndChecked) {
+  auto c = ParseConfig(std::string(kMinimal) +
+                           "[checkback]\nchecker = \"http\"\nhttp_url = \"http://app:8080/check\"\n"
+                           "transaction_timeout = \"200ms\"\nmax_checks = 3\n"
+                           "final_action = \"dead_letter\"\nfinal_topic = \"half-dlq\"\n",
+                       "t");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->checkback.checker, CheckerKind::kHttp);
+  EXPECT_EQ(c->checkback.http_url, "http://app:8080/check");
+  EXPECT_EQ(c->checkback.transaction_timeout, Millis(200));
+  EXPECT_EQ(c->checkback.max_checks, 3);
+  EXPECT_EQ(c->checkback.final_action, FinalAction::kDeadLetter);
+  EXPECT_EQ(c->checkback.final_topic, "half-dlq");
+
+  std::string base = std::string(kMinimal) + "[checkback]\n";
+  EXPECT_EQ(
+      ErrorOf(base + "max_check = 3\n").rfind("test.toml:7: checkback.max_check: unknown key", 0),
+      0u);
+  EXPECT_EQ(ErrorOf(base + "max_checks = \"3\"\n")
+                .rfind("test.toml:7: checkback.max_checks: expected an integer", 0),
+            0u);
+  EXPECT_NE(ErrorOf(base + "checker = \"grpc\"\n").find("checkback.checker: expected"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(base + "checker = \"http\"\n").find("checkback.http_url: required"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(base + "checker = \"sql\"\n").find("checkback.sql_query: required"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(base + "final_topic = \"x\"\n").find("test.toml:7: checkback.final_topic"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(base + "http_url = \"ftp://x\"\n").find("checkback.http_url: expected"),
+            std::string::npos);
 }
 
 TEST(Config, UnknownKeyNamesFileLineAndKey) {

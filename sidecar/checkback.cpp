@@ -1,0 +1,181 @@
+#include "checkback.h"
+
+#include <spdlog/spdlog.h>
+
+namespace outboxd {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr Millis kCleanupEvery{60'000};
+constexpr Millis kStopCheckSlice{50};
+constexpr size_t kMaxWarnedRemembered = 100'000;
+
+const char* SettlementWord(Settlement s) {
+  switch (s) {
+    case Settlement::kCommit:
+      return "committed";
+    case Settlement::kRollback:
+      return "rolled back";
+    case Settlement::kDeadLetter:
+      return "dead-lettered";
+  }
+  return "settled";
+}
+
+// lock_timeout: the application holds the prepared row (it is settling it right now).
+bool IsLockTimeout(const Status& s) { return s.message().find("55P03") != std::string::npos; }
+
+}  // namespace
+
+CheckBack::CheckBack(const CheckbackConfig& config, PreparedStore& store, CheckerPtr checker,
+                     std::function<bool()> leading)
+    : config_(config), store_(store), checker_(std::move(checker)), leading_(std::move(leading)) {}
+
+CheckBack::~CheckBack() { Stop(); }
+
+void CheckBack::Start(const std::atomic<bool>& stop) {
+  stop_requested_ = false;
+  thread_ = std::thread([this, &stop] { Loop(stop); });
+}
+
+void CheckBack::Stop() {
+  stop_requested_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void CheckBack::SleepFor(Millis d, const std::atomic<bool>& stop) {
+  auto until = Clock::now() + d;
+  while (!stopping(stop)) {
+    auto left = std::chrono::duration_cast<Millis>(until - Clock::now());
+    if (left <= Millis(0)) return;
+    std::this_thread::sleep_for(std::min(left, kStopCheckSlice));
+  }
+}
+
+void CheckBack::Loop(const std::atomic<bool>& stop) {
+  spdlog::info("check-back: checker {}, first check after {}, every {}, at most {} checks",
+               config_.checker == CheckerKind::kHttp  ? "http " + config_.http_url
+               : config_.checker == CheckerKind::kSql ? std::string("sql")
+                                                      : std::string("none (no checks)"),
+               FormatDuration(config_.transaction_timeout), FormatDuration(config_.check_interval),
+               config_.max_checks);
+  bool was_leading = false;
+  while (!stopping(stop)) {
+    if (!leading_()) {
+      if (was_leading) spdlog::info("check-back paused: not leading the outbox");
+      was_leading = false;
+      if (connected_) store_.Disconnect();
+      connected_ = false;
+      SleepFor(config_.poll_interval, stop);
+      continue;
+    }
+    was_leading = true;
+    auto handled = RunOnce();
+    if (!handled.ok()) {
+      pg_log_.Failure(handled.status().message());
+      SleepFor(backoff_.Next(), stop);
+      continue;
+    }
+    pg_log_.Recovered();
+    backoff_.Reset();
+    // A full batch: more may be due right away.
+    if (*handled < config_.batch_size) SleepFor(config_.poll_interval, stop);
+  }
+}
+
+Result<int> CheckBack::RunOnce() {
+  if (Status s = store_.Connect(); !s.ok()) {
+    connected_ = false;
+    return s;
+  }
+  connected_ = true;
+  if (Clock::now() >= next_cleanup_) {
+    auto removed = store_.RemoveSettledBefore(config_.settled_retention);
+    if (!removed.ok()) return removed.status();
+    next_cleanup_ = Clock::now() + kCleanupEvery;
+    if (*removed > 0) spdlog::info("check-back: removed {} settled half messages", *removed);
+  }
+  if (!checker_) return 0;
+  auto due = store_.FetchDue(config_.transaction_timeout, config_.batch_size);
+  if (!due.ok()) return due.status();
+  int handled = 0;
+  for (const PreparedMessage& m : *due) {
+    if (stop_requested_ || !leading_()) break;
+    if (Status s = Handle(m); !s.ok()) return s;
+    ++handled;
+  }
+  if (warned_.size() > kMaxWarnedRemembered) warned_.clear();
+  return handled;
+}
+
+Status CheckBack::Handle(const PreparedMessage& m) {
+  if (m.check_count >= config_.max_checks) {
+    spdlog::warn("half message {} (topic {}): no verdict after {} checks: {}", m.id, m.topic,
+                 m.check_count,
+                 config_.final_action == FinalAction::kRollback ? "rolling back"
+                 : config_.final_topic.empty()                  ? "dead-lettering"
+                                               : "dead-lettering to topic " + config_.final_topic);
+    return Apply(m,
+                 config_.final_action == FinalAction::kRollback ? Settlement::kRollback
+                                                                : Settlement::kDeadLetter,
+                 SettledBy::kMaxChecks);
+  }
+  ++stats_.checks;
+  CheckAnswer answer = checker_->Check(m);
+  spdlog::debug("half message {}: check {} answered {}{}{}", m.id, m.check_count + 1,
+                VerdictName(answer.verdict), answer.detail.empty() ? "" : ": ", answer.detail);
+  if (answer.verdict == Verdict::kUnknown) {
+    ++stats_.unknown;
+    if (!answer.detail.empty() && warned_.insert(m.id).second) {
+      spdlog::warn("half message {}: check failed, counted as unknown (said once per message): {}",
+                   m.id, answer.detail);
+    }
+    auto counted = store_.RecordUnknown(m.id, config_.check_interval);
+    if (!counted.ok() && IsLockTimeout(counted.status())) {
+      spdlog::debug("half message {}: busy (locked by the application); checked again", m.id);
+      return Status::Ok();
+    }
+    if (!counted.ok()) return counted.status();
+    if (!*counted) {
+      ++stats_.ignored;
+      spdlog::debug("half message {}: settled meanwhile; unknown answer ignored", m.id);
+    }
+    return Status::Ok();
+  }
+  return Apply(m, answer.verdict == Verdict::kCommit ? Settlement::kCommit : Settlement::kRollback,
+               SettledBy::kCheck);
+}
+
+Status CheckBack::Apply(const PreparedMessage& m, Settlement settlement, SettledBy by) {
+  auto settled = store_.Settle(m.id, settlement, by,
+                               settlement == Settlement::kDeadLetter ? config_.final_topic : "");
+  if (!settled.ok()) {
+    // A lock timeout: the application holds the row (it is settling it). Next round decides.
+    if (IsLockTimeout(settled.status())) {
+      spdlog::debug("half message {}: busy (locked by the application); checked again later", m.id);
+      return Status::Ok();
+    }
+    return settled.status();
+  }
+  warned_.erase(m.id);
+  if (!*settled) {
+    ++stats_.ignored;
+    spdlog::debug("half message {}: already settled; check-back verdict {} ignored", m.id,
+                  SettlementWord(settlement));
+    return Status::Ok();
+  }
+  if (by == SettledBy::kMaxChecks) {
+    ++stats_.final_actions;
+  } else if (settlement == Settlement::kCommit) {
+    ++stats_.committed;
+  } else {
+    ++stats_.rolled_back;
+  }
+  spdlog::info("half message {} (topic {}) {} by {}", m.id, m.topic, SettlementWord(settlement),
+               by == SettledBy::kCheck ? "check-back" : "the final action after max_checks");
+  return Status::Ok();
+}
+
+}  // namespace outboxd

@@ -1,0 +1,81 @@
+// CheckBack: settles prepared (half) messages that the application left unresolved, as RocketMQ's
+// broker checks back with a transactional producer. Each round it takes the due messages from
+// the PreparedStore; one with max_checks unknown answers gets the final action (rollback or
+// dead letter), the others are put to the Checker: commit / rollback settle the message (a
+// verdict for a message the application settled meanwhile is ignored), unknown schedules the
+// next check after check_interval. All state is in PostgreSQL, so a restart continues the count.
+//
+// It runs on its own thread (Start/Stop) with its own store connection, only while `leading`
+// says this instance leads the outbox, so it never slows the relay. With no checker
+// (checker = "none") it only removes old settled rows. RunOnce is the same round, for tests.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <set>
+#include <thread>
+
+#include "backoff.h"
+#include "checker.h"
+#include "config.h"
+#include "log.h"
+#include "prepared_store.h"
+
+namespace outboxd {
+
+class CheckBack {
+ public:
+  struct Stats {
+    int64_t checks = 0;         // questions put to the checker
+    int64_t committed = 0;      // settled by a commit verdict
+    int64_t rolled_back = 0;    // settled by a rollback verdict
+    int64_t unknown = 0;        // unknown answers (including timeouts and bad answers)
+    int64_t final_actions = 0;  // settled after max_checks
+    int64_t ignored = 0;        // verdicts for messages settled meanwhile
+  };
+
+  // `checker` may be null (checker = "none"). `leading` is read from the check-back thread.
+  CheckBack(const CheckbackConfig& config, PreparedStore& store, CheckerPtr checker,
+            std::function<bool()> leading);
+  ~CheckBack();
+  CheckBack(const CheckBack&) = delete;
+  CheckBack& operator=(const CheckBack&) = delete;
+
+  // Starts the thread; it runs until Stop() or until `stop` is set.
+  void Start(const std::atomic<bool>& stop);
+  void Stop();
+
+  // One round on the caller's thread: cleanup when due, then up to batch_size due messages.
+  // Returns how many messages it handled (checked or settled).
+  Result<int> RunOnce();
+  const Stats& stats() const { return stats_; }
+
+ private:
+  void Loop(const std::atomic<bool>& stop);
+  // One message: the final action or a check. Store errors end the round.
+  Status Handle(const PreparedMessage& m);
+  Status Apply(const PreparedMessage& m, Settlement settlement, SettledBy by);
+  void SleepFor(Millis d, const std::atomic<bool>& stop);
+  bool stopping(const std::atomic<bool>& stop) const { return stop || stop_requested_; }
+
+  // Constant after construction.
+  const CheckbackConfig& config_;
+  PreparedStore& store_;
+  const CheckerPtr checker_;
+  const std::function<bool()> leading_;
+
+  std::thread thread_;
+  std::atomic<bool> stop_requested_{false};
+
+  // State below is used by the check-back thread only (or by RunOnce's caller in tests).
+  Backoff backoff_{Millis(100), Millis(10'000)};
+  OnceLogger pg_log_{"PostgreSQL (check-back)"};
+  std::chrono::steady_clock::time_point next_cleanup_{};
+  std::set<int64_t> warned_;  // messages whose failed check was logged at warn already
+  bool connected_ = false;
+  Stats stats_;
+};
+
+}  // namespace outboxd

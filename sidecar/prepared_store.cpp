@@ -1,0 +1,123 @@
+#include "prepared_store.h"
+
+#include "migrate.h"
+
+namespace outboxd {
+namespace {
+
+constexpr const char* kDueSql = R"sql(
+SELECT id, topic, key, headers::text,
+       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), check_count
+  FROM outbox.prepared
+ WHERE state = 'prepared' AND next_check_at <= now()
+   AND (check_count > 0 OR created_at <= now() - $1::interval)
+ ORDER BY next_check_at
+ LIMIT $2)sql";
+constexpr const char* kSettleSql = "SELECT outbox.settle($1, $2, $3, $4)";
+constexpr const char* kUnknownSql = R"sql(
+UPDATE outbox.prepared
+   SET check_count = check_count + 1, last_checked_at = now(),
+       next_check_at = now() + $2::interval
+ WHERE id = $1 AND state = 'prepared')sql";
+constexpr const char* kCleanupSql = R"sql(
+DELETE FROM outbox.prepared WHERE id IN (
+  SELECT id FROM outbox.prepared
+   WHERE state IN ('committed', 'rolled_back') AND settled_at < now() - $1::interval
+   LIMIT 10000))sql";
+
+const char* SettlementName(Settlement s) {
+  switch (s) {
+    case Settlement::kCommit:
+      return "commit";
+    case Settlement::kRollback:
+      return "rollback";
+    case Settlement::kDeadLetter:
+      return "dead_letter";
+  }
+  return "rollback";
+}
+
+}  // namespace
+
+std::string IntervalLiteral(Millis d) { return std::to_string(d.count()) + " milliseconds"; }
+
+Status PgPreparedStore::Failed(const Status& s) {
+  if (conn_ && !conn_->healthy()) conn_.reset();
+  return s;
+}
+
+Status PgPreparedStore::Connect() {
+  if (conn_ && conn_->healthy()) return Status::Ok();
+  conn_.reset();
+  auto c = pg::Connection::Open(conninfo_, "outboxd checkback");
+  if (!c.ok()) return c.status();
+  if (Status s = CheckSchemaCurrent(*c); !s.ok()) return s;
+  // An application transaction holding a prepared row (it is committing it) must not stall
+  // check-back for long: give up on that message this round, it is checked again next round.
+  Status s = c->Exec("SET lock_timeout = '2s'");
+  if (s.ok()) s = c->Prepare("due", kDueSql);
+  if (s.ok()) s = c->Prepare("settle", kSettleSql);
+  if (s.ok()) s = c->Prepare("unknown", kUnknownSql);
+  if (!s.ok()) return s;
+  conn_.emplace(std::move(*c));
+  return Status::Ok();
+}
+
+Result<std::vector<PreparedMessage>> PgPreparedStore::FetchDue(Millis transaction_timeout,
+                                                               int limit) {
+  if (!conn_) return Status::Unavailable("check-back: not connected");
+  pg::Params p;
+  p.Add(IntervalLiteral(transaction_timeout)).Add(int64_t{limit});
+  auto r = conn_->ExecPrepared("due", p);
+  if (!r.ok()) return Failed(r.status());
+  std::vector<PreparedMessage> out;
+  out.reserve(r->rows());
+  for (int i = 0; i < r->rows(); ++i) {
+    PreparedMessage m;
+    m.id = r->GetInt(i, 0);
+    m.topic = r->Get(i, 1);
+    if (!r->IsNull(i, 2)) m.key = std::string(r->Get(i, 2));
+    m.headers = r->Get(i, 3);
+    m.created_at = r->Get(i, 4);
+    m.check_count = static_cast<int>(r->GetInt(i, 5));
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+Result<bool> PgPreparedStore::Settle(int64_t id, Settlement settlement, SettledBy by,
+                                     const std::string& final_topic) {
+  if (!conn_) return Status::Unavailable("check-back: not connected");
+  pg::Params p;
+  p.Add(id)
+      .Add(std::string(SettlementName(settlement)))
+      .Add(std::string(by == SettledBy::kCheck ? "check" : "max_checks"));
+  if (final_topic.empty()) {
+    p.AddNull();
+  } else {
+    p.Add(final_topic);
+  }
+  auto r = conn_->ExecPrepared("settle", p);
+  if (!r.ok()) return Failed(r.status());
+  return r->Get(0, 0) == "t";
+}
+
+Result<bool> PgPreparedStore::RecordUnknown(int64_t id, Millis check_interval) {
+  if (!conn_) return Status::Unavailable("check-back: not connected");
+  pg::Params p;
+  p.Add(id).Add(IntervalLiteral(check_interval));
+  auto r = conn_->ExecPrepared("unknown", p);
+  if (!r.ok()) return Failed(r.status());
+  return r->Affected() == 1;
+}
+
+Result<int64_t> PgPreparedStore::RemoveSettledBefore(Millis retention) {
+  if (!conn_) return Status::Unavailable("check-back: not connected");
+  pg::Params p;
+  p.Add(IntervalLiteral(retention));
+  auto r = conn_->Query(kCleanupSql, p);
+  if (!r.ok()) return Failed(r.status());
+  return r->Affected();
+}
+
+}  // namespace outboxd

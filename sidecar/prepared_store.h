@@ -1,0 +1,71 @@
+// PreparedStore: the SQL of half messages as check-back needs it, behind an interface so the
+// check-back policy can be tested with a fake. PgPreparedStore owns its own PostgreSQL
+// connection (not the relay's), used by the check-back thread only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "checker.h"
+#include "duration.h"
+#include "pg/connection.h"
+#include "status.h"
+
+namespace outboxd {
+
+// How a prepared message leaves the 'prepared' state when check-back settles it.
+enum class Settlement { kCommit, kRollback, kDeadLetter };
+enum class SettledBy { kCheck, kMaxChecks };
+
+class PreparedStore {
+ public:
+  virtual ~PreparedStore() = default;
+
+  // Connects if needed. Unavailable: PostgreSQL is down; Invalid: the schema is missing or old.
+  virtual Status Connect() = 0;
+  virtual void Disconnect() = 0;
+  // Prepared messages due for a check, the longest-waiting first: the next check time passed
+  // and, before the first check, older than `transaction_timeout`.
+  virtual Result<std::vector<PreparedMessage>> FetchDue(Millis transaction_timeout, int limit) = 0;
+  // Settles a message unless it is settled already; false then (a late verdict, ignored).
+  // final_topic: kDeadLetter's copy ("" = none).
+  virtual Result<bool> Settle(int64_t id, Settlement settlement, SettledBy by,
+                              const std::string& final_topic) = 0;
+  // An unknown answer: counts the check and schedules the next one after `check_interval`.
+  // False if the message was settled meanwhile.
+  virtual Result<bool> RecordUnknown(int64_t id, Millis check_interval) = 0;
+  // Removes committed and rolled-back rows settled more than `retention` ago; returns how many.
+  virtual Result<int64_t> RemoveSettledBefore(Millis retention) = 0;
+};
+
+using PreparedStorePtr = std::unique_ptr<PreparedStore>;
+
+class PgPreparedStore : public PreparedStore {
+ public:
+  explicit PgPreparedStore(std::string conninfo) : conninfo_(std::move(conninfo)) {}
+
+  Status Connect() override;
+  void Disconnect() override { conn_.reset(); }
+  Result<std::vector<PreparedMessage>> FetchDue(Millis transaction_timeout, int limit) override;
+  Result<bool> Settle(int64_t id, Settlement settlement, SettledBy by,
+                      const std::string& final_topic) override;
+  Result<bool> RecordUnknown(int64_t id, Millis check_interval) override;
+  Result<int64_t> RemoveSettledBefore(Millis retention) override;
+
+ private:
+  // Turns a failed statement into a Status, dropping a broken connection.
+  Status Failed(const Status& s);
+
+  // Constant after construction.
+  const std::string conninfo_;
+
+  std::optional<pg::Connection> conn_;
+};
+
+// "1500 milliseconds": a duration as a PostgreSQL interval literal.
+std::string IntervalLiteral(Millis d);
+
+}  // namespace outboxd
