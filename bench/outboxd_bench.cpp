@@ -84,13 +84,16 @@ int Load(std::map<std::string, std::string>& a) {
   auto t0 = Clock::now();
   for (long from = start; from < start + n; from += 100'000) {
     long to = std::min(start + n - 1, from + 99'999);
-    std::string range = "generate_series(" + std::to_string(from) + ", " + std::to_string(to) + ") AS i";
+    std::string range =
+        "generate_series(" + std::to_string(from) + ", " + std::to_string(to) + ") AS i";
     std::string sql =
         target == "outboxd"
-            ? "SELECT count(outbox.publish('" + topic + "', 'key-' || (i % " + std::to_string(keys) +
-                  "), " + PayloadSql("i", size) + ")) FROM " + range
-            : "INSERT INTO " + target + " (aggregatetype, aggregateid, type, payload) SELECT 'bench', 'key-' || (i % " +
-                  std::to_string(keys) + "), 'e', (" + PayloadSql("i", size) + ")::jsonb FROM " + range;
+            ? "SELECT count(outbox.publish('" + topic + "', 'key-' || (i % " +
+                  std::to_string(keys) + "), " + PayloadSql("i", size) + ")) FROM " + range
+            : "INSERT INTO " + target +
+                  " (aggregatetype, aggregateid, type, payload) SELECT 'bench', 'key-' || (i % " +
+                  std::to_string(keys) + "), 'e', (" + PayloadSql("i", size) + ")::jsonb FROM " +
+                  range;
     if (Status s = c.Exec(sql); !s.ok()) Die(s.message());
   }
   std::printf("{\"loaded\": %ld, \"seconds\": %.3f}\n", n, Seconds(t0, Clock::now()));
@@ -116,7 +119,8 @@ int DbCeiling(std::map<std::string, std::string>& a) {
     total += static_cast<long>(rows.size());
   }
   double secs = Seconds(t0, Clock::now());
-  std::printf("{\"messages\": %ld, \"seconds\": %.3f, \"msgs_per_s\": %.0f}\n", total, secs, total / secs);
+  std::printf("{\"messages\": %ld, \"seconds\": %.3f, \"msgs_per_s\": %.0f}\n", total, secs,
+              total / secs);
   return 0;
 }
 
@@ -140,8 +144,9 @@ int KafkaCeiling(std::map<std::string, std::string>& a) {
   auto t0 = Clock::now();
   for (long i = 1; i <= n; ++i) {
     // Built per message, as the relay builds each from its row.
-    std::optional<std::string> payload = "{\"seq\":" + std::to_string(i) + ",\"pad\":\"" +
-                                         std::string(std::max<long>(0, size - 20 - std::to_string(i).size()), 'x') + "\"}";
+    std::optional<std::string> payload =
+        "{\"seq\":" + std::to_string(i) + ",\"pad\":\"" +
+        std::string(std::max<long>(0, size - 20 - std::to_string(i).size()), 'x') + "\"}";
     Headers headers{{"outbox-id", std::to_string(i)}};
     OutgoingMessage m{&topic, &key_names[i % keys], &payload, &headers};
     for (;;) {
@@ -154,8 +159,8 @@ int KafkaCeiling(std::map<std::string, std::string>& a) {
   }
   while (acked + failed < n) serve(Millis(10));
   double secs = Seconds(t0, Clock::now());
-  std::printf("{\"messages\": %ld, \"failed\": %ld, \"seconds\": %.3f, \"msgs_per_s\": %.0f}\n", acked, failed,
-              secs, acked / secs);
+  std::printf("{\"messages\": %ld, \"failed\": %ld, \"seconds\": %.3f, \"msgs_per_s\": %.0f}\n",
+              acked, failed, secs, acked / secs);
   return 0;
 }
 
@@ -177,15 +182,18 @@ int Topic(std::map<std::string, std::string>& a) {
   rd_kafka_t* rk = Client(Get(a, "bootstrap"), RD_KAFKA_PRODUCER);
   char err[512];
   std::string name = Get(a, "topic");
-  rd_kafka_NewTopic_t* nt = rd_kafka_NewTopic_new(name.c_str(), std::stoi(Get(a, "partitions", "6")), 1, err, sizeof(err));
+  rd_kafka_NewTopic_t* nt = rd_kafka_NewTopic_new(
+      name.c_str(), std::stoi(Get(a, "partitions", "6")), 1, err, sizeof(err));
   rd_kafka_NewTopic_set_config(nt, "message.timestamp.type", "LogAppendTime");
   rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
   rd_kafka_CreateTopics(rk, &nt, 1, nullptr, q);
   rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 30000);
   if (!ev) Die("CreateTopics timed out");
   size_t cnt;
-  const rd_kafka_topic_result_t** res = rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
-  if (cnt == 1 && rd_kafka_topic_result_error(res[0]) && rd_kafka_topic_result_error(res[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+  const rd_kafka_topic_result_t** res =
+      rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
+  if (cnt == 1 && rd_kafka_topic_result_error(res[0]) &&
+      rd_kafka_topic_result_error(res[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
     Die(rd_kafka_topic_result_error_string(res[0]));
   }
   rd_kafka_event_destroy(ev);
@@ -218,14 +226,16 @@ int WaitTopic(std::map<std::string, std::string>& a) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   rd_kafka_destroy(rk);
-  std::printf("{\"records\": %ld, \"wall_us\": %lld}\n", have, static_cast<long long>(WallMicros()));
+  std::printf("{\"records\": %ld, \"wall_us\": %lld}\n", have,
+              static_cast<long long>(WallMicros()));
   return have >= n ? 0 : 1;
 }
 
 // Commits one message per transaction at `rate` per second for `seconds`, over `connections`
 // connections; writes "seq commit_wall_us" lines to --out.
 int Paced(std::map<std::string, std::string>& a) {
-  std::string conninfo = Get(a, "conninfo"), topic = Get(a, "topic"), target = Get(a, "target", "outboxd");
+  std::string conninfo = Get(a, "conninfo"), topic = Get(a, "topic"),
+              target = Get(a, "target", "outboxd");
   double rate = std::stod(Get(a, "rate")), seconds = std::stod(Get(a, "seconds"));
   int conns = std::stoi(Get(a, "connections", "8")), size = std::stoi(Get(a, "size", "200"));
   long keys = std::stol(Get(a, "keys", "1000"));
@@ -239,7 +249,8 @@ int Paced(std::map<std::string, std::string>& a) {
     double per_conn = rate / conns;
     std::vector<std::pair<long, int64_t>> mine;
     for (long i = 0;; ++i) {
-      auto due = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>((i + w / double(conns)) / per_conn));
+      auto due = t0 + std::chrono::duration_cast<Clock::duration>(
+                          std::chrono::duration<double>((i + w / double(conns)) / per_conn));
       if (Seconds(t0, due) >= seconds) break;
       if (Clock::now() < due) {
         std::this_thread::sleep_until(due);
@@ -248,11 +259,13 @@ int Paced(std::map<std::string, std::string>& a) {
       }
       long seq = next_seq++;
       std::string s = std::to_string(seq);
-      std::string sql = target == "outboxd"
-                            ? "BEGIN; SELECT outbox.publish('" + topic + "', 'key-" + std::to_string(seq % keys) + "', " +
-                                  PayloadSql(s, size) + ");"
-                            : "BEGIN; INSERT INTO " + target + " (aggregatetype, aggregateid, type, payload) VALUES ('bench', 'key-" +
-                                  std::to_string(seq % keys) + "', 'e', (" + PayloadSql(s, size) + ")::jsonb);";
+      std::string sql =
+          target == "outboxd"
+              ? "BEGIN; SELECT outbox.publish('" + topic + "', 'key-" + std::to_string(seq % keys) +
+                    "', " + PayloadSql(s, size) + ");"
+              : "BEGIN; INSERT INTO " + target +
+                    " (aggregatetype, aggregateid, type, payload) VALUES ('bench', 'key-" +
+                    std::to_string(seq % keys) + "', 'e', (" + PayloadSql(s, size) + ")::jsonb);";
       if (Status st = c.Exec(sql); !st.ok()) Die(st.message());
       int64_t at = WallMicros();  // COMMIT sent now: latency counts from here
       if (Status st = c.Exec("COMMIT"); !st.ok()) Die(st.message());
@@ -267,8 +280,9 @@ int Paced(std::map<std::string, std::string>& a) {
   double secs = Seconds(t0, Clock::now());
   std::ofstream out(Get(a, "out"));
   for (auto& [seq, at] : commits) out << seq << ' ' << at << '\n';
-  std::printf("{\"committed\": %zu, \"seconds\": %.3f, \"achieved_per_s\": %.0f, \"late_starts\": %ld}\n",
-              commits.size(), secs, commits.size() / secs, late.load());
+  std::printf(
+      "{\"committed\": %zu, \"seconds\": %.3f, \"achieved_per_s\": %.0f, \"late_starts\": %ld}\n",
+      commits.size(), secs, commits.size() / secs, late.load());
   return 0;
 }
 
@@ -286,7 +300,8 @@ int Latency(std::map<std::string, std::string>& a) {
   rd_kafka_t* rk = Client(Get(a, "bootstrap"), RD_KAFKA_CONSUMER);
   rd_kafka_poll_set_consumer(rk);
   rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(partitions);
-  for (int p = 0; p < partitions; ++p) rd_kafka_topic_partition_list_add(list, topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  for (int p = 0; p < partitions; ++p)
+    rd_kafka_topic_partition_list_add(list, topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
   rd_kafka_assign(rk, list);
   rd_kafka_topic_partition_list_destroy(list);
   std::vector<double> ms;
@@ -312,16 +327,22 @@ int Latency(std::map<std::string, std::string>& a) {
   rd_kafka_consumer_close(rk);
   rd_kafka_destroy(rk);
   std::sort(ms.begin(), ms.end());
-  auto pct = [&](double p) { return ms.empty() ? -1 : ms[std::min(ms.size() - 1, static_cast<size_t>(p * ms.size()))]; };
-  std::printf("{\"matched\": %zu, \"expected\": %zu, \"p50_ms\": %.1f, \"p99_ms\": %.1f, \"max_ms\": %.1f}\n", ms.size(),
-              commit_at.size(), pct(0.50), pct(0.99), ms.empty() ? -1 : ms.back());
+  auto pct = [&](double p) {
+    return ms.empty() ? -1 : ms[std::min(ms.size() - 1, static_cast<size_t>(p * ms.size()))];
+  };
+  std::printf(
+      "{\"matched\": %zu, \"expected\": %zu, \"p50_ms\": %.1f, \"p99_ms\": %.1f, \"max_ms\": "
+      "%.1f}\n",
+      ms.size(), commit_at.size(), pct(0.50), pct(0.99), ms.empty() ? -1 : ms.back());
   return ms.size() == commit_at.size() ? 0 : 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) Die("usage: outboxd_bench load|db-ceiling|kafka-ceiling|topic|wait-topic|paced|latency --k v ...");
+  if (argc < 2)
+    Die("usage: outboxd_bench load|db-ceiling|kafka-ceiling|topic|wait-topic|paced|latency --k v "
+        "...");
   std::string cmd = argv[1];
   auto a = Args(argc, argv);
   if (cmd == "load") return Load(a);

@@ -108,13 +108,41 @@ Status PgOutboxStore::Prepare() {
   return s;
 }
 
+pg::Params PgOutboxStore::FetchParams() const {
+  pg::Params p;
+  p.Add(window_.hi()).Add(window_.GapStarts()).Add(window_.GapEnds()).Add(int64_t{batch_size_});
+  return p;
+}
+
 Status PgOutboxStore::FetchBatch(std::vector<OutboxRow>* rows) {
   rows->clear();
   if (!leader_) return Status::NotLeader("not leading");
-  pg::Params p;
-  p.Add(window_.hi()).Add(window_.GapStarts()).Add(window_.GapEnds()).Add(int64_t{batch_size_});
-  auto r = conn_->ExecPrepared("fetch", p, /*binary_results=*/true);
+  auto r = conn_->ExecPrepared("fetch", FetchParams(), /*binary_results=*/true);
   if (!r.ok()) return Failed(r.status());
+  return ReadFetch(*r, rows);
+}
+
+Status PgOutboxStore::StartRound(std::vector<int64_t> ids) {
+  if (!leader_) return Status::NotLeader("not leading");
+  round_marks_ = !ids.empty();
+  std::vector<pg::Connection::Statement> statements;
+  if (round_marks_)
+    statements.push_back({"mark_sent", pg::Params().Add(pg::ArrayLiteral(ids)), false});
+  statements.push_back({"fetch", FetchParams(), true});
+  return Failed(conn_->SendPipeline(statements));
+}
+
+bool PgOutboxStore::RoundReady(Millis timeout) { return conn_ && conn_->PipelineReady(timeout); }
+
+Status PgOutboxStore::FinishRound(std::vector<OutboxRow>* rows) {
+  rows->clear();
+  auto results = conn_->FinishPipeline();
+  if (!results.ok()) return Failed(results.status());
+  return ReadFetch(results->back(), rows);
+}
+
+Status PgOutboxStore::ReadFetch(const pg::PgResult& result, std::vector<OutboxRow>* rows) {
+  const pg::PgResult* r = &result;
   std::optional<Snapshot> snap;
   std::vector<int64_t> late_ids, fresh_ids;
   rows->reserve(r->rows());

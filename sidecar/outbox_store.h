@@ -38,6 +38,20 @@ class OutboxStore {
   // The next rows in id order: rows committed since the last fetch, including late commits of
   // lower ids, never a row returned before (unless Rewind asked for it again).
   virtual Status FetchBatch(std::vector<OutboxRow>* rows) = 0;
+  // The same as MarkSent(ids) then FetchBatch, split so the caller can work while PostgreSQL
+  // does: StartRound sends both, RoundReady waits up to `timeout` for the answer, FinishRound
+  // reads it. Nothing else may be called on the store in between. These defaults run it all in
+  // FinishRound; PgOutboxStore sends both statements in one libpq pipeline.
+  virtual Status StartRound(std::vector<int64_t> ids) {
+    round_ids_ = std::move(ids);
+    return Status::Ok();
+  }
+  virtual bool RoundReady(Millis /*timeout*/) { return true; }
+  virtual Status FinishRound(std::vector<OutboxRow>* rows) {
+    Status s = MarkSent(round_ids_);
+    round_ids_.clear();
+    return s.ok() ? FetchBatch(rows) : s;
+  }
   // The rows from `first_unacked` on will be fetched again.
   virtual void Rewind(int64_t first_unacked) = 0;
   // Acknowledged rows leave the unsent set: deleted, or sent_at set (on_sent = "retain").
@@ -52,6 +66,9 @@ class OutboxStore {
   virtual Result<bool> WaitForNotify(Millis timeout) = 0;
   // on_sent = "retain": removes sent rows older than `retention`. Returns rows removed.
   virtual Result<int64_t> RemoveSentBefore(Millis retention) = 0;
+
+ private:
+  std::vector<int64_t> round_ids_;  // the default StartRound's ids
 };
 
 using OutboxStorePtr = std::unique_ptr<OutboxStore>;
@@ -63,6 +80,9 @@ class PgOutboxStore : public OutboxStore {
   Status Lead() override;
   void Disconnect() override;
   Status FetchBatch(std::vector<OutboxRow>* rows) override;
+  Status StartRound(std::vector<int64_t> ids) override;
+  bool RoundReady(Millis timeout) override;
+  Status FinishRound(std::vector<OutboxRow>* rows) override;
   void Rewind(int64_t first_unacked) override { window_.Rewind(first_unacked); }
   Status MarkSent(const std::vector<int64_t>& ids) override;
   Status DeadLetter(int64_t id, const std::string& error) override;
@@ -73,6 +93,9 @@ class PgOutboxStore : public OutboxStore {
 
  private:
   Status Prepare();
+  pg::Params FetchParams() const;
+  // Reads one fetch result: parses the rows and advances the scan window.
+  Status ReadFetch(const pg::PgResult& r, std::vector<OutboxRow>* rows);
   // Turns a failed statement into a Status, dropping a broken connection.
   Status Failed(const Status& s);
 
@@ -86,6 +109,7 @@ class PgOutboxStore : public OutboxStore {
   std::optional<pg::Connection> conn_;
   bool leader_ = false;
   ScanWindow window_;
+  bool round_marks_ = false;  // the pipelined round includes a removal
 };
 
 }  // namespace outboxd

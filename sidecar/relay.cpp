@@ -90,7 +90,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   if (!fatal_) {
     if (auto reason = publisher_->FatalError()) HandleFatal(*reason);
   }
-  if (!FlushMarks(false)) return false;
+  if (!MoveDeadLetters()) return false;
   if (rewind_to_ || fatal_) return Recover(stop);
 
   auto now = Clock::now();
@@ -102,19 +102,53 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   }
   if (isolated_in_flight_) {
     ServeReports(Millis(1));  // a suspect travels alone: nothing else until its report
-    return leading_;
+    return FlushMarks(false);
   }
   if (!ProduceDeadLetterCopies()) return false;
-  if (static_cast<int>(in_flight_.size()) + config_.relay.batch_size >
+  if (static_cast<int>(in_flight_.size() + pending_rows_.size()) + config_.relay.batch_size >
       config_.relay.max_in_flight) {
+    if (!pending_rows_.empty()) return ProducePending();
     ServeReports(Millis(1));
-    return leading_;
+    return FlushMarks(false);
+  }
+  // One round trip removes what was acknowledged and fetches the next rows; the previous batch is
+  // produced and reports are served while PostgreSQL works on it.
+  std::vector<int64_t> marks;
+  marks.swap(to_mark_);
+  const size_t marked = marks.size();
+  if (!StoreOk(store_.StartRound(std::move(marks)))) return false;
+  if (!ProducePending()) return false;
+  while (!store_.RoundReady(Millis(1))) {
+    ServeReports(Millis(0));
+    if (!leading_) return false;
   }
   std::vector<OutboxRow> rows;
-  if (!StoreOk(store_.FetchBatch(&rows))) return false;
+  if (!StoreOk(store_.FinishRound(&rows))) return false;
+  stats_.marked_sent += static_cast<int64_t>(marked);
   if (rows.empty()) return IdleWait(stop);
   if (!Wake()) return false;
+  pending_rows_ = std::move(rows);
+  return true;
+}
+
+bool Relay::ProducePending() {
+  if (pending_rows_.empty()) return true;
+  std::vector<OutboxRow> rows;
+  rows.swap(pending_rows_);
   return ProduceRows(rows);
+}
+
+bool Relay::MoveDeadLetters() {
+  while (!to_dead_letter_.empty()) {
+    auto [id, error] = to_dead_letter_.front();
+    Status s = store_.DeadLetter(id, error);
+    if (!StoreOk(s)) return false;
+    to_dead_letter_.pop_front();
+    dead_letters_.erase(id);
+    ++stats_.dead_lettered;
+    spdlog::warn("message {} moved to outbox.dead_letters: {}", id, error);
+  }
+  return true;
 }
 
 bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
@@ -300,14 +334,8 @@ bool Relay::ProduceDeadLetterCopies() {
 }
 
 void Relay::DeadLetterRow(int64_t id, const std::string& error) {
-  Status s = store_.DeadLetter(id, error);
-  if (!s.ok()) {
-    store_error_ = s;
-    return;
-  }
-  dead_letters_.erase(id);
-  ++stats_.dead_lettered;
-  spdlog::warn("message {} moved to outbox.dead_letters: {}", id, error);
+  // Moved at the next safe point (MoveDeadLetters): a fetch may be on the connection now.
+  to_dead_letter_.emplace_back(id, error);
 }
 
 bool Relay::FlushMarks(bool force) {
@@ -332,11 +360,15 @@ void Relay::HandleFatal(const std::string& reason) {
 }
 
 bool Relay::Recover(const std::atomic<bool>& stop) {
+  if (!pending_rows_.empty()) {
+    Failure(pending_rows_.front().id);  // fetched, not produced: fetched again after the rewind
+    pending_rows_.clear();
+  }
   if (!in_flight_.empty()) {
     ServeReports(Millis(10));  // every report must be in before the rows are fetched again
     return leading_;
   }
-  if (!FlushMarks(true)) return false;
+  if (!FlushMarks(true) || !MoveDeadLetters()) return false;
   if (fatal_) {
     publisher_.reset();  // Run builds a new one
     fatal_ = false;
@@ -384,6 +416,8 @@ void Relay::LoseLeadership(const Status& why) {
   spdlog::warn("stopped delivering: {}", why.message());
   Abandon();
   to_mark_.clear();  // acknowledged but not removed: sent again by the next leader (duplicates)
+  pending_rows_.clear();
+  to_dead_letter_.clear();
   dead_letters_.clear();
   suspects_.clear();
   store_.Disconnect();
@@ -442,8 +476,10 @@ void Relay::Drain() {
   }
   if (!leading_) return;
   size_t left = in_flight_.size();
-  Abandon();  // persisted reports that arrive while purging are still removed below
+  pending_rows_.clear();  // fetched, not produced: they stay in the outbox
+  Abandon();              // persisted reports that arrive while purging are still removed below
   FlushMarks(true);
+  MoveDeadLetters();
   if (leading_) (void)Wake();  // nobody listens any more: publish() must not notify
   if (left > 0) {
     spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);

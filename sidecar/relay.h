@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <set>
@@ -64,6 +65,9 @@ class Relay {
   // One pass: serve reports, remove acked rows, fetch and produce, or wait. False: leadership lost.
   bool Step(const std::atomic<bool>& stop);
   bool ProduceRows(std::vector<OutboxRow>& rows);
+  bool ProducePending();
+  // Moves the rows DeadLetterRow queued to outbox.dead_letters.
+  bool MoveDeadLetters();
   // Produces one message, waiting out a full local queue. Permanent: poison, the caller decides;
   // any other failure is recorded (Failure) and the batch stops.
   Status ProduceOne(const OutgoingMessage& m, InFlight entry);
@@ -113,7 +117,9 @@ class Relay {
   std::set<int64_t> suspects_;
   bool isolated_in_flight_ = false;
   std::map<int64_t, PendingDeadLetter> dead_letters_;  // poison rows awaiting their topic copy
-  std::optional<Status> store_error_;                  // a store failure met while serving reports
+  std::deque<std::pair<int64_t, std::string>> to_dead_letter_;  // to move at the next safe point
+  std::vector<OutboxRow> pending_rows_;  // fetched, produced during the next round
+  std::optional<Status> store_error_;    // a store failure met while serving reports
   std::optional<std::chrono::steady_clock::time_point> idle_since_;
   bool asleep_ = false;  // outbox.relay_state.sleeping is set
   std::chrono::steady_clock::time_point next_cleanup_;

@@ -126,6 +126,71 @@ Result<PgResult> Connection::ExecPrepared(const std::string& name, const Params&
                               nullptr, binary_results ? 1 : 0));
 }
 
+Status Connection::SendPipeline(const std::vector<Statement>& statements) {
+  pipeline_results_.clear();
+  pipeline_error_.clear();
+  pipeline_done_ = false;
+  if (PQenterPipelineMode(conn_.get()) != 1) {
+    return Status::Unavailable("PostgreSQL: cannot enter pipeline mode: " +
+                               Trim(PQerrorMessage(conn_.get())));
+  }
+  in_pipeline_ = true;
+  for (const Statement& st : statements) {
+    auto ptrs = st.params.Pointers();
+    if (PQsendQueryPrepared(conn_.get(), st.name.c_str(), st.params.size(), ptrs.data(), nullptr,
+                            nullptr, st.binary_results ? 1 : 0) != 1) {
+      return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
+    }
+  }
+  if (PQpipelineSync(conn_.get()) != 1 || PQflush(conn_.get()) != 0) {
+    return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
+  }
+  return Status::Ok();
+}
+
+bool Connection::PipelineReady(Millis timeout) {
+  for (int pass = 0; pass < 2 && !pipeline_done_; ++pass) {
+    if (PQconsumeInput(conn_.get()) == 0) {
+      pipeline_error_ = "PostgreSQL: " + Trim(PQerrorMessage(conn_.get()));
+      pipeline_done_ = true;
+      break;
+    }
+    while (!pipeline_done_ && PQisBusy(conn_.get()) == 0) {
+      PGresult* raw = PQgetResult(conn_.get());
+      if (raw == nullptr) continue;  // the end of one statement's results
+      if (PQresultStatus(raw) == PGRES_PIPELINE_SYNC) {
+        PQclear(raw);
+        pipeline_done_ = true;
+        break;
+      }
+      auto r = Check(raw);
+      if (r.ok()) {
+        pipeline_results_.push_back(std::move(*r));
+      } else if (pipeline_error_.empty()) {
+        pipeline_error_ = r.status().message();
+      }
+    }
+    if (pipeline_done_ || pass == 1 || timeout.count() == 0) break;
+    pollfd pfd{PQsocket(conn_.get()), POLLIN, 0};
+    ::poll(&pfd, 1, static_cast<int>(timeout.count()));
+  }
+  return pipeline_done_;
+}
+
+Result<std::vector<PgResult>> Connection::FinishPipeline() {
+  while (!PipelineReady(Millis(1000))) {
+  }
+  if (in_pipeline_) {
+    PQexitPipelineMode(conn_.get());
+    in_pipeline_ = false;
+  }
+  if (!pipeline_error_.empty()) {
+    bool broken = !healthy();
+    return broken ? Status::Unavailable(pipeline_error_) : Status::Invalid(pipeline_error_);
+  }
+  return std::move(pipeline_results_);
+}
+
 Result<int> Connection::DrainNotifications() {
   if (PQconsumeInput(conn_.get()) == 0) {
     return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));

@@ -78,6 +78,19 @@ class Connection {
   Result<PgResult> ExecPrepared(const std::string& name, const Params& params,
                                 bool binary_results = false);
 
+  // Pipeline mode (libpq 14+): several prepared statements sent at once, answered in order, so
+  // the caller can work while the server does. Send, then poll PipelineReady (non-blocking with a
+  // zero timeout), then FinishPipeline for the results (it waits if needed). Nothing else may run
+  // on the connection in between.
+  struct Statement {
+    std::string name;
+    Params params;
+    bool binary_results = false;
+  };
+  Status SendPipeline(const std::vector<Statement>& statements);
+  bool PipelineReady(Millis timeout);
+  Result<std::vector<PgResult>> FinishPipeline();
+
   // Waits until the server sent something (a notification) or the timeout passed, then reads it.
   // Returns the number of notifications received; an error if the connection broke.
   Result<int> WaitForNotifications(Millis timeout);
@@ -93,6 +106,11 @@ class Connection {
   Result<PgResult> Check(PGresult* raw);
 
   ConnPtr conn_;
+  // The pipeline in progress: results read so far, and whether its sync point arrived.
+  std::vector<PgResult> pipeline_results_;
+  std::string pipeline_error_;
+  bool pipeline_done_ = false;
+  bool in_pipeline_ = false;
 };
 
 // "{1,2,3}": a text array literal for `= ANY($1::bigint[])`.
