@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's results.jsonl into a Markdown table and bench/results/latest.json."""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+src, outdir = sys.argv[1], sys.argv[2]
+results = {}
+with open(src) as f:
+    for line in f:
+        row = json.loads(line)
+        results[row["name"]] = row["result"]
+
+cpu = "unknown"
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+machine = f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+rows = []
+def add(what, value, baseline="", verdict=""):
+    rows.append((what, value, baseline, verdict))
+
+d, dbc, kc = results.get("drain"), results.get("db_ceiling"), results.get("kafka_ceiling")
+if d and dbc and kc:
+    ceiling = min(dbc["msgs_per_s"], kc["msgs_per_s"])
+    ratio = d["msgs_per_s"] / ceiling
+    add(f"backlog drain, {d['messages']:,} msgs of 200 B, 1,000 keys", f"{d['msgs_per_s']:,.0f} msgs/s",
+        f"DB-only {dbc['msgs_per_s']:,.0f} / Kafka-only {kc['msgs_per_s']:,.0f} msgs/s",
+        f"{ratio:.2f} of the smaller ceiling (target >= 100,000 and >= 0.6)")
+    add("drain rate, first / last tenth of the backlog",
+        f"{d['first_tenth_msgs_per_s']:,.0f} / {d['last_tenth_msgs_per_s']:,.0f} msgs/s", "", "does not fall as the backlog drains" if d['last_tenth_msgs_per_s'] >= 0.8 * d['first_tenth_msgs_per_s'] else "falls")
+    add("outboxd peak RSS during the drain", f"{d['peak_rss_kib'] / 1024:.1f} MiB", "", "target <= 64 MiB")
+dd = results.get("debezium_drain")
+if dd and d:
+    add("Debezium peer, same drain", f"{dd['msgs_per_s']:,.0f} msgs/s", f"outboxd {d['msgs_per_s']:,.0f} msgs/s",
+        f"outboxd x{d['msgs_per_s'] / dd['msgs_per_s']:.1f}; peer RSS {dd['peak_rss_kib'] / 1024:.0f} MiB")
+for name, r in sorted(results.items()):
+    if name.startswith("latency_"):
+        peer = results.get("debezium_" + name)
+        base = (f"Debezium p50 {peer['p50_ms']:.1f} / p99 {peer['p99_ms']:.1f} / max {peer['max_ms']:.0f} ms"
+                if peer else "")
+        add(f"live latency at {r['offered_per_s']:,}/s offered ({r['achieved_per_s']:,}/s achieved), commit -> broker append",
+            f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} / max {r['max_ms']:.0f} ms", base,
+            f"{r['matched']:,} of {r['expected']:,} matched; RSS {r['peak_rss_kib'] / 1024:.1f} MiB")
+a = results.get("app_cost")
+if a:
+    off = a["tps_without_outboxd"]
+    add("application commits/s (pgbench, 8 clients, 1 publish per tx)",
+        f"{a['tps_with_outboxd_notify']:,} (notify on) / {a['tps_with_outboxd_no_notify']:,} (notify off)",
+        f"{off:,} without outboxd",
+        f"{a['tps_with_outboxd_notify'] / off:.2f} / {a['tps_with_outboxd_no_notify'] / off:.2f} of without (target >= 0.9)")
+
+table = ["| measurement | outboxd | same-run baseline | ratio / note |", "|---|---|---|---|"]
+table += [f"| {w} | {v} | {b} | {n} |" for w, v, b, n in rows]
+text = f"Machine: {machine}. Date: {now}. Commit: {commit}. Command: `make bench`.\n\n" + "\n".join(table)
+print(text)
+os.makedirs(outdir, exist_ok=True)
+doc = {"date": now, "machine": machine, "commit": commit, "command": "make bench", "results": results,
+       "table_markdown": text}
+for name in ("latest.json", f"{now[:10]}.json"):
+    with open(os.path.join(outdir, name), "w") as f:
+        json.dump(doc, f, indent=2)
