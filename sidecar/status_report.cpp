@@ -58,7 +58,8 @@ Status WriteStatusReport(pg::Connection& conn, const Config& config, std::ostrea
   pg::Params lock;
   lock.Add(config.leadership.lock_id);
   auto leader = conn.Query(
-      "SELECT a.application_name || ' pid ' || a.pid || coalesce(' from ' || host(a.client_addr), '') "
+      "SELECT a.application_name || ' pid ' || a.pid "
+      "|| coalesce(' from ' || host(a.client_addr), '') "
       "FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
       "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
       "(SELECT oid FROM pg_database WHERE datname = current_database()) "
