@@ -3,6 +3,7 @@
 # (scripts/services.sh: PostgreSQL at 127.0.0.1:55432, Kafka at 127.0.0.1:59092; kcat needed).
 #
 #   e2e.sh [--rows 10000] [--keys 1000] [--tx 1000] [--partitions 3] [--mode live|backlog] [--no-verify]
+#          [-- more peer arguments, e.g. --dbz-prop record.processing.threads=1]
 #
 # live    : start the peer, insert --rows rows (--tx rows a transaction) while it runs; time from the
 #           first insert to the last record acknowledged into Kafka.
@@ -15,9 +16,10 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROWS=10000 KEYS=1000 TX=1000 PARTS=3 MODE=live VERIFY=1
+ROWS=10000 KEYS=1000 TX=1000 PARTS=3 MODE=live VERIFY=1 PEER_ARGS=()
 while (($#)); do
   case $1 in
+    --) shift; PEER_ARGS=("$@"); break ;;
     --rows) ROWS=$2; shift ;; --keys) KEYS=$2; shift ;; --tx) TX=$2; shift ;;
     --partitions) PARTS=$2; shift ;; --mode) MODE=$2; shift ;; --no-verify) VERIFY=0 ;;
     *) echo "e2e.sh: unknown option $1" >&2; exit 2 ;;
@@ -41,8 +43,13 @@ stop_peer() {
 }
 finish() {
   stop_peer
-  "$HERE/run.sh" cleanup --pg-host "$PGH" --pg-port "$PGP" --db "$DB" --slot "$SLOT" --offsets-dir "$WORK/off" || true
-  psql -X -q -h "$PGH" -p "$PGP" -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DB" || true
+  local i
+  for ((i = 0; i < 10; i++)); do   # retried: e.g. PostgreSQL restarted under us
+    "$HERE/run.sh" cleanup --pg-host "$PGH" --pg-port "$PGP" --db "$DB" --slot "$SLOT" --offsets-dir "$WORK/off" &&
+      psql -X -q -h "$PGH" -p "$PGP" -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DB" && break
+    sleep 3
+  done
+  ((i < 10)) || echo "e2e: CLEANUP FAILED: drop slot $SLOT and database $DB by hand" >&2
   echo "e2e: logs kept in $WORK" >&2
 }
 trap finish EXIT
@@ -52,7 +59,7 @@ start_peer() {  # $1: log name
   T_START=$(now)
   "$HERE/run.sh" --pg-host "$PGH" --pg-port "$PGP" --db "$DB" --user postgres --table public.outbox \
     --slot "$SLOT" --kafka "$KAFKA" --topic "$TOPIC" --offsets-dir "$WORK/off" \
-    --create-topic-partitions "$PARTS" > "$WORK/$1.out" 2> "$WORK/$1.err" &
+    --create-topic-partitions "$PARTS" ${PEER_ARGS[@]+"${PEER_ARGS[@]}"} > "$WORK/$1.out" 2> "$WORK/$1.err" &
   PEER=$!
   local i
   for ((i = 0; i < 1200; i++)); do
@@ -62,7 +69,7 @@ start_peer() {  # $1: log name
   done
   grep -qx ready "$WORK/$1.out" || { echo "e2e: no ready within 120 s" >&2; exit 1; }
   T_READY=$(now)
-  echo "e2e: ready $(since "$T_START") s after launch (stdout: $(wc -l < "$WORK/$1.out") line)"
+  echo "e2e: ready $(since "$T_START") s after launch (stdout: $(wc -l < "$WORK/$1.out") line), RSS $(( $(ps -o rss= -p "$PEER" | tr -d ' ') / 1024 )) MiB"
 }
 
 insert_rows() {
@@ -85,16 +92,21 @@ topic_count() {  # records in the (fresh) topic: sum of the partitions' end offs
 }
 
 RSS_MAX=0
-wait_arrival() {  # until ROWS records are in the topic; samples RSS
+wait_arrival() {  # until ROWS records are in the topic; samples RSS and (time, count) to $WORK/samples
   local n=0 rss i
+  : > "$WORK/samples"
   for ((i = 0; i < 6000; i++)); do
     n=$(topic_count)
+    echo "$(now) $n" >> "$WORK/samples"
     rss=$(ps -o rss= -p "$PEER" 2>/dev/null | tr -d ' ' || true)
     [[ -n $rss ]] && ((rss > RSS_MAX)) && RSS_MAX=$rss
     ((n >= ROWS)) && return 0
     sleep 0.1
   done
   echo "e2e: only $n of $ROWS records arrived" >&2; exit 1
+}
+second_half_rate() {  # records/s between the samples where the count crossed ROWS/2 and ROWS (warmed-up JVM)
+  awk -v half=$((ROWS / 2)) -v all="$ROWS" '$2 >= half && !t0 {t0 = $1; n0 = $2} $2 >= all {if ($1 > t0) printf "%d", ($2 - n0) / ($1 - t0); else printf "n/a"; exit}' "$WORK/samples"
 }
 
 "$HERE/run.sh" build
@@ -109,14 +121,18 @@ if [[ $MODE == backlog ]]; then
   wait_arrival
   T_END=$(now)
   echo "e2e: drained $ROWS in $(echo "$T_END - $T_START" | bc) s from JVM launch, $(echo "$T_END - $T_READY" | bc) s from ready" \
-       "($(echo "$ROWS / ($T_END - $T_READY)" | bc) records/s after ready)"
+       "($(echo "$ROWS / ($T_END - $T_READY)" | bc) records/s after ready, $(second_half_rate) records/s over the second half)"
 else
   start_peer only
-  T0=$(now); insert_rows; T_INS=$(now)
+  T0=$(now)
+  (insert_rows; now > "$WORK/inserts_done") &
+  INS=$!
   wait_arrival
   T_END=$(now)
+  wait $INS
+  T_INS=$(cat "$WORK/inserts_done")
   echo "e2e: inserts took $(echo "$T_INS - $T0" | bc) s; all $ROWS in Kafka $(echo "$T_END - $T0" | bc) s after the first insert," \
-       "$(echo "$T_END - $T_INS" | bc) s after the last ($(echo "$ROWS / ($T_END - $T0)" | bc) records/s overall)"
+       "$(echo "$T_END - $T_INS" | bc) s after the last ($(echo "$ROWS / ($T_END - $T0)" | bc) records/s overall, $(second_half_rate) over the second half)"
 fi
 echo "e2e: peer RSS max $((RSS_MAX / 1024)) MiB while draining, now $(( $(ps -o rss= -p "$PEER" | tr -d ' ') / 1024 )) MiB"
 

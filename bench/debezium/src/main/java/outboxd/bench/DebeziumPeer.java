@@ -274,8 +274,10 @@ public final class DebeziumPeer {
                 return;
             }
             try {
-                LOG.info("stopping engine");
-                engine.close();
+                if (finished.getCount() > 0) {   // a failed engine has shut itself down already
+                    LOG.info("stopping engine");
+                    engine.close();
+                }
             }
             catch (IOException | RuntimeException e) {
                 LOG.warn("engine close failed", e);
