@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "config.h"
 #include "kafka/producer.h"
 #include "outbox_store.h"
@@ -345,6 +347,7 @@ int main(int argc, char** argv) {
         "...");
   std::string cmd = argv[1];
   auto a = Args(argc, argv);
+  spdlog::set_level(spdlog::level::err);  // stdout carries the JSON result only
   if (cmd == "load") return Load(a);
   if (cmd == "db-ceiling") return DbCeiling(a);
   if (cmd == "kafka-ceiling") return KafkaCeiling(a);

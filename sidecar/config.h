@@ -26,7 +26,7 @@ struct RelayConfig {
   int batch_size = 1000;             // rows fetched per query
   int max_in_flight = 20000;         // produced but not yet acknowledged messages, at most
   Millis poll_interval{1000};        // longest sleep when idle (and the fallback without NOTIFY)
-  Millis idle_poll_interval{10};     // polls this often for idle_grace after the last row
+  Millis idle_poll_interval{5};      // caught up: pause between fetches (and idle polling)
   Millis idle_grace{200};            // then sets the sleeping flag and waits for NOTIFY
   bool notify = true;                // wake on NOTIFY from outbox.publish when asleep
   OnSent on_sent = OnSent::kDelete;  // delete acknowledged rows, or set sent_at and keep them

@@ -128,7 +128,16 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   if (rows.empty()) return IdleWait(stop);
   if (!Wake()) return false;
   pending_rows_ = std::move(rows);
-  return true;
+  if (static_cast<int>(pending_rows_.size()) < config_.relay.batch_size) {
+    // Caught up: send these now, then let the next rows gather for a moment instead of asking
+    // PostgreSQL again at once (back-to-back rounds of a few rows cost the application's commits).
+    if (!ProducePending()) return false;
+    auto until = Clock::now() + config_.relay.idle_poll_interval;
+    while (leading_ && Clock::now() < until) {
+      ServeReports(std::chrono::duration_cast<Millis>(until - Clock::now()));
+    }
+  }
+  return leading_;
 }
 
 bool Relay::ProducePending() {

@@ -1,5 +1,7 @@
 #include "kafka/producer.h"
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 
 namespace outboxd {
@@ -23,7 +25,7 @@ DeliveryReport::Outcome ClassifyDeliveryError(rd_kafka_resp_err_t err) {
 std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config) {
   std::map<std::string, std::string> p = {
       {"client.id", "outboxd"},
-      {"linger.ms", "5"},
+      {"linger.ms", "2"},
       {"socket.keepalive.enable", "true"},
       // Never give up on a message: a timed-out message leaves a gap that later messages of its
       // partition (and key) could overtake. The outbox is the buffer; max_in_flight bounds it.
@@ -121,7 +123,8 @@ Status KafkaPublisher::Produce(const OutgoingMessage& m, uint64_t token) {
 
 void KafkaPublisher::Poll(Millis timeout, std::vector<DeliveryReport>* reports) {
   sink_ = reports;
-  rd_kafka_poll(rk_.get(), static_cast<int>(timeout.count()));
+  // A negative timeout would make rd_kafka_poll wait forever.
+  rd_kafka_poll(rk_.get(), static_cast<int>(std::max<int64_t>(0, timeout.count())));
   sink_ = nullptr;
 }
 
