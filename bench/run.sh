@@ -2,13 +2,13 @@
 # The benchmarks (README "Performance"): backlog drain beside its two ceilings, live latency at
 # fixed rates, the cost to the application's commits, outboxd's peak RSS, and the Debezium peer on
 # the same workload. Prints a table; writes bench/results/latest.json (and a dated copy).
-#   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 10000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
+#   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 LOG_TAG=bench
 
 N=${BENCH_MESSAGES:-1000000}
-RATES=${BENCH_RATES:-"5000 10000"}
+RATES=${BENCH_RATES:-"5000 7000"}
 SECS=${BENCH_SECONDS:-60}
 PEER=${BENCH_PEER:-1}
 "$ROOT/scripts/build.sh" >&2
@@ -92,7 +92,7 @@ for rate in $RATES; do
   "$B" topic --bootstrap "$K" --topic "live-$rate" --partitions 6 >/dev/null
   start_outboxd
   sleep 1
-  paced=$("$B" paced --conninfo "$CONN" --topic "live-$rate" --rate "$rate" --seconds "$SECS" --out "$W/commits-$rate.txt")
+  paced=$("$B" paced --conninfo "$CONN" --topic "live-$rate" --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/commits-$rate.txt")
   lat=$("$B" latency --bootstrap "$K" --topic "live-$rate" --commits "$W/commits-$rate.txt")
   rss=$(stop_outboxd)
   record "latency_$rate" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$lat'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
@@ -138,7 +138,7 @@ if [[ $PEER == 1 ]]; then
     "$B" topic --bootstrap "$K" --topic "dbz-live-$rate" --partitions 6 >/dev/null
     "$D" cleanup --pg-port "$PGPORT" --db "$DB" --slot dbz_bench --offsets-dir "$W/dbz-offsets" >&2 || true
     peer "dbz-live-$rate"; sleep 1
-    paced=$("$B" paced --conninfo "$CONN" --topic x --target public.dbz_outbox --rate "$rate" --seconds "$SECS" --out "$W/dbz-commits-$rate.txt")
+    paced=$("$B" paced --conninfo "$CONN" --topic x --target public.dbz_outbox --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/dbz-commits-$rate.txt")
     lat=$("$B" latency --bootstrap "$K" --topic "dbz-live-$rate" --commits "$W/dbz-commits-$rate.txt")
     rss=$(stop_peer)
     record "debezium_latency_$rate" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$lat'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
