@@ -68,8 +68,8 @@ class Relay {
   bool ProducePending();
   // Moves the rows DeadLetterRow queued to outbox.dead_letters.
   bool MoveDeadLetters();
-  // Produces one message, waiting out a full local queue. Permanent: poison, the caller decides;
-  // any other failure is recorded (Failure) and the batch stops.
+  // Produces one message, waiting out a full local queue. On Permanent (poison) and on any other
+  // failure the caller decides; a Fatal one has already started HandleFatal.
   Status ProduceOne(const OutgoingMessage& m, InFlight entry);
   void ServeReports(Millis timeout);
   void OnReport(const DeliveryReport& r);
