@@ -336,6 +336,8 @@ int Latency(std::map<std::string, std::string>& a) {
   rd_kafka_destroy(rk);
   std::sort(ms.begin(), ms.end());
   std::sort(ms_returned.begin(), ms_returned.end());
+  // Append times are in whole milliseconds; anything well before its commit is a stale record.
+  if (!ms.empty() && ms.front() < -2.0) Die("records older than their commits: a reused topic?");
   auto pct = [](const std::vector<double>& v, double p) {
     return v.empty() ? -1 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
   };

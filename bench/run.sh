@@ -22,6 +22,7 @@ K=$OUTBOXD_KAFKA_BOOTSTRAP
 W="$CACHE/bench"
 mkdir -p "$W"
 RESULTS="$W/results.jsonl"
+RUN=$(date +%s)  # topics are new in every run, so no earlier run's records are read
 : >"$RESULTS"
 psql_db() { psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d "$DB" -qtAX "$@"; }
 record() { echo "{\"name\": \"$1\", \"result\": $2}" >>"$RESULTS"; log "$1: $2"; }
@@ -58,8 +59,8 @@ now() { date +%s.%N; }
 
 # 1. Backlog drain, and the two ceilings of the same messages.
 fresh_db
-"$B" topic --bootstrap "$K" --topic drain --partitions 6 >/dev/null
-"$B" load --conninfo "$CONN" --count "$N" --topic drain >/dev/null
+"$B" topic --bootstrap "$K" --topic drain-$RUN --partitions 6 >/dev/null
+"$B" load --conninfo "$CONN" --count "$N" --topic drain-$RUN >/dev/null
 psql_db -c "VACUUM ANALYZE outbox.messages"
 first=$(psql_db -c "SELECT min(id) FROM outbox.messages")
 t0=$(now)
@@ -80,30 +81,30 @@ rss=$(stop_outboxd)
 record drain "$(python3 -c "
 n=$N; t0=$t0; t1=$t1; tf=${t_first:-$t1}; tl=${t_last_start:-$t0}
 print('{\"messages\": %d, \"seconds\": %.2f, \"msgs_per_s\": %.0f, \"first_tenth_msgs_per_s\": %.0f, \"last_tenth_msgs_per_s\": %.0f, \"peak_rss_kib\": $rss}' % (n, t1-t0, n/(t1-t0), n/10/(tf-t0), n/10/max(1e-3, t1-tl)))")"
-"$B" load --conninfo "$CONN" --count "$N" --topic drain >/dev/null
+"$B" load --conninfo "$CONN" --count "$N" --topic drain-$RUN >/dev/null
 psql_db -c "VACUUM ANALYZE outbox.messages"
 record db_ceiling "$("$B" db-ceiling --conninfo "$CONN")"
-"$B" topic --bootstrap "$K" --topic kafka-ceiling --partitions 6 >/dev/null
-record kafka_ceiling "$("$B" kafka-ceiling --bootstrap "$K" --topic kafka-ceiling --count "$N" 2>/dev/null)"
+"$B" topic --bootstrap "$K" --topic kafka-ceiling-$RUN --partitions 6 >/dev/null
+record kafka_ceiling "$("$B" kafka-ceiling --bootstrap "$K" --topic kafka-ceiling-$RUN --count "$N" 2>/dev/null)"
 
 # 2. Live latency: single-message transactions at a fixed rate, commit -> broker append time.
 for rate in $RATES; do
   fresh_db
-  "$B" topic --bootstrap "$K" --topic "live-$rate" --partitions 6 >/dev/null
+  "$B" topic --bootstrap "$K" --topic "live-$rate-$RUN" --partitions 6 >/dev/null
   start_outboxd
   sleep 1
-  paced=$("$B" paced --conninfo "$CONN" --topic "live-$rate" --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/commits-$rate.txt")
-  lat=$("$B" latency --bootstrap "$K" --topic "live-$rate" --commits "$W/commits-$rate.txt")
+  paced=$("$B" paced --conninfo "$CONN" --topic "live-$rate-$RUN" --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/commits-$rate.txt")
+  lat=$("$B" latency --bootstrap "$K" --topic "live-$rate-$RUN" --commits "$W/commits-$rate.txt")
   rss=$(stop_outboxd)
   record "latency_$rate" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$lat'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
 done
 
 # 3. Cost to the application: pgbench commit rate of one publish per transaction.
-echo "SELECT outbox.publish('appcost', 'key-' || (random() * 1000)::int, repeat('x', 200));" >"$W/publish.sql"
+echo "SELECT outbox.publish('appcost-$RUN', 'key-' || (random() * 1000)::int, repeat('x', 200));" >"$W/publish.sql"
 pgbench_tps() { /usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -c 8 -j 2 -T 20 \
   -f "$W/publish.sql" "$DB" 2>/dev/null | awk '/tps = / {print int($3); exit}'; }
 fresh_db
-"$B" topic --bootstrap "$K" --topic appcost --partitions 6 >/dev/null
+"$B" topic --bootstrap "$K" --topic appcost-$RUN --partitions 6 >/dev/null
 off=$(pgbench_tps)
 psql_db -c "TRUNCATE outbox.messages"
 start_outboxd; sleep 1; on_notify=$(pgbench_tps); stop_outboxd >/dev/null
@@ -127,19 +128,19 @@ if [[ $PEER == 1 ]]; then
   }
   stop_peer() { local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$PPID_/status"); kill -TERM "$PPID_"; wait "$PPID_" || true; echo "$rss"; }
   "$D" cleanup --pg-port "$PGPORT" --db "$DB" --slot dbz_bench --offsets-dir "$W/dbz-offsets" >&2 || true
-  "$B" topic --bootstrap "$K" --topic dbz-drain --partitions 6 >/dev/null
-  peer dbz-drain; stop_peer >/dev/null          # creates the slot: the backlog waits in it
+  "$B" topic --bootstrap "$K" --topic dbz-drain-$RUN --partitions 6 >/dev/null
+  peer "dbz-drain-$RUN"; stop_peer >/dev/null          # creates the slot: the backlog waits in it
   "$B" load --conninfo "$CONN" --count "$N" --topic x --target public.dbz_outbox >/dev/null
-  t0=$(now); peer dbz-drain
-  "$B" wait-topic --bootstrap "$K" --topic dbz-drain --count "$N" --timeout 1800 >/dev/null
+  t0=$(now); peer "dbz-drain-$RUN"
+  "$B" wait-topic --bootstrap "$K" --topic dbz-drain-$RUN --count "$N" --timeout 1800 >/dev/null
   t1=$(now); rss=$(stop_peer)
   record debezium_drain "$(python3 -c "print('{\"messages\": %d, \"seconds\": %.2f, \"msgs_per_s\": %.0f, \"peak_rss_kib\": $rss}' % ($N, $t1-$t0, $N/($t1-$t0)))")"
   for rate in $RATES; do
-    "$B" topic --bootstrap "$K" --topic "dbz-live-$rate" --partitions 6 >/dev/null
+    "$B" topic --bootstrap "$K" --topic "dbz-live-$rate-$RUN" --partitions 6 >/dev/null
     "$D" cleanup --pg-port "$PGPORT" --db "$DB" --slot dbz_bench --offsets-dir "$W/dbz-offsets" >&2 || true
-    peer "dbz-live-$rate"; sleep 1
+    peer "dbz-live-$rate-$RUN"; sleep 1
     paced=$("$B" paced --conninfo "$CONN" --topic x --target public.dbz_outbox --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/dbz-commits-$rate.txt")
-    lat=$("$B" latency --bootstrap "$K" --topic "dbz-live-$rate" --commits "$W/dbz-commits-$rate.txt")
+    lat=$("$B" latency --bootstrap "$K" --topic "dbz-live-$rate-$RUN" --commits "$W/dbz-commits-$rate.txt")
     rss=$(stop_peer)
     record "debezium_latency_$rate" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$lat'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
   done
