@@ -28,6 +28,8 @@ fi
 "$ROOT/scripts/build.sh"
 "$ROOT/scripts/services.sh" start
 eval "$("$ROOT/scripts/services.sh" env)"
+# config/outboxd.toml takes the two ports from the environment.
+export OUTBOXD_PG_PORT="${OUTBOXD_PG_PORT:-55432}" OUTBOXD_KAFKA_PORT="${OUTBOXD_KAFKA_PORT:-59092}"
 mkdir -p "$DEMO"
 OUTBOXD="$ROOT/build/outboxd"
 CONFIG="$ROOT/config/outboxd.toml"
