@@ -47,7 +47,7 @@ wait_until 30 grep -q "leading the outbox" "$DEMO/outboxd.log" ||
 
 RUN="demo-$(date +%s)"
 log "the application commits four orders, each with its message, and rolls one back (run $RUN)"
-psql_app <<SQL
+psql_app -o /dev/null <<SQL
 CREATE TABLE IF NOT EXISTS demo_orders (id int PRIMARY KEY, status text NOT NULL);
 INSERT INTO demo_orders VALUES (42, 'new'), (43, 'new') ON CONFLICT (id) DO UPDATE SET status = 'new';
 
@@ -80,8 +80,13 @@ SQL
 log "reading topic '$TOPIC' with kcat (this run's messages):"
 count_run() { kcat -C -b "$OUTBOXD_KAFKA_BOOTSTRAP" -t "$TOPIC" -o beginning -e -q \
   -f '%h\n' 2>/dev/null | grep -c "demo-run=$RUN" || true; }
-wait_until 30 bash -c "[[ \$($(declare -f count_run); count_run) -ge 4 ]]" ||
-  die "the messages did not arrive; see $DEMO/outboxd.log"
+n=0
+for _ in $(seq 150); do
+  n=$(count_run)
+  ((n >= 4)) && break
+  sleep 0.2
+done
+((n >= 4)) || die "the messages did not arrive; see $DEMO/outboxd.log"
 sleep 1 # let a (wrongly) sent fifth message show up, if there were one
 kcat -C -b "$OUTBOXD_KAFKA_BOOTSTRAP" -t "$TOPIC" -o beginning -e -q \
   -f '  partition %p offset %o  key=%k  value=%s  headers: %h\n' | grep "demo-run=$RUN"
