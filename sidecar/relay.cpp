@@ -190,11 +190,6 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
       isolated_in_flight_ = true;
     }
   }
-  if (store_error_) {
-    Status s = *store_error_;
-    store_error_.reset();
-    LoseLeadership(s);
-  }
   return leading_;
 }
 
@@ -228,11 +223,6 @@ void Relay::ServeReports(Millis timeout) {
   std::vector<DeliveryReport> reports;
   publisher_->Poll(timeout, &reports);
   for (const DeliveryReport& r : reports) OnReport(r);
-  if (store_error_) {
-    Status s = *store_error_;
-    store_error_.reset();
-    LoseLeadership(s);
-  }
 }
 
 void Relay::OnReport(const DeliveryReport& r) {
@@ -333,11 +323,6 @@ bool Relay::ProduceDeadLetterCopies() {
       break;  // the producer is not well: try again on a later pass
     }
     ++it;
-  }
-  if (store_error_) {
-    Status s = *store_error_;
-    store_error_.reset();
-    LoseLeadership(s);
   }
   return leading_;
 }

@@ -119,7 +119,6 @@ class Relay {
   std::map<int64_t, PendingDeadLetter> dead_letters_;  // poison rows awaiting their topic copy
   std::deque<std::pair<int64_t, std::string>> to_dead_letter_;  // to move at the next safe point
   std::vector<OutboxRow> pending_rows_;  // fetched, produced during the next round
-  std::optional<Status> store_error_;    // a store failure met while serving reports
   std::optional<std::chrono::steady_clock::time_point> idle_since_;
   bool asleep_ = false;  // outbox.relay_state.sleeping is set
   std::chrono::steady_clock::time_point next_cleanup_;
