@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 src, outdir = sys.argv[1], sys.argv[2]
+subset = sys.argv[3] if len(sys.argv) > 3 else ""  # a partial run: not written as latest.json
 results = {}
 with open(src) as f:
     for line in f:
@@ -37,7 +38,7 @@ if d and dbc and kc:
     add(f"backlog drain, {d['messages']:,} msgs of 200 B, 1,000 keys", f"{d['msgs_per_s']:,.0f} msgs/s",
         f"DB-only {dbc['msgs_per_s']:,.0f} / Kafka-only {kc['msgs_per_s']:,.0f} msgs/s",
         f"{ratio:.2f} of the smaller ceiling (target >= 100,000 and >= 0.6)")
-    add("drain rate, first / last tenth of the backlog",
+    add(f"drain rate, first / last tenth ({d['messages'] // 10:,} msgs each) of the backlog",
         f"{d['first_tenth_msgs_per_s']:,.0f} / {d['last_tenth_msgs_per_s']:,.0f} msgs/s", "", "does not fall as the backlog drains" if d['last_tenth_msgs_per_s'] >= 0.8 * d['first_tenth_msgs_per_s'] else "falls")
     add("outboxd peak RSS during the drain", f"{d['peak_rss_kib'] / 1024:.1f} MiB", "", "target <= 64 MiB")
 dd = results.get("debezium_drain")
@@ -71,6 +72,6 @@ print(text)
 os.makedirs(outdir, exist_ok=True)
 doc = {"date": now, "machine": machine, "commit": commit, "command": "make bench", "results": results,
        "table_markdown": text}
-for name in ("latest.json", f"{now[:10]}.json"):
+for name in ((f"{now[:10]}-{subset}.json",) if subset else ("latest.json", f"{now[:10]}.json")):
     with open(os.path.join(outdir, name), "w") as f:
         json.dump(doc, f, indent=2)

@@ -3,6 +3,8 @@
 # fixed rates, the cost to the application's commits, outboxd's peak RSS, and the Debezium peer on
 # the same workload. Prints a table; writes bench/results/latest.json (and a dated copy).
 #   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
+#   BENCH_ONLY: a subset, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
+#   not latest.json). A 10M drain: BENCH_MESSAGES=10000000 BENCH_ONLY=drain make bench
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 LOG_TAG=bench
@@ -11,6 +13,8 @@ N=${BENCH_MESSAGES:-1000000}
 RATES=${BENCH_RATES:-"5000 7000"}
 SECS=${BENCH_SECONDS:-60}
 PEER=${BENCH_PEER:-1}
+ONLY=${BENCH_ONLY:-}
+want() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
 "$ROOT/scripts/build.sh" >&2
 eval "$("$ROOT/scripts/services.sh" start)"
 B="$ROOT/build/bench/outboxd_bench"
@@ -58,6 +62,7 @@ stop_outboxd() { # prints peak RSS in KiB
 now() { date +%s.%N; }
 
 # 1. Backlog drain, and the two ceilings of the same messages.
+if want drain; then
 fresh_db
 "$B" topic --bootstrap "$K" --topic drain-$RUN --partitions 6 >/dev/null
 "$B" load --conninfo "$CONN" --count "$N" --topic drain-$RUN >/dev/null
@@ -86,9 +91,11 @@ psql_db -c "VACUUM ANALYZE outbox.messages"
 record db_ceiling "$("$B" db-ceiling --conninfo "$CONN")"
 "$B" topic --bootstrap "$K" --topic kafka-ceiling-$RUN --partitions 6 >/dev/null
 record kafka_ceiling "$("$B" kafka-ceiling --bootstrap "$K" --topic kafka-ceiling-$RUN --count "$N" 2>/dev/null)"
+fi
 
 # 2. Live latency: single-message transactions at a fixed rate, commit -> broker append time.
 for rate in $RATES; do
+  want latency || break
   fresh_db
   "$B" topic --bootstrap "$K" --topic "live-$rate-$RUN" --partitions 6 >/dev/null
   start_outboxd
@@ -100,6 +107,7 @@ for rate in $RATES; do
 done
 
 # 3. Cost to the application: pgbench commit rate of one publish per transaction.
+if want appcost; then
 echo "SELECT outbox.publish('appcost-$RUN', 'key-' || (random() * 1000)::int, repeat('x', 200));" >"$W/publish.sql"
 pgbench_tps() { /usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -c 8 -j 2 -T 20 \
   -f "$W/publish.sql" "$DB" 2>/dev/null | awk '/tps = / {print int($3); exit}'; }
@@ -112,9 +120,10 @@ psql_db -c "TRUNCATE outbox.messages"
 write_config notify false
 start_outboxd; sleep 1; on_poll=$(pgbench_tps); stop_outboxd >/dev/null
 record app_cost "{\"tps_without_outboxd\": $off, \"tps_with_outboxd_notify\": $on_notify, \"tps_with_outboxd_no_notify\": $on_poll}"
+fi
 
 # 4. The Debezium peer: the same drain (a backlog in its replication slot) and live latency.
-if [[ $PEER == 1 ]]; then
+if [[ $PEER == 1 ]] && want peer; then
   D="$ROOT/bench/debezium/run.sh"
   "$D" build >&2
   fresh_db
@@ -147,4 +156,4 @@ if [[ $PEER == 1 ]]; then
   "$D" cleanup --pg-port "$PGPORT" --db "$DB" --slot dbz_bench --offsets-dir "$W/dbz-offsets" >&2 || true
 fi
 
-python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results"
+python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results" "${ONLY:+$ONLY-$N}"
