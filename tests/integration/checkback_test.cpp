@@ -77,15 +77,8 @@ class CheckServer {
   std::vector<Request> requests_;
 };
 
-class CheckBackIntegration : public ::testing::Test {
+class CheckBackIntegration : public ServicesTest {
  protected:
-  void SetUp() override {
-    OUTBOXD_REQUIRE_SERVICES(services_);
-    db_.emplace(services_);
-    topic_ = UniqueName("t");
-    CreateTopic(services_, topic_, 3);
-  }
-
   static std::string CheckbackToml(const std::string& settings, int max_checks = 3,
                                    const std::string& check_interval = "200ms") {
     return "[checkback]\ntransaction_timeout = \"200ms\"\ncheck_interval = \"" + check_interval +
@@ -133,10 +126,6 @@ class CheckBackIntegration : public ::testing::Test {
     }
     return out;
   }
-
-  Services services_;
-  std::optional<TestDatabase> db_;
-  std::string topic_;
 };
 
 size_t Occurrences(const std::string& text, const std::string& what) {

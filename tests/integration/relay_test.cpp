@@ -16,15 +16,8 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-class RelayIntegration : public ::testing::Test {
+class RelayIntegration : public ServicesTest {
  protected:
-  void SetUp() override {
-    OUTBOXD_REQUIRE_SERVICES(services_);
-    db_.emplace(services_);
-    topic_ = UniqueName("t");
-    CreateTopic(services_, topic_, 3);
-  }
-
   // Ids and keys of every row now in the outbox: what must arrive.
   std::map<int64_t, std::optional<std::string>> Expected() {
     std::map<int64_t, std::optional<std::string>> out;
@@ -43,10 +36,6 @@ class RelayIntegration : public ::testing::Test {
   }
 
   int64_t Remaining() { return std::stoll(db_->Scalar("SELECT count(*) FROM outbox.messages")); }
-
-  Services services_;
-  std::optional<TestDatabase> db_;
-  std::string topic_;
 };
 
 TEST_F(RelayIntegration, EveryCommittedRowArrivesOnceWithExactKeyValueAndHeaders) {

@@ -355,19 +355,12 @@ class RelayMockCluster : public ::testing::Test {
     cluster_.CreateTopic(topic_);
   }
 
-  // Like TestConfig() in the unit tests (short back-offs), with the mock cluster as Kafka.
+  // FastRelayConfig, with the mock cluster as Kafka and more patience for shutdown.
   Config MockConfig() const {
-    Config c;
+    Config c = testing::FastRelayConfig();
     c.kafka.bootstrap_servers = cluster_.bootstraps();
-    c.relay.batch_size = 100;
-    c.relay.max_in_flight = 1000;
-    c.relay.idle_grace = Millis(1);
-    c.relay.idle_poll_interval = Millis(1);
-    c.relay.poll_interval = Millis(5);
     c.relay.shutdown_timeout = Millis(2000);
-    c.backoff.initial = Millis(1);
     c.backoff.max = Millis(50);
-    c.leadership.retry_interval = Millis(5);
     return c;
   }
 

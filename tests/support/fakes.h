@@ -226,6 +226,21 @@ inline PublisherFactory FakeFactory(FakeBroker& broker) {
   };
 }
 
+// A relay config for tests: small batches, short polls and back-offs.
+inline Config FastRelayConfig() {
+  Config c;
+  c.relay.batch_size = 100;
+  c.relay.max_in_flight = 1000;
+  c.relay.idle_grace = Millis(1);
+  c.relay.idle_poll_interval = Millis(1);
+  c.relay.poll_interval = Millis(5);
+  c.relay.shutdown_timeout = Millis(200);
+  c.backoff.initial = Millis(1);
+  c.backoff.max = Millis(5);
+  c.leadership.retry_interval = Millis(5);
+  return c;
+}
+
 // Polls `cond` until it holds or `timeout` passes.
 inline bool Eventually(const std::function<bool()>& cond, Millis timeout = Millis(5000)) {
   auto until = std::chrono::steady_clock::now() + timeout;

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "pg/connection.h"
 
 namespace outboxd::testing {
@@ -125,6 +127,22 @@ class OutboxdProcess {
   std::string log_path_;
   pid_t pid_ = -1;
   std::optional<int> exit_code_;
+};
+
+// A fixture: the services (or a skip/failure without them), a fresh migrated database and a fresh
+// topic with 3 partitions for each test.
+class ServicesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    OUTBOXD_REQUIRE_SERVICES(services_);
+    db_.emplace(services_);
+    topic_ = UniqueName("t");
+    CreateTopic(services_, topic_, 3);
+  }
+
+  Services services_;
+  std::optional<TestDatabase> db_;
+  std::string topic_;
 };
 
 // Runs the outboxd binary with arguments; returns exit code and combined output.

@@ -16,19 +16,7 @@ using testing::FakeFactory;
 using testing::FakeStore;
 using Outcome = DeliveryReport::Outcome;
 
-Config TestConfig() {
-  Config c;
-  c.relay.batch_size = 100;
-  c.relay.max_in_flight = 1000;
-  c.relay.idle_grace = Millis(1);
-  c.relay.idle_poll_interval = Millis(1);
-  c.relay.poll_interval = Millis(5);
-  c.relay.shutdown_timeout = Millis(200);
-  c.backoff.initial = Millis(1);
-  c.backoff.max = Millis(5);
-  c.leadership.retry_interval = Millis(5);
-  return c;
-}
+Config TestConfig() { return testing::FastRelayConfig(); }
 
 // Runs a relay on its own thread for the life of the object.
 class RunningRelay {
