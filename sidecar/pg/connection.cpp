@@ -130,6 +130,7 @@ Status Connection::SendPipeline(const std::vector<Statement>& statements) {
   pipeline_results_.clear();
   pipeline_error_.clear();
   pipeline_done_ = false;
+  pipeline_syncs_expected_ = 0;
   if (PQenterPipelineMode(conn_.get()) != 1) {
     return Status::Unavailable("PostgreSQL: cannot enter pipeline mode: " +
                                Trim(PQerrorMessage(conn_.get())));
@@ -137,12 +138,17 @@ Status Connection::SendPipeline(const std::vector<Statement>& statements) {
   in_pipeline_ = true;
   for (const Statement& st : statements) {
     auto ptrs = st.params.Pointers();
+    // A sync point after each statement: each runs in its own implicit transaction, as it would
+    // outside a pipeline. (In one shared transaction a DELETE's xid would become the "now" of a
+    // later statement's age(), which the scan window relies on to read the next xid.)
     if (PQsendQueryPrepared(conn_.get(), st.name.c_str(), st.params.size(), ptrs.data(), nullptr,
-                            nullptr, st.binary_results ? 1 : 0) != 1) {
+                            nullptr, st.binary_results ? 1 : 0) != 1 ||
+        PQpipelineSync(conn_.get()) != 1) {
       return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
     }
+    ++pipeline_syncs_expected_;
   }
-  if (PQpipelineSync(conn_.get()) != 1 || PQflush(conn_.get()) != 0) {
+  if (PQflush(conn_.get()) != 0) {
     return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
   }
   return Status::Ok();
@@ -160,8 +166,8 @@ bool Connection::PipelineReady(Millis timeout) {
       if (raw == nullptr) continue;  // the end of one statement's results
       if (PQresultStatus(raw) == PGRES_PIPELINE_SYNC) {
         PQclear(raw);
-        pipeline_done_ = true;
-        break;
+        pipeline_done_ = --pipeline_syncs_expected_ <= 0;
+        continue;
       }
       auto r = Check(raw);
       if (r.ok()) {

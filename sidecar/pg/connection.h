@@ -110,6 +110,7 @@ class Connection {
   std::vector<PgResult> pipeline_results_;
   std::string pipeline_error_;
   bool pipeline_done_ = false;
+  int pipeline_syncs_expected_ = 0;  // one sync point per statement
   bool in_pipeline_ = false;
 };
 
