@@ -225,15 +225,25 @@ void Relay::ServeReports(Millis timeout) {
   for (const DeliveryReport& r : reports) OnReport(r);
 }
 
-void Relay::OnReport(const DeliveryReport& r) {
-  auto it = in_flight_.find(r.token);
+void Relay::OnReport(const DeliveryReport& report) {
+  auto it = in_flight_.find(report.token);
   if (it == in_flight_.end()) {
-    spdlog::error("delivery report for an unknown message (token {})", r.token);
+    spdlog::error("delivery report for an unknown message (token {})", report.token);
     return;
   }
   InFlight e = std::move(it->second);
   in_flight_.erase(it);
   using Outcome = DeliveryReport::Outcome;
+
+  // Only proof removes a row: a "persisted" report must also carry the offset the broker wrote
+  // it at. Without one it may be an implicit ack of a batch the broker never wrote.
+  DeliveryReport r = report;
+  if (r.outcome == Outcome::kPersisted && !r.proven()) {
+    ++stats_.unproven_reports;
+    spdlog::warn("broker report without an offset for message {}: sending it again", e.id);
+    r.outcome = Outcome::kRetriable;
+    r.error = "a persisted report without an offset";
+  }
 
   if (e.isolated) isolated_in_flight_ = false;
   if (e.dead_letter_copy) {

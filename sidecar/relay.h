@@ -37,6 +37,7 @@ class Relay {
     int64_t rewinds = 0;        // times the relay went back to re-fetch after a failure
     int64_t producer_rebuilds = 0;
     int64_t leadership_terms = 0;
+    int64_t unproven_reports = 0;  // "persisted" reports without an offset, sent again
   };
 
   Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher);
@@ -72,7 +73,7 @@ class Relay {
   // failure the caller decides; a Fatal one has already started HandleFatal.
   Status ProduceOne(const OutgoingMessage& m, InFlight entry);
   void ServeReports(Millis timeout);
-  void OnReport(const DeliveryReport& r);
+  void OnReport(const DeliveryReport& report);
   // A row that can never be delivered: to the table now, or (dead_letter_topic set) queued for
   // a copy on that topic, produced by ProduceDeadLetterCopies while the producer is healthy.
   void Poison(int64_t id, const std::string& error);

@@ -151,6 +151,10 @@ class FakeBroker {
   std::function<Status(const Sent&)> on_produce;  // a non-ok Status is returned by Produce
   size_t queue_capacity = 1'000'000;
   bool hold_reports = false;  // reports wait (as if the broker were slow or down)
+  // Reports this persisted message without an offset and without storing it, as librdkafka's
+  // implicit ack does for a batch the broker never wrote.
+  std::function<bool(const Sent&)> implicit_ack;
+  int64_t next_offset = 0;  // GUARDED_BY(mu_)
 
   std::vector<Sent> Log() {
     std::lock_guard l(mu_);
@@ -198,8 +202,16 @@ class FakePublisher : public Publisher {
         s.outcome =
             purged_ ? DeliveryReport::Outcome::kRetriable
                     : (broker_.decide ? broker_.decide(s) : DeliveryReport::Outcome::kPersisted);
+        DeliveryReport r{token, s.outcome, purged_ ? "purged" : "injected"};
+        if (s.outcome == DeliveryReport::Outcome::kPersisted) {
+          if (broker_.implicit_ack && broker_.implicit_ack(s)) {
+            s.outcome = DeliveryReport::Outcome::kRetriable;  // never stored, yet reported so
+          } else {
+            r.offset = broker_.next_offset++;
+          }
+        }
         broker_.log_.push_back(s);
-        reports->push_back({token, s.outcome, purged_ ? "purged" : "injected"});
+        reports->push_back(std::move(r));
         any = true;
       }
       if (queue_.empty()) purged_ = false;

@@ -92,6 +92,29 @@ TEST(Relay, NothingIsRemovedWithoutAPersistedReport) {
   EXPECT_TRUE(store.Removed().empty());
 }
 
+// librdkafka's implicit ack: a batch that failed (NOT_LEADER on a new partition) is reported
+// persisted, without an offset, when a later batch of its partition succeeds; the broker never
+// wrote it. Such a report must not remove the row.
+TEST(Relay, APersistedReportWithoutAnOffsetIsNoProof) {
+  FakeStore store;
+  FakeBroker broker;
+  std::set<int64_t> unproven = {1, 2, 77};
+  std::mutex mu;
+  broker.implicit_ack = [&](const testing::Sent& s) {
+    std::lock_guard l(mu);
+    return unproven.erase(s.outbox_id()) > 0;  // each once: its next copy is really written
+  };
+  for (int i = 1; i <= 200; ++i) store.Add(i, "t", "k" + std::to_string(i % 5), "v");
+  RunningRelay relay(TestConfig(), store, broker);
+  ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
+  relay.Stop();
+  std::set<int64_t> stored;
+  for (const auto& s : broker.Persisted()) stored.insert(s.outbox_id());
+  for (int64_t id = 1; id <= 200; ++id) EXPECT_TRUE(stored.count(id)) << "id " << id << " lost";
+  EXPECT_EQ(store.Removed().size(), 200u);
+  EXPECT_EQ(relay.stats().unproven_reports, 3);
+}
+
 TEST(Relay, RetriableFailureResendsAndKeepsPerKeyOrder) {
   FakeStore store;
   FakeBroker broker;
