@@ -36,6 +36,19 @@ Relay::Relay(const Config& config, OutboxStore& store, PublisherFactory make_pub
       make_publisher_(std::move(make_publisher)),
       backoff_(config.backoff.initial, config.backoff.max) {}
 
+Relay::Stats Relay::stats() const {
+  Stats s;
+  s.produced = stats_.produced.load();
+  s.acknowledged = stats_.acknowledged.load();
+  s.marked_sent = stats_.marked_sent.load();
+  s.dead_lettered = stats_.dead_lettered.load();
+  s.rewinds = stats_.rewinds.load();
+  s.producer_rebuilds = stats_.producer_rebuilds.load();
+  s.leadership_terms = stats_.leadership_terms.load();
+  s.unproven_reports = stats_.unproven_reports.load();
+  return s;
+}
+
 Status Relay::Run(const std::atomic<bool>& stop) {
   while (!stop) {
     if (!leading_) {
@@ -489,7 +502,7 @@ void Relay::Drain() {
     spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);
   }
   leading_flag_.store(false, std::memory_order_release);
-  spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent);
+  spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent.load());
 }
 
 void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {

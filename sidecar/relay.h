@@ -29,16 +29,20 @@ Result<Headers> MessageHeaders(int64_t id, const std::string& headers_json);
 
 class Relay {
  public:
-  struct Stats {
-    int64_t produced = 0;       // messages handed to the producer (including repeats)
-    int64_t acknowledged = 0;   // persisted delivery reports
-    int64_t marked_sent = 0;    // rows removed (or marked) after their ack
-    int64_t dead_lettered = 0;  // rows moved to outbox.dead_letters
-    int64_t rewinds = 0;        // times the relay went back to re-fetch after a failure
-    int64_t producer_rebuilds = 0;
-    int64_t leadership_terms = 0;
-    int64_t unproven_reports = 0;  // "persisted" reports without an offset, sent again
+  // Counters since construction. T is int64_t for a snapshot, an atomic inside the relay (its
+  // thread writes them while others may read).
+  template <typename T>
+  struct Counters {
+    T produced{0};       // messages handed to the producer (including repeats)
+    T acknowledged{0};   // persisted delivery reports
+    T marked_sent{0};    // rows removed (or marked) after their ack
+    T dead_lettered{0};  // rows moved to outbox.dead_letters
+    T rewinds{0};        // times the relay went back to re-fetch after a failure
+    T producer_rebuilds{0};
+    T leadership_terms{0};
+    T unproven_reports{0};  // "persisted" reports without an offset, sent again
   };
+  using Stats = Counters<int64_t>;
 
   Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher);
 
@@ -47,7 +51,8 @@ class Relay {
   // only for errors that retrying cannot fix (a producer property librdkafka rejects).
   Status Run(const std::atomic<bool>& stop);
 
-  const Stats& stats() const { return stats_; }
+  // A snapshot of the counters; safe to call from any thread.
+  Stats stats() const;
   // Whether this instance leads; safe to read from any thread (check-back follows it).
   bool leading() const { return leading_flag_.load(std::memory_order_acquire); }
 
@@ -127,7 +132,7 @@ class Relay {
   OnceLogger pg_log_{"PostgreSQL"};
   OnceLogger kafka_log_{"Kafka delivery"};
   bool standby_logged_ = false;
-  Stats stats_;
+  Counters<std::atomic<int64_t>> stats_;  // written by the relay thread, read by any
 };
 
 }  // namespace outboxd
