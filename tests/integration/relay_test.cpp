@@ -72,8 +72,9 @@ TEST_F(RelayIntegration, EveryCommittedRowArrivesOnceWithExactKeyValueAndHeaders
   const Record& text = by_id.at(text_id);
   EXPECT_EQ(text.key, "order-42");
   EXPECT_EQ(text.value, "{\"event\":\"paid\"}");
-  ASSERT_EQ(text.headers.size(), 2u);
+  ASSERT_EQ(text.headers.size(), 3u);
   EXPECT_EQ(text.headers[0].first, "outbox-id");
+  EXPECT_EQ(text.headers[1].first, "outbox-created-at");
   EXPECT_EQ(text.Header("trace-id"), "abc");
   EXPECT_EQ(by_id.at(jsonb_id).value, "{\"event\": \"shipped\"}");  // jsonb's own text form
   EXPECT_EQ(by_id.at(bytea_id).value, std::string("\x00\xff\x10", 3));
