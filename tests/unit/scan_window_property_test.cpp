@@ -2,8 +2,9 @@
 // transaction id, then message ids (schema/001: the xid before the id), commit or abort, while a
 // relay fetches with a small LIMIT under snapshots built as PostgreSQL builds them (xmax is the
 // latest completed xid + 1; xids at or above it run unlisted) and removes what it fetched some
-// steps later. Checked: every committed id is fetched exactly once in the term, never an id of an
-// aborted transaction. Seeded; OUTBOXD_PROPERTY_SEED=<n> replays one seed.
+// steps later, or rewinds after a failed delivery. Checked: every committed id is fetched exactly
+// once in the term (once more after a rewind that asks for it), never an id of an aborted
+// transaction. Seeded; OUTBOXD_PROPERTY_SEED=<n> replays one seed.
 #include <algorithm>
 #include <cstdlib>
 #include <map>
@@ -61,7 +62,7 @@ class Model {
   uint64_t Pick(uint64_t n) { return rng_() % n; }
 
   void Step() {
-    switch (Pick(8)) {
+    switch (Pick(9)) {
       case 0:
         if (sessions_.size() < 5) sessions_.push_back(Session{});
         break;
@@ -85,6 +86,9 @@ class Model {
         break;
       case 7:
         RemoveFetched(Pick(2) == 0);
+        break;
+      case 8:
+        if (!in_flight_.empty() && Pick(3) == 0) RewindAfterFailure();
         break;
     }
   }
@@ -178,6 +182,24 @@ class Model {
     size_t n = all ? in_flight_.size() : Pick(in_flight_.size() + 1);
     for (size_t i = 0; i < n; ++i) rows_[in_flight_[i]].deleted = true;
     in_flight_.erase(in_flight_.begin(), in_flight_.begin() + static_cast<long>(n));
+  }
+
+  // A delivery failed: as Relay::Recover does, every row before the first unacknowledged one
+  // was acknowledged and removed, later ones may or may not have been; the window is rewound to
+  // that row, and each row still present from there on must be fetched once more.
+  void RewindAfterFailure() {
+    std::sort(in_flight_.begin(), in_flight_.end());
+    const int64_t first_unacked = in_flight_[Pick(in_flight_.size())];
+    for (int64_t id : in_flight_) {
+      if (id < first_unacked || (id > first_unacked && Pick(2) == 0)) {
+        rows_[id].deleted = true;
+      } else {
+        fetched_[id] = 0;  // to be fetched again, exactly once
+      }
+    }
+    in_flight_.clear();
+    window_.Rewind(first_unacked);
+    Log("rewind to " + std::to_string(first_unacked));
   }
 
   void Log(const std::string& line) {
