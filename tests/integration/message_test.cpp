@@ -92,6 +92,35 @@ TEST_F(MessageIntegration, PoisonRowWithMultibyteHeadersIsDeadLetteredWhileTheRe
   EXPECT_EQ(Count(outboxd.Log(), "stopped delivering"), 0) << outboxd.Log();
 }
 
+// A poison row that PostgreSQL refuses to move to outbox.dead_letters whatever the error text (here
+// a trigger refuses it) is logged and set aside for the term: it stays in the outbox, every other
+// row is delivered, and the leadership is kept.
+TEST_F(MessageIntegration, RowThatCannotBeDeadLetteredStaysAndTheRestFlows) {
+  db_->Exec(R"sql(
+    CREATE FUNCTION outbox.refuse_cursed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'dead letter refused by a trigger'; END $$;
+    CREATE TRIGGER refuse_cursed BEFORE INSERT ON outbox.dead_letters
+      FOR EACH ROW WHEN (NEW.key = 'cursed') EXECUTE FUNCTION outbox.refuse_cursed())sql");
+  db_->Exec("SELECT outbox.publish('" + topic_ + "', 'k' || (i % 5), 'before') " +
+            "FROM generate_series(1, 50) i");
+  db_->Exec("INSERT INTO outbox.messages (topic, key, payload, headers) VALUES ('" + topic_ +
+            "', 'cursed', 'poison', '[\"not an object\"]')");
+  db_->Exec("SELECT outbox.publish('" + topic_ + "', 'k' || (i % 5), 'after') " +
+            "FROM generate_series(1, 50) i");
+  OutboxdProcess outboxd(services_, *db_);
+  outboxd.Start();
+  ASSERT_TRUE(WaitFor([&] { return Remaining() == 1; }, seconds(30))) << outboxd.Log();
+  Consumer consumer(services_, topic_);
+  consumer.ReadUntil(100, seconds(30));
+  consumer.ReadFor(milliseconds(1000));
+  EXPECT_EQ(consumer.records().size(), 100u);
+  EXPECT_EQ(db_->Scalar("SELECT key FROM outbox.messages"), "cursed");
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.dead_letters"), "0");
+  ASSERT_TRUE(outboxd.WaitForLog("cannot be moved to outbox.dead_letters", seconds(5)));
+  EXPECT_EQ(Count(outboxd.Log(), "leading the outbox"), 1) << outboxd.Log();
+  EXPECT_EQ(Count(outboxd.Log(), "stopped delivering"), 0) << outboxd.Log();
+}
+
 // Issue 15, defect 4: every header value is the text jsonb_each_text gives, numbers included
 // (1e400 is beyond a double; 12345678901234567890123 beyond a 64-bit integer).
 TEST_F(MessageIntegration, HeaderValuesAreExactlyThePostgresText) {
