@@ -4,31 +4,15 @@
 #include <thread>
 
 #include <spdlog/spdlog.h>
-#include <nlohmann/json.hpp>
+
+#include "text.h"
 
 namespace outboxd {
 
 using Clock = std::chrono::steady_clock;
 
-Result<Headers> MessageHeaders(int64_t id, const std::string& headers_json) {
-  Headers headers;
-  headers.emplace_back("outbox-id", std::to_string(id));
-  if (headers_json == "{}") return headers;
-  auto json = nlohmann::json::parse(headers_json, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) {
-    return Status::Permanent("headers must be a JSON object, got: " + headers_json.substr(0, 200));
-  }
-  for (const auto& [name, value] : json.items()) {
-    if (value.is_string()) {
-      headers.emplace_back(name, value.get<std::string>());
-    } else if (value.is_null()) {
-      headers.emplace_back(name, std::nullopt);
-    } else {
-      headers.emplace_back(name, value.dump());
-    }
-  }
-  return headers;
-}
+// outbox.dead_letters.error keeps at most this many bytes of an error text.
+constexpr size_t kMaxErrorBytes = 2000;
 
 Relay::Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher)
     : config_(config),
@@ -164,6 +148,23 @@ bool Relay::MoveDeadLetters() {
   while (!to_dead_letter_.empty()) {
     auto [id, error] = to_dead_letter_.front();
     Status s = store_.DeadLetter(id, error);
+    if (s.code() == Status::Code::kInvalid) {
+      // Refused on a healthy connection (say, a character the database's encoding lacks):
+      // once more with a plain ASCII error text, then set the row aside for this term.
+      spdlog::warn("message {}: outbox.dead_letters refused it ({}); trying a plain ASCII error",
+                   id, s.message());
+      s = store_.DeadLetter(id, AsciiEscaped(error));
+      if (s.code() == Status::Code::kInvalid) {
+        spdlog::error(
+            "message {} cannot be moved to outbox.dead_letters ({}): it stays in the outbox and "
+            "is skipped until the next leadership term; its error: {}",
+            id, s.message(), AsciiEscaped(error));
+        set_aside_.insert(id);
+        to_dead_letter_.pop_front();
+        dead_letters_.erase(id);
+        continue;
+      }
+    }
     if (!StoreOk(s)) return false;
     to_dead_letter_.pop_front();
     dead_letters_.erase(id);
@@ -182,7 +183,8 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
       break;
     }
     if (dead_letters_.count(row.id)) continue;  // on its way to the dead-letter topic
-    auto headers = MessageHeaders(row.id, row.headers);
+    if (set_aside_.count(row.id)) continue;     // poison that could not be dead-lettered
+    auto headers = MessageHeaders(row);
     if (!headers.ok()) {
       Poison(row.id, headers.status().message());
       continue;
@@ -328,8 +330,8 @@ bool Relay::ProduceDeadLetterCopies() {
       it = dead_letters_.erase(it);
       continue;
     }
-    auto parsed = MessageHeaders(id, (*row)->headers);
-    Headers headers = parsed.ok() ? std::move(*parsed) : Headers{{"outbox-id", std::to_string(id)}};
+    auto parsed = MessageHeaders(**row);
+    Headers headers = parsed.ok() ? std::move(*parsed) : IdentityHeaders(**row);
     headers.emplace_back("outbox-error", pending.error);
     headers.emplace_back("outbox-topic", (*row)->topic);
     OutgoingMessage m{&topic, &(*row)->key, &(*row)->payload, &headers};
@@ -352,7 +354,8 @@ bool Relay::ProduceDeadLetterCopies() {
 
 void Relay::DeadLetterRow(int64_t id, const std::string& error) {
   // Moved at the next safe point (MoveDeadLetters): a fetch may be on the connection now.
-  to_dead_letter_.emplace_back(id, error);
+  // PostgreSQL's text must be valid UTF-8: the error may quote row bytes or a broker message.
+  to_dead_letter_.emplace_back(id, ValidUtf8Prefix(error, kMaxErrorBytes));
 }
 
 bool Relay::FlushMarks(bool force) {
@@ -436,6 +439,7 @@ void Relay::LoseLeadership(const Status& why) {
   pending_rows_.clear();
   to_dead_letter_.clear();
   dead_letters_.clear();
+  set_aside_.clear();  // the next term tries them once more
   suspects_.clear();
   store_.Disconnect();
   idle_since_.reset();

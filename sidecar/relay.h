@@ -18,14 +18,12 @@
 
 #include "backoff.h"
 #include "config.h"
+#include "headers.h"
 #include "log.h"
 #include "outbox_store.h"
 #include "publisher.h"
 
 namespace outboxd {
-
-// Parses a row's jsonb headers into Kafka headers, "outbox-id" first. Invalid unless an object.
-Result<Headers> MessageHeaders(int64_t id, const std::string& headers_json);
 
 class Relay {
  public:
@@ -72,7 +70,9 @@ class Relay {
   bool Step(const std::atomic<bool>& stop);
   bool ProduceRows(std::vector<OutboxRow>& rows);
   bool ProducePending();
-  // Moves the rows DeadLetterRow queued to outbox.dead_letters.
+  // Moves the rows DeadLetterRow queued to outbox.dead_letters. A row that PostgreSQL refuses to
+  // move, even with a plain ASCII error text, is set aside for the rest of the term (logged,
+  // left in the outbox, skipped by later fetches of this term) so that it cannot stop the others.
   bool MoveDeadLetters();
   // Produces one message, waiting out a full local queue. On Permanent (poison) and on any other
   // failure the caller decides; a Fatal one has already started HandleFatal.
@@ -124,6 +124,7 @@ class Relay {
   bool isolated_in_flight_ = false;
   std::map<int64_t, PendingDeadLetter> dead_letters_;  // poison rows awaiting their topic copy
   std::deque<std::pair<int64_t, std::string>> to_dead_letter_;  // to move at the next safe point
+  std::set<int64_t> set_aside_;          // poison rows that could not be dead-lettered in this term
   std::vector<OutboxRow> pending_rows_;  // fetched, produced during the next round
   std::optional<std::chrono::steady_clock::time_point> idle_since_;
   bool asleep_ = false;  // outbox.relay_state.sleeping is set

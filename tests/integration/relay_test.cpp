@@ -69,6 +69,7 @@ TEST_F(RelayIntegration, EveryCommittedRowArrivesOnceWithExactKeyValueAndHeaders
   EXPECT_EQ(by_id.count(rolled_back), 0u);
   ASSERT_EQ(by_id.count(text_id), 1u);
   EXPECT_EQ(by_id[text_id].headers[0].first, "outbox-id");
+  EXPECT_EQ(by_id[text_id].headers[1].first, "outbox-created-at");
   // Same key, same partition (murmur2's), in commit order.
   EXPECT_EQ(by_id[text_id].partition, JavaPartition("order-42", kPartitions));
   EXPECT_EQ(by_id[text_id].partition, by_id[jsonb_id].partition);

@@ -147,6 +147,15 @@ class FakeStore : public OutboxStore {
     std::lock_guard l(mu_);
     return leads_;
   }
+  // DeadLetter(id, ...) fails as a refused statement would, whatever the error text.
+  void RefuseDeadLetter(int64_t id) {
+    std::lock_guard l(mu_);
+    refused_dead_letters_.insert(id);
+  }
+  int dead_letter_attempts() {
+    std::lock_guard l(mu_);
+    return dead_letter_attempts_;
+  }
 
   Status Lead() override {
     std::lock_guard l(mu_);
@@ -204,6 +213,10 @@ class FakeStore : public OutboxStore {
   Status DeadLetter(int64_t id, const std::string& error) override {
     std::lock_guard l(mu_);
     if (Status s = Inject(); !s.ok()) return s;
+    ++dead_letter_attempts_;
+    // As PostgreSQL refuses text that is not UTF-8 (SQLSTATE 22021) on a healthy connection.
+    if (!IsUtf8(error)) return Status::Invalid("invalid byte sequence for encoding \"UTF8\"");
+    if (refused_dead_letters_.count(id)) return Status::Invalid("injected: dead letter refused");
     rows_.erase(id);
     dead_[id] = error;
     return Status::Ok();
@@ -222,6 +235,29 @@ class FakeStore : public OutboxStore {
   Result<int64_t> RemoveSentBefore(Millis) override { return int64_t{0}; }
 
  private:
+  // Well-formed UTF-8 without NUL (shortest forms, no surrogates, at most U+10FFFF).
+  static bool IsUtf8(const std::string& s) {
+    for (size_t i = 0; i < s.size();) {
+      auto c = static_cast<unsigned char>(s[i]);
+      size_t n = c == 0           ? 0
+                 : c < 0x80       ? 1
+                 : (c >> 5) == 6  ? 2
+                 : (c >> 4) == 14 ? 3
+                 : (c >> 3) == 30 ? 4
+                                  : 0;
+      if (n == 0 || i + n > s.size()) return false;
+      uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+      for (size_t k = 1; k < n; ++k) {
+        auto b = static_cast<unsigned char>(s[i + k]);
+        if ((b & 0xC0) != 0x80) return false;
+        cp = (cp << 6) | (b & 0x3F);
+      }
+      static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+      if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+      i += n;
+    }
+    return true;
+  }
   Status Inject() {
     if (fail_next_ > 0) {
       --fail_next_;
@@ -244,6 +280,8 @@ class FakeStore : public OutboxStore {
   std::set<int64_t> fetched_;          // GUARDED_BY(mu_)
   std::vector<int64_t> removed_;       // GUARDED_BY(mu_)
   std::map<int64_t, std::string> dead_;
+  std::set<int64_t> refused_dead_letters_;
+  int dead_letter_attempts_ = 0;
   int fail_next_ = 0;
   Status failure_;
   bool leader_ = false;

@@ -7,6 +7,7 @@
 
 #include "../support/fakes.h"
 #include "../support/log_counter.h"
+#include "text.h"
 
 namespace outboxd {
 namespace {
@@ -80,15 +81,65 @@ void ExpectPerKeyOrder(const std::vector<testing::Sent>& persisted) {
   }
 }
 
-TEST(MessageHeaders, OutboxIdFirstThenRowHeaders) {
-  auto h = MessageHeaders(42, R"({"trace-id": "abc", "n": 5, "z": null})");
+OutboxRow RowWithHeaders(int64_t id, std::string headers) {
+  OutboxRow row;
+  row.id = id;
+  row.topic = "t";
+  row.headers = std::move(headers);
+  row.created_at_us = 1764633600123456;
+  return row;
+}
+
+TEST(MessageHeaders, IdentityFirstThenRowHeadersInTheirOrder) {
+  auto h = MessageHeaders(RowWithHeaders(42, R"({"n": 5, "z": null, "trace-id": "abc"})"));
   ASSERT_TRUE(h.ok());
-  ASSERT_EQ(h->size(), 4u);
+  ASSERT_EQ(h->size(), 5u);
   EXPECT_EQ((*h)[0], (std::pair<std::string, std::optional<std::string>>{"outbox-id", "42"}));
-  EXPECT_EQ((*h)[1].second, "5");
-  EXPECT_EQ((*h)[2].second, "abc");  // the row's headers follow in key order
+  EXPECT_EQ((*h)[1], (std::pair<std::string, std::optional<std::string>>{"outbox-created-at",
+                                                                         "1764633600123456"}));
+  EXPECT_EQ((*h)[2].second, "5");
   EXPECT_EQ((*h)[3].second, std::optional<std::string>());
-  EXPECT_EQ(MessageHeaders(1, "[1,2]").status().code(), Status::Code::kPermanent);
+  EXPECT_EQ((*h)[4], (std::pair<std::string, std::optional<std::string>>{"trace-id", "abc"}));
+  EXPECT_EQ(MessageHeaders(RowWithHeaders(1, "[1,2]")).status().code(), Status::Code::kPermanent);
+}
+
+// Issue 15, defect 4: values are the text jsonb_each_text gives, numbers never converted.
+TEST(MessageHeaders, ValuesAreTheJsonTextUnconverted) {
+  std::string huge = "1" + std::string(400, '0');  // how jsonb prints 1e400
+  auto h =
+      ParseHeaderObject(R"({"b": 12345678901234567890123, "f": 1.50, "e": 1e400, "h": )" + huge +
+                        R"(, "t": true, "o": {"a": [1, "x"]}, "s": "\u00e9\n\"q\" \ud83d\ude00"})");
+  ASSERT_TRUE(h);
+  Headers expected{{"b", "12345678901234567890123"},
+                   {"f", "1.50"},
+                   {"e", "1e400"},
+                   {"h", huge},
+                   {"t", "true"},
+                   {"o", R"({"a": [1, "x"]})"},
+                   {"s", "\xC3\xA9\n\"q\" \xF0\x9F\x98\x80"}};
+  EXPECT_EQ(*h, expected);
+  EXPECT_EQ(ParseHeaderObject("{}"), Headers{});
+  EXPECT_EQ(ParseHeaderObject(R"( {"a":[[[[]]],{}]} )"), (Headers{{"a", "[[[[]]],{}]"}}));
+  for (const char* bad :
+       {"", "[]", "\"s\"", "{", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{\"a\":01}", "{\"a\":1.}",
+        "{\"a\":[1,]}", "{\"a\":tru}", "{\"a\":\"\\ud800\"}", "{\"a\":1} x", "{\"a\":{\"b\":1]}"}) {
+    EXPECT_FALSE(ParseHeaderObject(bad)) << bad;
+  }
+}
+
+// Issue 15, defect 2: the error text quoting the headers is cut on a character boundary.
+TEST(MessageHeaders, ErrorTextQuotingTheHeadersIsValidUtf8) {
+  std::string json = "\"";
+  for (int i = 0; i < 150; ++i) json += "\xC3\xA9";  // é: 2 bytes; 200 bytes would cut one
+  json += "\"";
+  auto h = MessageHeaders(RowWithHeaders(1, json));
+  ASSERT_EQ(h.status().code(), Status::Code::kPermanent);
+  const std::string& m = h.status().message();
+  EXPECT_EQ(ValidUtf8Prefix(m, m.size()), m) << "cut inside a character";
+  EXPECT_EQ(ValidUtf8Prefix("a\xC3\xA9", 2), "a");
+  EXPECT_EQ(ValidUtf8Prefix("a\xC3(\xF0\x9F\x98", 100),
+            "a\xEF\xBF\xBD(\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(AsciiEscaped("\xC3\xA9 x\n"), "\\xc3\\xa9 x\\x0a");
 }
 
 TEST(Relay, DeliversEveryRowOnceInIdOrderAndRemovesItAfterTheAck) {
@@ -243,6 +294,47 @@ TEST(Relay, PoisonMessagesAreDeadLetteredWhileOthersFlow) {
   EXPECT_EQ(dead.count(7), 1u);
   EXPECT_NE(dead[31].find("headers must be a JSON object"), std::string::npos);
   EXPECT_EQ(store.Removed().size(), 30u);
+}
+
+// Issue 15, defect 2: a poison row whose error text quotes multibyte headers is dead-lettered
+// (the fake store refuses non-UTF-8 text as PostgreSQL does), and the others keep flowing in
+// the same leadership term.
+TEST(Relay, PoisonWithMultibyteErrorTextIsDeadLetteredWhileOthersFlow) {
+  FakeStore store;
+  FakeBroker broker;
+  std::string headers = "\"";
+  for (int i = 0; i < 150; ++i) headers += "\xC3\xA9";
+  headers += "\"";
+  for (int i = 1; i <= 60; ++i)
+    store.Add(i, "t", "k" + std::to_string(i % 3), "ok", i == 10 ? headers : "{}");
+  RunningRelay relay(TestConfig(), store, broker);
+  ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }))
+      << store.Remaining().size() << " rows left after " << store.leads() << " leadership terms";
+  relay.Stop();
+  EXPECT_EQ(store.leads(), 1);
+  auto dead = store.DeadLetters();
+  ASSERT_EQ(dead.count(10), 1u);
+  EXPECT_NE(dead[10].find("headers must be a JSON object"), std::string::npos);
+  EXPECT_EQ(store.Removed().size(), 59u);
+}
+
+// A row that PostgreSQL refuses to dead-letter whatever the text is set aside for the term: it
+// stays in the outbox, everything else is delivered, leadership is kept.
+TEST(Relay, RowThatCannotBeDeadLetteredIsSetAsideAndCannotStopTheOthers) {
+  FakeStore store;
+  FakeBroker broker;
+  for (int i = 1; i <= 60; ++i) store.Add(i, "t", "k", "ok", i == 7 ? "[\"poison\"]" : "{}");
+  store.RefuseDeadLetter(7);
+  RunningRelay relay(TestConfig(), store, broker);
+  ASSERT_TRUE(Eventually([&] { return store.Remaining() == std::set<int64_t>{7}; }))
+      << store.Remaining().size() << " rows left after " << store.leads() << " leadership terms";
+  for (int i = 61; i <= 80; ++i) store.Add(i, "t", "k", "later");
+  ASSERT_TRUE(Eventually([&] { return store.Remaining() == std::set<int64_t>{7}; }));
+  relay.Stop();
+  EXPECT_EQ(store.leads(), 1);
+  EXPECT_EQ(store.dead_letter_attempts(), 2);  // the error text as it is, then in plain ASCII
+  EXPECT_TRUE(store.DeadLetters().empty());
+  EXPECT_EQ(store.Removed().size(), 79u);
 }
 
 TEST(Relay, PoisonGoesToTheDeadLetterTopicWhenConfigured) {
