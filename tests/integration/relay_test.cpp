@@ -283,7 +283,7 @@ TEST_F(RelayIntegration, OneOfThreeInstancesDeliversAndAnotherTakesOverAfterSigk
   DeliveryCheck check = ReadAndCheck(consumer, expected);
   std::cout << "failover: " << check.Summary() << "\n";
   EXPECT_TRUE(check.ok()) << check.Summary();
-  EXPECT_GT(expected.size(), 4'000u);
+  EXPECT_GE(expected.size(), 4'000u);  // 2,000 read before the kill and 2,000 after
   EXPECT_EQ(leading().size(), 1u);
   EXPECT_EQ(db_->Scalar(locks), "1");
 }
