@@ -133,6 +133,8 @@ int DbCeiling(std::map<std::string, std::string>& a) {
 int KafkaCeiling(std::map<std::string, std::string>& a) {
   KafkaConfig kc;
   kc.bootstrap_servers = Get(a, "bootstrap");
+  // --inflight N: max.in.flight.requests.per.connection (outboxd's default is 1).
+  if (a.count("inflight")) kc.properties["max.in.flight.requests.per.connection"] = a["inflight"];
   long n = std::stol(Get(a, "count")), keys = std::stol(Get(a, "keys", "1000"));
   int size = std::stoi(Get(a, "size", "200"));
   auto pub = KafkaPublisher::Create(kc);
@@ -145,7 +147,7 @@ int KafkaCeiling(std::map<std::string, std::string>& a) {
   auto serve = [&](Millis t) {
     reports.clear();
     (*pub)->Poll(t, &reports);
-    for (auto& r : reports) (r.outcome == DeliveryReport::Outcome::kPersisted ? acked : failed)++;
+    for (auto& r : reports) (r.proven() ? acked : failed)++;
   };
   auto t0 = Clock::now();
   for (long i = 1; i <= n; ++i) {
