@@ -13,9 +13,9 @@
 # tc netem qdisc would add delay; kernels without CONFIG_NET_SCH_NETEM lack it, so `loss` uses an
 # nft random-drop rule instead.
 set -euo pipefail
-# shellcheck source=../../scripts/lib.sh
+export LOG_TAG=netns  # read by lib.sh's log functions
+# shellcheck source=scripts/lib.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
-LOG_TAG=netns
 
 PREFIX=obxnf  # every namespace, link and nft table made here starts with it
 PG_PORT=${OUTBOXD_PG_PORT:-55432}
