@@ -4,6 +4,9 @@
 # that pair (10.231.N.1 here, 10.231.N.2 inside) and loopback are used; nothing else is reached.
 #   netns.sh check                      can this machine do it (root, ip, nft, veth)? why not
 #   netns.sh up NAME N                  namespace NAME, link 10.231.N.0/30 (N in 1..250)
+#   netns.sh up-wire NAME N DELAY_MS LOSS_PERCENT
+#                                       the same over wire.py, a TUN pair that delays every
+#                                       packet DELAY_MS and drops LOSS_PERCENT %, each way
 #   netns.sh cut NAME pg|kafka|all      drop that traffic both ways, silently (a partition)
 #   netns.sh loss NAME PERCENT          drop PERCENT % of all packets both ways (random)
 #   netns.sh heal NAME                  no more drops
@@ -11,7 +14,7 @@
 # Inside the namespace 127.0.0.1:$OUTBOXD_PG_PORT and :$OUTBOXD_KAFKA_PORT are forwarded (nft
 # DNAT) to this host's loopback, so the same addresses work (Kafka advertises 127.0.0.1). The
 # tc netem qdisc would add delay; kernels without CONFIG_NET_SCH_NETEM lack it, so `loss` uses an
-# nft random-drop rule instead.
+# nft random-drop rule and `up-wire` a userspace wire (wire.py) instead.
 set -euo pipefail
 export LOG_TAG=netns  # read by lib.sh's log functions
 # shellcheck source=scripts/lib.sh disable=SC1091
@@ -43,14 +46,38 @@ check() {
   ip netns del "$probe"
 }
 
+wire_pid_file() { printf '/tmp/%s.wire.pid' "$(ns_of "$1")"; }
+
 up() {
   local name=$1 n=$2 ns h i
   ns=$(ns_of "$name") h=$(host_if "$name") i=$(ns_if "$name")
-  local host_ip=10.231.$n.1 ns_ip=10.231.$n.2
   down "$name"
   ip netns add "$ns"
   ip link add "$h" type veth peer name "$i"
   ip link set "$i" netns "$ns"
+  configure "$name" "$n"
+}
+
+up_wire() {
+  local name=$1 n=$2 delay=$3 loss=$4 ns h i pid_file
+  ns=$(ns_of "$name") h=$(host_if "$name") i=$(ns_if "$name") pid_file=$(wire_pid_file "$name")
+  down "$name"
+  ip netns add "$ns"
+  ip tuntap add dev "$h" mode tun
+  ip tuntap add dev "$i" mode tun
+  rm -f "$pid_file"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/wire.py" "$h" "$i" "$delay" "$loss" "$pid_file" \
+    </dev/null >/dev/null 2>&1 &
+  wait_until 10 test -s "$pid_file" || die "wire.py did not start"
+  ip link set "$i" netns "$ns"
+  configure "$name" "$n"
+}
+
+# Addresses, routes and NAT on a link whose ends are $h (here) and $i (moved into the namespace).
+configure() {
+  local name=$1 n=$2 ns h i
+  ns=$(ns_of "$name") h=$(host_if "$name") i=$(ns_if "$name")
+  local host_ip=10.231.$n.1 ns_ip=10.231.$n.2
   ip addr add "$host_ip/30" dev "$h"
   ip link set "$h" up
   ip -n "$ns" addr add "$ns_ip/30" dev "$i"
@@ -117,7 +144,14 @@ down() {
     local pid
     for pid in $(ip netns pids "$ns"); do kill -KILL "$pid" 2>/dev/null || true; done
   fi
+  local pid_file
+  pid_file=$(wire_pid_file "$1")
+  if [[ -s "$pid_file" ]] && pid_alive "$(cat "$pid_file")" wire.py; then
+    kill "$(cat "$pid_file")" 2>/dev/null || true
+  fi
+  rm -f "$pid_file"
   ip link del "$h" 2>/dev/null || true
+  ip -n "$ns" link del "$(ns_if "$1")" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
   nft delete table ip "$ns" 2>/dev/null || true
 }
@@ -135,13 +169,14 @@ down_all() {
 case "${1:-}" in
   check) check ;;
   up) up "$2" "$3" ;;
+  up-wire) up_wire "$2" "$3" "$4" "$5" ;;
   cut) cut "$2" "$3" ;;
   loss) loss "$2" "$3" ;;
   heal) heal "$2" ;;
   down) down "$2" ;;
   down-all) down_all ;;
   *)
-    echo "usage: $0 check|up NAME N|cut NAME pg|kafka|all|loss NAME PERCENT|heal NAME|down NAME|down-all" >&2
+    echo "usage: $0 check|up NAME N|up-wire NAME N DELAY_MS LOSS_PERCENT|cut NAME pg|kafka|all|loss NAME PERCENT|heal NAME|down NAME|down-all" >&2
     exit 2
     ;;
 esac
