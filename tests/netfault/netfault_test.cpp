@@ -7,6 +7,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 
@@ -167,6 +168,26 @@ TEST_F(NetFault, LeaderCutFromPostgresIsReplacedWithinTheBound) {
   ExpectAllDelivered(writer, consumer, "partition leader<->PostgreSQL");
 }
 
+// The leader's host dies: its link goes silent and the process dies behind it (SIGKILL while cut,
+// so not even its FIN reaches PostgreSQL). B takes over within the bound; nothing is lost.
+TEST_F(NetFault, LeaderHostCrashIsReplacedWithinTheBound) {
+  Writer writer(*db_, topic_);
+  StartLeaderInNamespaceAndStandby();
+  Consumer consumer(services_, topic_);
+  ASSERT_GE(consumer.ReadUntil(500, seconds(30)).size(), 500u) << a_->Log();
+  auto crash = Clock::now();
+  ASSERT_EQ(Script("cut a all").first, 0);
+  a_->Kill(SIGKILL);
+  ASSERT_TRUE(a_->Wait(seconds(10)).has_value());
+  ASSERT_TRUE(b_->WaitForLog("leading the outbox", seconds(60))) << b_->Log();
+  double takeover = Since(crash);
+  std::cout << "leader host crash (link silent, process gone): standby leads after " << takeover
+            << " s\n";
+  EXPECT_LE(takeover, std::chrono::duration<double>(kTakeoverBound).count());
+  EXPECT_EQ(LockHolders(), "1");
+  ExpectAllDelivered(writer, consumer, "leader host crash");
+}
+
 // The leader's link to Kafka goes silent while PostgreSQL stays reachable. Nothing is removed
 // without an acknowledgement; A keeps the lead (it is alive and proves it to PostgreSQL), so B
 // does not take over: outboxd cannot tell a broker partition of one instance from a Kafka outage
@@ -283,9 +304,10 @@ TEST_F(NetFault, SlowLossyLinkLosesNothing) {
   EXPECT_EQ(check.unexpected, 0u) << check.Summary();
 }
 
-// The leader hangs (SIGSTOP) for 20 s, then continues. Its kernel still answers TCP, so only the
-// session timeout can depose it: B takes over within the bound. When A continues, its first
-// statement fails (its session is gone), it stops delivering and stands by; it removes nothing.
+// The leader hangs (SIGSTOP) for 20 s (or OUTBOXD_NETFAULT_FREEZE_SECONDS), then continues. Its
+// kernel still answers TCP, so only the session timeout can depose it: B takes over within the
+// bound. When A continues, its first statement fails (its session is gone), it stops delivering and
+// stands by; it removes nothing.
 TEST_F(NetFault, FrozenLeaderIsReplacedAndStandsByWhenItWakes) {
   Writer writer(*db_, topic_);
   StartLeaderInNamespaceAndStandby();
@@ -295,8 +317,10 @@ TEST_F(NetFault, FrozenLeaderIsReplacedAndStandsByWhenItWakes) {
   a_->Kill(SIGSTOP);
   bool took_over = b_->WaitForLog("leading the outbox", seconds(40));
   double takeover = Since(frozen);
-  // Keep it frozen 20 s in all (the long form is 60 s: `make chaos` territory).
-  while (Since(frozen) < 20) std::this_thread::sleep_for(milliseconds(100));
+  // Frozen 20 s in all; OUTBOXD_NETFAULT_FREEZE_SECONDS=60 gives the long form.
+  const char* freeze = std::getenv("OUTBOXD_NETFAULT_FREEZE_SECONDS");
+  const double freeze_seconds = freeze ? std::atof(freeze) : 20;
+  while (Since(frozen) < freeze_seconds) std::this_thread::sleep_for(milliseconds(100));
   a_->Kill(SIGCONT);
   ASSERT_TRUE(took_over) << b_->Log();
   std::cout << "leader frozen (SIGSTOP): standby leads after " << takeover << " s\n";

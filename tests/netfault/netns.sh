@@ -93,6 +93,8 @@ configure() {
 table ip $ns {
   chain pre { type nat hook prerouting priority -100; iifname "$h" tcp dport { $PG_PORT, $KAFKA_PORT } dnat to 127.0.0.1; }
   chain inp { type nat hook input priority 100; iifname "$h" tcp dport { $PG_PORT, $KAFKA_PORT } snat to 127.0.0.1; }
+  chain fault_in { type filter hook prerouting priority -300; }
+  chain fault_out { type filter hook postrouting priority 300; }
 }
 NFT
   # Namespace: 127.0.0.1 on the two ports means the host; a filter chain for the faults.
@@ -115,9 +117,13 @@ ports_of() {
   esac
 }
 
+# Both ends drop: with the namespace's rules alone, a FIN of a process killed inside still reached
+# PostgreSQL (seen in NetFault.LeaderHostCrash*), which a dead host would never send.
 cut() {
-  local ns i ports
-  ns=$(ns_of "$1") i=$(ns_if "$1") ports=$(ports_of "$2")
+  local ns h i ports
+  ns=$(ns_of "$1") h=$(host_if "$1") i=$(ns_if "$1") ports=$(ports_of "$2")
+  nft add rule ip "$ns" fault_in iifname "$h" tcp dport "{ $ports }" drop
+  nft add rule ip "$ns" fault_out oifname "$h" tcp sport "{ $ports }" drop
   ip netns exec "$ns" nft add rule ip outboxd fault_out oifname "$i" tcp dport "{ $ports }" drop
   ip netns exec "$ns" nft add rule ip outboxd fault_in iifname "$i" tcp sport "{ $ports }" drop
 }
@@ -132,6 +138,8 @@ loss() {
 heal() {
   local ns
   ns=$(ns_of "$1")
+  nft flush chain ip "$ns" fault_in
+  nft flush chain ip "$ns" fault_out
   ip netns exec "$ns" nft flush chain ip outboxd fault_out
   ip netns exec "$ns" nft flush chain ip outboxd fault_in
 }
