@@ -19,6 +19,8 @@ PACKAGES=(
   kcat openjdk-17-jre-headless maven
   # misc tools the scripts use (ss comes from iproute2, pgrep/ps from procps)
   curl procps iproute2 shellcheck
+  # the netfault tests: network namespaces (iproute2) and nft rules for partitions and loss
+  nftables
 )
 
 # One dpkg-query for all packages; unknown packages yield no line.

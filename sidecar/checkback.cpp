@@ -30,8 +30,8 @@ bool IsLockTimeout(const Status& s) { return s.message().find("55P03") != std::s
 }  // namespace
 
 CheckBack::CheckBack(const CheckbackConfig& config, PreparedStore& store, CheckerPtr checker,
-                     std::function<bool()> leading)
-    : config_(config), store_(store), checker_(std::move(checker)), leading_(std::move(leading)) {}
+                     LeaderFn leader)
+    : config_(config), store_(store), checker_(std::move(checker)), leader_(std::move(leader)) {}
 
 CheckBack::~CheckBack() { Stop(); }
 
@@ -63,7 +63,7 @@ void CheckBack::Loop(const std::atomic<bool>& stop) {
                config_.max_checks);
   bool was_leading = false;
   while (!stopping(stop)) {
-    if (!leading_()) {
+    if (!leader_()) {
       if (was_leading) spdlog::info("check-back paused: not leading the outbox");
       was_leading = false;
       if (connected_) store_.Disconnect();
@@ -73,6 +73,14 @@ void CheckBack::Loop(const std::atomic<bool>& stop) {
     }
     was_leading = true;
     auto handled = RunOnce();
+    if (!handled.ok() && handled.status().code() == Status::Code::kNotLeader) {
+      // Deposed while the relay has not noticed yet (it may be waiting on Kafka): stay silent.
+      if (!warned_deposed_) spdlog::warn("check-back paused: {}", handled.status().message());
+      warned_deposed_ = true;
+      SleepFor(config_.poll_interval, stop);
+      continue;
+    }
+    warned_deposed_ = false;
     if (!handled.ok()) {
       pg_log_.Failure(handled.status().message());
       SleepFor(backoff_.Next(), stop);
@@ -86,11 +94,14 @@ void CheckBack::Loop(const std::atomic<bool>& stop) {
 }
 
 Result<int> CheckBack::RunOnce() {
+  const std::optional<LeaderSession> leader = leader_();
+  if (!leader) return Status::NotLeader("check-back: this instance does not lead the outbox");
   if (Status s = store_.Connect(); !s.ok()) {
     connected_ = false;
     return s;
   }
   connected_ = true;
+  if (Status s = ProveLeading(*leader); !s.ok()) return s;
   if (Clock::now() >= next_cleanup_) {
     auto removed = store_.RemoveSettledBefore(config_.settled_retention);
     if (!removed.ok()) return removed.status();
@@ -102,15 +113,26 @@ Result<int> CheckBack::RunOnce() {
   if (!due.ok()) return due.status();
   int handled = 0;
   for (const PreparedMessage& m : *due) {
-    if (stop_requested_ || !leading_()) break;
-    if (Status s = Handle(m); !s.ok()) return s;
+    if (stop_requested_ || leader_() != leader) break;
+    if (Status s = Handle(m, *leader); !s.ok()) return s;
     ++handled;
   }
   if (warned_.size() > kMaxWarnedRemembered) warned_.clear();
   return handled;
 }
 
-Status CheckBack::Handle(const PreparedMessage& m) {
+Status CheckBack::ProveLeading(const LeaderSession& leader) {
+  auto leading = store_.Leading(leader);
+  if (!leading.ok()) return leading.status();
+  if (!*leading) {
+    return Status::NotLeader(
+        "this instance's relay session no longer holds the outbox lock (another instance may "
+        "lead)");
+  }
+  return Status::Ok();
+}
+
+Status CheckBack::Handle(const PreparedMessage& m, const LeaderSession& leader) {
   if (m.check_count >= config_.max_checks) {
     spdlog::warn("half message {} (topic {}): no verdict after {} checks: {}", m.id, m.topic,
                  m.check_count,
@@ -120,8 +142,10 @@ Status CheckBack::Handle(const PreparedMessage& m) {
     return Apply(m,
                  config_.final_action == FinalAction::kRollback ? Settlement::kRollback
                                                                 : Settlement::kDeadLetter,
-                 SettledBy::kMaxChecks);
+                 SettledBy::kMaxChecks, leader);
   }
+  // A round may last long (a slow checker): ask only while still leading.
+  if (Status s = ProveLeading(leader); !s.ok()) return s;
   ++stats_.checks;
   CheckAnswer answer = checker_->Check(m);
   spdlog::debug("half message {}: check {} answered {}{}{}", m.id, m.check_count + 1,
@@ -132,7 +156,7 @@ Status CheckBack::Handle(const PreparedMessage& m) {
       spdlog::warn("half message {}: check failed, counted as unknown (said once per message): {}",
                    m.id, answer.detail);
     }
-    auto counted = store_.RecordUnknown(m.id, config_.check_interval);
+    auto counted = store_.RecordUnknown(m.id, config_.check_interval, leader);
     if (!counted.ok() && IsLockTimeout(counted.status())) {
       spdlog::debug("half message {}: busy (locked by the application); checked again", m.id);
       return Status::Ok();
@@ -145,12 +169,14 @@ Status CheckBack::Handle(const PreparedMessage& m) {
     return Status::Ok();
   }
   return Apply(m, answer.verdict == Verdict::kCommit ? Settlement::kCommit : Settlement::kRollback,
-               SettledBy::kCheck);
+               SettledBy::kCheck, leader);
 }
 
-Status CheckBack::Apply(const PreparedMessage& m, Settlement settlement, SettledBy by) {
-  auto settled = store_.Settle(m.id, settlement, by,
-                               settlement == Settlement::kDeadLetter ? config_.final_topic : "");
+Status CheckBack::Apply(const PreparedMessage& m, Settlement settlement, SettledBy by,
+                        const LeaderSession& leader) {
+  auto settled =
+      store_.Settle(m.id, settlement, by,
+                    settlement == Settlement::kDeadLetter ? config_.final_topic : "", leader);
   if (!settled.ok()) {
     // A lock timeout: the application holds the row (it is settling it). Next round decides.
     if (IsLockTimeout(settled.status())) {

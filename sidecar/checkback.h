@@ -5,15 +5,20 @@
 // verdict for a message the application settled meanwhile is ignored), unknown schedules the
 // next check after check_interval. All state is in PostgreSQL, so a restart continues the count.
 //
-// It runs on its own thread (Start/Stop) with its own store connection, only while `leading`
-// says this instance leads the outbox, so it never slows the relay. With no checker
-// (checker = "none") it only removes old settled rows. RunOnce is the same round, for tests.
+// It runs on its own thread (Start/Stop) with its own store connection, so it never slows the
+// relay, and only while this instance leads the outbox: `leader` gives the relay's lock session,
+// and check-back proves in PostgreSQL that this session still holds the lock before each round
+// and before each question, and within each write (PreparedStore's fence). A relay stalled on
+// Kafka sends no statement and would not notice that it was deposed; its check-back does. With no
+// checker (checker = "none") it only removes old settled rows. RunOnce is the same round, for
+// tests.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -36,9 +41,11 @@ class CheckBack {
     int64_t ignored = 0;        // verdicts for messages settled meanwhile
   };
 
-  // `checker` may be null (checker = "none"). `leading` is read from the check-back thread.
+  // `checker` may be null (checker = "none"). `leader` is called from the check-back thread: the
+  // relay's lock session while it leads, nullopt otherwise.
+  using LeaderFn = std::function<std::optional<LeaderSession>()>;
   CheckBack(const CheckbackConfig& config, PreparedStore& store, CheckerPtr checker,
-            std::function<bool()> leading);
+            LeaderFn leader);
   ~CheckBack();
   CheckBack(const CheckBack&) = delete;
   CheckBack& operator=(const CheckBack&) = delete;
@@ -54,9 +61,12 @@ class CheckBack {
 
  private:
   void Loop(const std::atomic<bool>& stop);
-  // One message: the final action or a check. Store errors end the round.
-  Status Handle(const PreparedMessage& m);
-  Status Apply(const PreparedMessage& m, Settlement settlement, SettledBy by);
+  // NotLeader unless `leader` still holds the outbox lock, checked in PostgreSQL.
+  Status ProveLeading(const LeaderSession& leader);
+  // One message: the final action or a check. Store errors (and NotLeader) end the round.
+  Status Handle(const PreparedMessage& m, const LeaderSession& leader);
+  Status Apply(const PreparedMessage& m, Settlement settlement, SettledBy by,
+               const LeaderSession& leader);
   void SleepFor(Millis d, const std::atomic<bool>& stop);
   bool stopping(const std::atomic<bool>& stop) const { return stop || stop_requested_; }
 
@@ -64,7 +74,7 @@ class CheckBack {
   const CheckbackConfig& config_;
   PreparedStore& store_;
   const CheckerPtr checker_;
-  const std::function<bool()> leading_;
+  const LeaderFn leader_;
 
   std::thread thread_;
   std::atomic<bool> stop_requested_{false};
@@ -75,6 +85,7 @@ class CheckBack {
   std::chrono::steady_clock::time_point next_cleanup_{};
   std::set<int64_t> warned_;  // messages whose failed check was logged at warn already
   bool connected_ = false;
+  bool warned_deposed_ = false;
   Stats stats_;
 };
 

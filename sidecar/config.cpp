@@ -315,9 +315,23 @@ Config Build(const toml::value& root, const std::string& file) {
   }
 
   const toml::value& lead = r.Table(root, "leadership");
-  r.OnlyKnownKeys(lead, "leadership.", {"lock_id", "retry_interval"});
-  r.MaybeInt(lead, "leadership.", "lock_id", INT64_MIN, INT64_MAX, &c.leadership.lock_id);
-  r.MaybeDuration(lead, "leadership.", "retry_interval", Millis(10), &c.leadership.retry_interval);
+  const std::string l = "leadership.";
+  LeadershipConfig& lc = c.leadership;
+  r.OnlyKnownKeys(lead, l,
+                  {"lock_id", "retry_interval", "session_timeout", "keepalive_idle",
+                   "keepalive_interval", "keepalive_count", "tcp_user_timeout"});
+  r.MaybeInt(lead, l, "lock_id", INT64_MIN, INT64_MAX, &lc.lock_id);
+  r.MaybeDuration(lead, l, "retry_interval", Millis(10), &lc.retry_interval);
+  r.MaybeDuration(lead, l, "session_timeout", Millis(1000), &lc.session_timeout);
+  // PostgreSQL and libpq take keepalive times in whole seconds.
+  r.MaybeDuration(lead, l, "keepalive_idle", Millis(1000), &lc.keepalive_idle);
+  r.MaybeDuration(lead, l, "keepalive_interval", Millis(1000), &lc.keepalive_interval);
+  r.MaybeInt(lead, l, "keepalive_count", 1, 100, &lc.keepalive_count);
+  r.MaybeDuration(lead, l, "tcp_user_timeout", Millis(1000), &lc.tcp_user_timeout);
+  for (const char* key : {"keepalive_idle", "keepalive_interval"}) {
+    Millis d = std::string(key) == "keepalive_idle" ? lc.keepalive_idle : lc.keepalive_interval;
+    if (d.count() % 1000 != 0) r.Fail(*r.Find(lead, key), l + key, "must be whole seconds");
+  }
 
   ReadCheckback(r, r.Table(root, "checkback"), &c.checkback);
 

@@ -41,9 +41,20 @@ struct BackoffConfig {
   Millis max{10'000};
 };
 
+// How a leader proves it is alive, and how fast a dead one loses the outbox (docs/design.md,
+// section 5). A dead or frozen leader's session ends within about max(session_timeout,
+// tcp_user_timeout, keepalive_idle + keepalive_interval x keepalive_count); a standby takes
+// over at its next retry.
 struct LeadershipConfig {
   int64_t lock_id = 7'299'548'542'091'251'572;  // advisory lock key; one per outbox
   Millis retry_interval{1000};                  // how often a standby tries to take over
+  // PostgreSQL ends the leader's session after this long without a statement
+  // (idle_session_timeout); the relay sends one at least every quarter of it.
+  Millis session_timeout{10'000};
+  Millis keepalive_idle{4000};  // TCP keepalives, both ends of every outboxd session (seconds)
+  Millis keepalive_interval{2000};
+  int keepalive_count = 3;
+  Millis tcp_user_timeout{10'000};  // both ends: data unacknowledged this long ends a session
 };
 
 enum class CheckerKind { kNone, kHttp, kSql };

@@ -62,12 +62,13 @@ int Run(const outboxd::Config& config) {
   outboxd::Relay relay(config, store,
                        [&config] { return outboxd::KafkaPublisher::Create(config.kafka); });
   // Check-back: its own thread and connection, active while the relay leads.
-  outboxd::PgPreparedStore prepared(config.postgres.conninfo);
+  outboxd::PgPreparedStore prepared(config.postgres.conninfo,
+                                    outboxd::SessionTcpSettings(config.leadership));
   std::optional<outboxd::CheckBack> checkback;
   if (config.checkback.enabled) {
     checkback.emplace(config.checkback, prepared,
                       outboxd::MakeChecker(config.checkback, config.postgres.conninfo),
-                      [&relay] { return relay.leading(); });
+                      [&relay] { return relay.leader_session(); });
     checkback->Start(g_stop);
   }
   outboxd::Status s = relay.Run(g_stop);
@@ -80,7 +81,8 @@ int Run(const outboxd::Config& config) {
 }
 
 int PrintStatus(const outboxd::Config& config) {
-  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd status");
+  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd status",
+                                            outboxd::SessionTcpSettings(config.leadership));
   if (!conn.ok()) {
     std::cerr << "outboxd: " << conn.status().message() << "\n";
     return kExitRuntime;
@@ -95,7 +97,8 @@ int PrintStatus(const outboxd::Config& config) {
 
 int Migrate(const outboxd::Config& config) {
   outboxd::InitLogging(config.log.level);
-  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd migrate");
+  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd migrate",
+                                            outboxd::SessionTcpSettings(config.leadership));
   if (!conn.ok()) {
     spdlog::error("{}", conn.status().message());
     return kExitRuntime;

@@ -53,6 +53,8 @@ DELETE FROM outbox.messages WHERE id IN (
 
 PgOutboxStore::PgOutboxStore(const Config& config)
     : conninfo_(config.postgres.conninfo),
+      tcp_(SessionTcpSettings(config.leadership)),
+      session_timeout_(config.leadership.session_timeout),
       lock_id_(config.leadership.lock_id),
       batch_size_(config.relay.batch_size),
       notify_(config.relay.notify),
@@ -74,15 +76,20 @@ Status PgOutboxStore::Lead() {
   if (conn_ && leader_ && conn_->healthy()) return Status::Ok();
   if (!conn_ || !conn_->healthy()) {
     leader_ = false;
-    auto c = pg::Connection::Open(conninfo_, "outboxd");
+    auto c = pg::Connection::Open(conninfo_, "outboxd", tcp_);
     if (!c.ok()) return c.status();
     conn_.emplace(std::move(*c));
   }
   pg::Params p;
   p.Add(lock_id_);
-  auto r = conn_->Query("SELECT pg_try_advisory_lock($1::bigint)", p);
+  last_statement_ = std::chrono::steady_clock::now();
+  auto r = conn_->Query(
+      "SELECT pg_try_advisory_lock($1::bigint), pg_backend_pid(), extract(epoch FROM "
+      "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()))::text",
+      p);
   if (!r.ok()) return Failed(r.status());
   if (r->Get(0, 0) != "t") return Status::NotLeader("another outboxd instance holds the outbox");
+  session_ = LeaderSession{lock_id_, r->GetInt(0, 1), std::string(r->Get(0, 2))};
   if (Status s = CheckSchemaCurrent(*conn_); !s.ok()) {
     Disconnect();
     return s;
@@ -97,11 +104,26 @@ Status PgOutboxStore::Lead() {
   return SetSleeping(false);
 }
 
+Status PgOutboxStore::KeepLeading() {
+  if (!leader_) return Status::NotLeader("not leading");
+  if (conn_->in_pipeline()) return Status::Ok();  // a round is on the way: its answer proves it
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_statement_ < session_timeout_ / 4) return Status::Ok();
+  last_statement_ = now;
+  return Failed(conn_->Exec("SELECT 1"));
+}
+
 Status PgOutboxStore::Prepare() {
   // Removing acknowledged rows need not wait for the WAL flush: if PostgreSQL crashes and loses
   // the last removals, those rows are sent again (duplicates, which at-least-once allows), never
   // lost. This takes an fsync off every batch.
   Status s = conn_->Exec("SET synchronous_commit = off");
+  // The lease: a leader that sends nothing for this long (a frozen process, a dead host or
+  // network) loses its session, and the lock with it, whatever TCP says.
+  if (s.ok()) {
+    s = conn_->Exec("SET idle_session_timeout = '" + std::to_string(session_timeout_.count()) +
+                    "ms'");
+  }
   if (s.ok()) s = conn_->Prepare("fetch", kFetchSql);
   if (s.ok())
     s = conn_->Prepare("mark_sent", on_sent_ == OnSent::kDelete ? kDeleteSql : kRetainSql);
@@ -120,6 +142,7 @@ pg::Params PgOutboxStore::FetchParams() const {
 Status PgOutboxStore::FetchBatch(std::vector<OutboxRow>* rows) {
   rows->clear();
   if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
   auto r = conn_->ExecPrepared("fetch", FetchParams(), /*binary_results=*/true);
   if (!r.ok()) return Failed(r.status());
   return ReadFetch(*r, rows);
@@ -127,6 +150,7 @@ Status PgOutboxStore::FetchBatch(std::vector<OutboxRow>* rows) {
 
 Status PgOutboxStore::StartRound(std::vector<int64_t> ids) {
   if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
   round_marks_ = !ids.empty();
   std::vector<pg::Connection::Statement> statements;
   if (round_marks_)
@@ -140,6 +164,7 @@ bool PgOutboxStore::RoundReady(Millis timeout) { return conn_ && conn_->Pipeline
 Status PgOutboxStore::FinishRound(std::vector<OutboxRow>* rows) {
   rows->clear();
   auto results = conn_->FinishPipeline();
+  last_statement_ = std::chrono::steady_clock::now();
   if (!results.ok()) return Failed(results.status());
   return ReadFetch(results->back(), rows);
 }
@@ -193,6 +218,7 @@ Status PgOutboxStore::ReadFetch(const pg::PgResult& result, std::vector<OutboxRo
 Status PgOutboxStore::MarkSent(const std::vector<int64_t>& ids) {
   if (ids.empty()) return Status::Ok();
   if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
   pg::Params p;
   p.Add(pg::ArrayLiteral(ids));
   return Failed(conn_->ExecPrepared("mark_sent", p).status());
@@ -200,6 +226,7 @@ Status PgOutboxStore::MarkSent(const std::vector<int64_t>& ids) {
 
 Status PgOutboxStore::DeadLetter(int64_t id, const std::string& error) {
   if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
   pg::Params p;
   p.Add(id).Add(error);
   return Failed(conn_->ExecPrepared("dead_letter", p).status());
@@ -207,6 +234,7 @@ Status PgOutboxStore::DeadLetter(int64_t id, const std::string& error) {
 
 Status PgOutboxStore::SetSleeping(bool sleeping) {
   if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
   pg::Params p;
   p.Add(std::string(sleeping ? "true" : "false"));
   return Failed(conn_->ExecPrepared("sleep", p).status());
@@ -221,6 +249,7 @@ Result<bool> PgOutboxStore::WaitForNotify(Millis timeout) {
 
 Result<std::optional<OutboxRow>> PgOutboxStore::FetchRow(int64_t id) {
   if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
   pg::Params p;
   p.Add(id);
   auto r = conn_->Query(
@@ -240,6 +269,7 @@ Result<std::optional<OutboxRow>> PgOutboxStore::FetchRow(int64_t id) {
 
 Result<int64_t> PgOutboxStore::RemoveSentBefore(Millis retention) {
   if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
   pg::Params p;
   p.Add(std::to_string(retention.count()) + " milliseconds");
   auto r = conn_->Query(kCleanupSql, p);

@@ -1,9 +1,12 @@
 // OutboxStore: the outbox's SQL, behind an interface so the relay can be tested without services.
 // PgOutboxStore owns one PostgreSQL connection, which also holds the leadership lock: a statement
 // that succeeds on it proves this instance still leads, so no row is removed by a deposed leader.
+// The session runs with idle_session_timeout = leadership.session_timeout, and KeepLeading sends a
+// statement when none ran lately, so a dead or frozen leader loses the lock within that time.
 // Used by the relay thread only.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -12,6 +15,7 @@
 
 #include "config.h"
 #include "duration.h"
+#include "leader_session.h"
 #include "pg/connection.h"
 #include "scan_window.h"
 #include "status.h"
@@ -36,6 +40,13 @@ class OutboxStore {
   virtual Status Lead() = 0;
   // Drops the connection, and with it leadership; the scan starts over on the next Lead().
   virtual void Disconnect() = 0;
+  // While leading: proves to PostgreSQL that this leader is alive, with a statement when none ran
+  // for a quarter of leadership.session_timeout (a no-op otherwise, and while a round is on the
+  // connection). An error means leadership is lost. Call it from every wait of the relay thread.
+  virtual Status KeepLeading() = 0;
+  // The session that holds the lock (valid after Lead() succeeded): other threads prove against
+  // it that this instance still leads.
+  virtual LeaderSession Session() const = 0;
   // The next rows in id order: rows committed since the last fetch, including late commits of
   // lower ids, never a row returned before (unless Rewind asked for it again).
   virtual Status FetchBatch(std::vector<OutboxRow>* rows) = 0;
@@ -80,6 +91,8 @@ class PgOutboxStore : public OutboxStore {
 
   Status Lead() override;
   void Disconnect() override;
+  Status KeepLeading() override;
+  LeaderSession Session() const override { return session_; }
   Status FetchBatch(std::vector<OutboxRow>* rows) override;
   Status StartRound(std::vector<int64_t> ids) override;
   bool RoundReady(Millis timeout) override;
@@ -102,6 +115,8 @@ class PgOutboxStore : public OutboxStore {
 
   // Constant after construction.
   const std::string conninfo_;
+  const pg::TcpSettings tcp_;
+  const Millis session_timeout_;
   const int64_t lock_id_;
   const int batch_size_;
   const bool notify_;
@@ -109,6 +124,8 @@ class PgOutboxStore : public OutboxStore {
 
   std::optional<pg::Connection> conn_;
   bool leader_ = false;
+  LeaderSession session_;
+  std::chrono::steady_clock::time_point last_statement_;  // sent on conn_, for KeepLeading
   ScanWindow window_;
   bool round_marks_ = false;  // the pipelined round includes a removal
 };

@@ -13,12 +13,22 @@ SELECT id, topic, key, headers::text,
    AND (check_count > 0 OR created_at <= now() - $1::interval)
  ORDER BY next_check_at
  LIMIT $2)sql";
-constexpr const char* kSettleSql = "SELECT outbox.settle($1, $2, $3, $4)";
-constexpr const char* kUnknownSql = R"sql(
-UPDATE outbox.prepared
-   SET check_count = check_count + 1, last_checked_at = now(),
-       next_check_at = now() + $2::interval
- WHERE id = $1 AND state = 'prepared')sql";
+// $5..$7: the leader session; settle runs only while it holds the lock. Returns (held, settled).
+std::string SettleSql() {
+  return "WITH f AS (SELECT " + LeaderHoldsLockSql(5) +
+         " AS held) SELECT held, CASE WHEN held THEN outbox.settle($1, $2, $3, $4) END "
+         "FROM f";
+}
+// $3..$5: the leader session. Returns (held, rows counted).
+std::string UnknownSql() {
+  return "WITH f AS (SELECT " + LeaderHoldsLockSql(3) + R"sql( AS held),
+u AS (UPDATE outbox.prepared
+         SET check_count = check_count + 1, last_checked_at = now(),
+             next_check_at = now() + $2::interval
+       WHERE id = $1 AND state = 'prepared' AND (SELECT held FROM f)
+      RETURNING 1)
+SELECT (SELECT held FROM f), (SELECT count(*) FROM u))sql";
+}
 constexpr const char* kCleanupSql = R"sql(
 DELETE FROM outbox.prepared WHERE id IN (
   SELECT id FROM outbox.prepared
@@ -49,15 +59,16 @@ Status PgPreparedStore::Failed(const Status& s) {
 Status PgPreparedStore::Connect() {
   if (conn_ && conn_->healthy()) return Status::Ok();
   conn_.reset();
-  auto c = pg::Connection::Open(conninfo_, "outboxd checkback");
+  auto c = pg::Connection::Open(conninfo_, "outboxd checkback", tcp_);
   if (!c.ok()) return c.status();
   if (Status s = CheckSchemaCurrent(*c); !s.ok()) return s;
   // An application transaction holding a prepared row (it is committing it) must not stall
   // check-back for long: give up on that message this round, it is checked again next round.
   Status s = c->Exec("SET lock_timeout = '2s'");
   if (s.ok()) s = c->Prepare("due", kDueSql);
-  if (s.ok()) s = c->Prepare("settle", kSettleSql);
-  if (s.ok()) s = c->Prepare("unknown", kUnknownSql);
+  if (s.ok()) s = c->Prepare("leading", "SELECT " + LeaderHoldsLockSql(1));
+  if (s.ok()) s = c->Prepare("settle", SettleSql());
+  if (s.ok()) s = c->Prepare("unknown", UnknownSql());
   if (!s.ok()) return s;
   conn_.emplace(std::move(*c));
   return Status::Ok();
@@ -85,8 +96,29 @@ Result<std::vector<PreparedMessage>> PgPreparedStore::FetchDue(Millis transactio
   return out;
 }
 
+namespace {
+
+pg::Params& AddLeader(pg::Params& p, const LeaderSession& leader) {
+  return p.Add(leader.lock_id).Add(leader.pid).Add(leader.backend_start);
+}
+
+Status NotLeading() {
+  return Status::NotLeader(
+      "this instance's relay session no longer holds the outbox lock (another instance may lead)");
+}
+
+}  // namespace
+
+Result<bool> PgPreparedStore::Leading(const LeaderSession& leader) {
+  if (!conn_) return Status::Unavailable("check-back: not connected");
+  pg::Params p;
+  auto r = conn_->ExecPrepared("leading", AddLeader(p, leader));
+  if (!r.ok()) return Failed(r.status());
+  return r->Get(0, 0) == "t";
+}
+
 Result<bool> PgPreparedStore::Settle(int64_t id, Settlement settlement, SettledBy by,
-                                     const std::string& final_topic) {
+                                     const std::string& final_topic, const LeaderSession& leader) {
   if (!conn_) return Status::Unavailable("check-back: not connected");
   pg::Params p;
   p.Add(id)
@@ -97,18 +129,21 @@ Result<bool> PgPreparedStore::Settle(int64_t id, Settlement settlement, SettledB
   } else {
     p.Add(final_topic);
   }
-  auto r = conn_->ExecPrepared("settle", p);
+  auto r = conn_->ExecPrepared("settle", AddLeader(p, leader));
   if (!r.ok()) return Failed(r.status());
-  return r->Get(0, 0) == "t";
+  if (r->Get(0, 0) != "t") return NotLeading();
+  return r->Get(0, 1) == "t";
 }
 
-Result<bool> PgPreparedStore::RecordUnknown(int64_t id, Millis check_interval) {
+Result<bool> PgPreparedStore::RecordUnknown(int64_t id, Millis check_interval,
+                                            const LeaderSession& leader) {
   if (!conn_) return Status::Unavailable("check-back: not connected");
   pg::Params p;
   p.Add(id).Add(IntervalLiteral(check_interval));
-  auto r = conn_->ExecPrepared("unknown", p);
+  auto r = conn_->ExecPrepared("unknown", AddLeader(p, leader));
   if (!r.ok()) return Failed(r.status());
-  return r->Affected() == 1;
+  if (r->Get(0, 0) != "t") return NotLeading();
+  return r->GetInt(0, 1) == 1;
 }
 
 Result<int64_t> PgPreparedStore::RemoveSettledBefore(Millis retention) {

@@ -40,7 +40,7 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       if (s.ok()) {
         pg_log_.Recovered();
         leading_ = true;
-        leading_flag_.store(true, std::memory_order_release);
+        PublishLeadership(true);
         standby_logged_ = false;
         ++stats_.leadership_terms;
         idle_since_.reset();
@@ -81,9 +81,24 @@ bool Relay::StoreOk(const Status& s) {
   return false;
 }
 
+std::optional<LeaderSession> Relay::leader_session() const {
+  std::lock_guard l(session_mu_);
+  return session_;
+}
+
+void Relay::PublishLeadership(bool leading) {
+  std::lock_guard l(session_mu_);
+  session_ = leading ? std::optional<LeaderSession>(store_.Session()) : std::nullopt;
+}
+
+bool Relay::KeepLeading() { return leading_ && StoreOk(store_.KeepLeading()); }
+
 bool Relay::Step(const std::atomic<bool>& stop) {
   ServeReports(Millis(0));
   if (!leading_) return false;
+  // Stalled on Kafka (max_in_flight reached, recovering, backing off) the relay may send nothing
+  // for long: without a statement PostgreSQL would end the session (idle_session_timeout).
+  if (!KeepLeading()) return false;
   if (!fatal_) {
     if (auto reason = publisher_->FatalError()) HandleFatal(*reason);
   }
@@ -199,7 +214,7 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
     if (s.code() == Status::Code::kPermanent) {
       Poison(row.id, s.message());  // refused by the producer itself: certainly this row
     } else if (!s.ok()) {
-      Failure(row.id);
+      if (leading_) Failure(row.id);  // (leadership lost meanwhile: nothing to rewind)
       break;
     } else if (isolate) {
       isolated_in_flight_ = true;
@@ -220,6 +235,7 @@ Status Relay::ProduceOne(const OutgoingMessage& m, InFlight entry) {
         return s;
       case Status::Code::kQueueFull:
         ServeReports(Millis(5));  // the local queue drains as reports arrive
+        if (!KeepLeading()) return Status::Unavailable("not leading");
         continue;
       case Status::Code::kPermanent:
         return s;
@@ -432,7 +448,7 @@ void Relay::Abandon() {
 void Relay::LoseLeadership(const Status& why) {
   if (!leading_) return;
   leading_ = false;
-  leading_flag_.store(false, std::memory_order_release);
+  PublishLeadership(false);
   spdlog::warn("stopped delivering: {}", why.message());
   Abandon();
   to_mark_.clear();  // acknowledged but not removed: sent again by the next leader (duplicates)
@@ -474,6 +490,7 @@ bool Relay::IdleWait(const std::atomic<bool>& stop) {
     auto notified = store_.WaitForNotify(std::min(left, Millis(100)));
     if (!StoreOk(notified.status())) return false;
     if (*notified) break;
+    if (!KeepLeading()) return false;
   }
   return true;
 }
@@ -494,6 +511,7 @@ void Relay::Drain() {
   while (leading_ && publisher_ && !in_flight_.empty() && Clock::now() < deadline) {
     ServeReports(Millis(10));
     FlushMarks(false);
+    KeepLeading();
   }
   if (!leading_) return;
   size_t left = in_flight_.size();
@@ -505,7 +523,7 @@ void Relay::Drain() {
   if (left > 0) {
     spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);
   }
-  leading_flag_.store(false, std::memory_order_release);
+  PublishLeadership(false);
   spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent.load());
 }
 
@@ -514,6 +532,7 @@ void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {
   while (!stop && Clock::now() < until) {
     auto left = std::chrono::duration_cast<Millis>(until - Clock::now());
     std::this_thread::sleep_for(std::min(left, Millis(50)));
+    if (leading_ && !KeepLeading()) return;
   }
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -51,8 +52,10 @@ class Relay {
 
   // A snapshot of the counters; safe to call from any thread.
   Stats stats() const;
-  // Whether this instance leads; safe to read from any thread (check-back follows it).
-  bool leading() const { return leading_flag_.load(std::memory_order_acquire); }
+  // The session that holds the outbox lock while this relay leads, nullopt otherwise; safe to
+  // read from any thread. Check-back proves against it in PostgreSQL that the lock is still held:
+  // this value changes only when a relay statement fails, which a stalled relay may not send.
+  std::optional<LeaderSession> leader_session() const;
 
  private:
   struct InFlight {
@@ -97,6 +100,9 @@ class Relay {
   bool Wake();
   void Drain();
   void WaitInterruptibly(Millis d, const std::atomic<bool>& stop);
+  // While leading: keeps the session alive (OutboxStore::KeepLeading); false if leadership is lost.
+  bool KeepLeading();
+  void PublishLeadership(bool leading);
   void Failure(int64_t id) { rewind_to_ = std::min(rewind_to_.value_or(id), id); }
   bool StoreOk(const Status& s);
 
@@ -107,7 +113,8 @@ class Relay {
 
   PublisherPtr publisher_;
   bool leading_ = false;
-  std::atomic<bool> leading_flag_{false};  // leading_, published for other threads
+  mutable std::mutex session_mu_;
+  std::optional<LeaderSession> session_;  // GUARDED_BY(session_mu_): published for other threads
   uint64_t next_token_ = 1;
   std::unordered_map<uint64_t, InFlight> in_flight_;
   std::vector<int64_t> to_mark_;  // acknowledged, not yet removed

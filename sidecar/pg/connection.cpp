@@ -2,6 +2,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -61,13 +62,25 @@ std::string ArrayLiteral(const std::vector<int64_t>& values) {
 }
 
 Result<Connection> Connection::Open(const std::string& conninfo,
-                                    const std::string& application_name) {
+                                    const std::string& application_name, const TcpSettings& tcp) {
+  auto seconds = [](Millis d) { return std::to_string(std::max<int64_t>(1, d.count() / 1000)); };
+  const std::string idle = seconds(tcp.keepalive_idle);
+  const std::string interval = seconds(tcp.keepalive_interval);
+  const std::string count = std::to_string(tcp.keepalive_count);
+  const std::string user_timeout = std::to_string(tcp.user_timeout.count());
   // Defaults first; the user's conninfo (expanded from "dbname") overrides any of them.
   const char* keys[] = {"connect_timeout",     "keepalives",       "keepalives_idle",
                         "keepalives_interval", "keepalives_count", "tcp_user_timeout",
                         "application_name",    "dbname",           nullptr};
-  const char* values[] = {
-      "10", "1", "5", "2", "3", "10000", application_name.c_str(), conninfo.c_str(), nullptr};
+  const char* values[] = {"10",
+                          "1",
+                          idle.c_str(),
+                          interval.c_str(),
+                          count.c_str(),
+                          user_timeout.c_str(),
+                          application_name.c_str(),
+                          conninfo.c_str(),
+                          nullptr};
   ConnPtr conn(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
   if (!conn) return Status::Unavailable("PostgreSQL: out of memory");
   if (PQstatus(conn.get()) != CONNECTION_OK) {
@@ -77,7 +90,15 @@ Result<Connection> Connection::Open(const std::string& conninfo,
   PQsetNoticeProcessor(
       conn.get(),
       [](void*, const char* message) { spdlog::debug("PostgreSQL: {}", Trim(message)); }, nullptr);
-  return Connection(std::move(conn));
+  Connection c(std::move(conn));
+  // The server's end of the socket: without these it uses the OS defaults (first keepalive probe
+  // after 2 hours), so a client whose host or network died keeps its session, and its locks,
+  // that long. Ignored by the server on a Unix socket.
+  Status s =
+      c.Exec("SET tcp_keepalives_idle = " + idle + "; SET tcp_keepalives_interval = " + interval +
+             "; SET tcp_keepalives_count = " + count + "; SET tcp_user_timeout = " + user_timeout);
+  if (!s.ok()) return s;
+  return c;
 }
 
 Result<PgResult> Connection::Check(PGresult* raw) {

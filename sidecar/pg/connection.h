@@ -57,11 +57,24 @@ class Params {
   std::vector<bool> nulls_;
 };
 
+// How fast each end of a connection gives up on a dead peer: TCP keepalives (a probe after
+// `keepalive_idle` of silence, then every `keepalive_interval`, `keepalive_count` unanswered
+// probes end it) and TCP_USER_TIMEOUT (data unacknowledged this long ends it).
+struct TcpSettings {
+  Millis keepalive_idle{4000};
+  Millis keepalive_interval{2000};
+  int keepalive_count = 3;
+  Millis user_timeout{10'000};
+};
+
 class Connection {
  public:
-  // Connects (blocking, bounded by connect_timeout) with TCP keepalives, so that a dead peer is
-  // noticed within about 15 s; settings in `conninfo` take precedence over these defaults.
-  static Result<Connection> Open(const std::string& conninfo, const std::string& application_name);
+  // Connects (blocking, bounded by connect_timeout) with `tcp` on both ends: libpq's own socket
+  // (settings in `conninfo` take precedence) and the server's (tcp_keepalives_* and
+  // tcp_user_timeout, set for this session), so that PostgreSQL too notices a dead client in
+  // seconds, not hours, and ends its session.
+  static Result<Connection> Open(const std::string& conninfo, const std::string& application_name,
+                                 const TcpSettings& tcp = TcpSettings());
 
   Connection(Connection&&) = default;
   Connection& operator=(Connection&&) = default;
@@ -98,6 +111,7 @@ class Connection {
   Result<int> DrainNotifications();
 
   bool healthy() const { return conn_ && PQstatus(conn_.get()) == CONNECTION_OK; }
+  bool in_pipeline() const { return in_pipeline_; }
   PGconn* raw() { return conn_.get(); }
 
  private:

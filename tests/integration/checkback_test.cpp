@@ -78,7 +78,10 @@ class CheckServer {
 };
 
 class CheckBackIntegration : public ServicesTest {
- protected:
+ public:
+  using ServicesTest::db_;
+  using ServicesTest::services_;
+  using ServicesTest::topic_;
   static std::string CheckbackToml(const std::string& settings, int max_checks = 3,
                                    const std::string& check_interval = "200ms") {
     return "[checkback]\ntransaction_timeout = \"200ms\"\ncheck_interval = \"" + check_interval +
@@ -522,6 +525,95 @@ TEST_F(CheckBackIntegration, OnlyTheLeaderChecksAndAStandbyTakesOver) {
   a.Wait(seconds(10));
   ASSERT_TRUE(WaitFor([&] { return asked("/b") >= 3; }, seconds(20))) << b.Log();
   EXPECT_NE(State(id).find("prepared/-/"), std::string::npos);
+}
+
+// Issue 15, defect 3. The leader's relay is stuck on a broker that never answers (max_in_flight
+// reached: it sends PostgreSQL no statement but its heartbeat), and its session is ended behind
+// its back. A standby takes the lock. The old instance's check-back must not go on checking: each
+// prepared message is checked by one instance only, and each unknown answer is counted once.
+// `a_leadership` is added to A's [leadership] section.
+void DeposedLeaderDoesNotCheckBack(CheckBackIntegration& t, const std::string& a_leadership,
+                                   std::string* a_log) {
+  SilentBroker broker;  // accepts connections, never answers: every delivery stays in flight
+  Services stalled = t.services_;
+  stalled.kafka_bootstrap = broker.address();
+  CheckServer server([](const CheckServer::Request&) { return CheckServer::Answer("unknown"); });
+  const TestDatabase& db = *t.db_;
+  db.Exec("SELECT outbox.publish('" + t.topic_ + "', 'k' || i, 'v') FROM generate_series(1, 30) i");
+  auto config = [&](const std::string& path) {
+    return CheckBackIntegration::HttpToml(server, "", path, /*max_checks=*/1000,
+                                          /*check_interval=*/"100ms");
+  };
+  const std::string relay = "batch_size = 10\nmax_in_flight = 10\n";
+  OutboxdProcess a(stalled, db, relay, a_leadership + config("/a"));
+  a.Start();
+  ASSERT_TRUE(a.WaitForLog("leading the outbox", seconds(20))) << a.Log();
+  OutboxdProcess b(stalled, db, relay, config("/b"));
+  b.Start();
+  ASSERT_TRUE(b.WaitForLog("standing by", seconds(20))) << b.Log();
+  // A has max_in_flight messages waiting on the silent broker: no fetch for a while.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return db.Scalar(
+                   "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                   "current_database() AND application_name = 'outboxd' AND state = 'idle' "
+                   "AND (query LIKE '%pg_current_snapshot%' OR query = 'SELECT 1') AND "
+                   "state_change < now() - interval '300 milliseconds'") != "0";
+      },
+      seconds(20)));
+  // A's relay session ends (a PostgreSQL restart or an operator would do the same).
+  ASSERT_EQ(db.Scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = "
+                      "'advisory' AND granted AND database = (SELECT oid FROM pg_database "
+                      "WHERE datname = current_database())"),
+            "1");
+  ASSERT_TRUE(b.WaitForLog("leading the outbox", seconds(20))) << b.Log();
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(t.Prepare("h" + std::to_string(i), "half"));
+  auto asked = [&](const std::string& path, int64_t id) {
+    size_t n = 0;
+    for (const auto& r : server.requests()) n += r.path == path && r.body["id"] == id;
+    return n;
+  };
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (int64_t id : ids) {
+          if (asked("/b", id) < 5) return false;
+        }
+        return true;
+      },
+      seconds(30)))
+      << b.Log();
+  size_t by_a = 0;
+  for (int64_t id : ids) by_a += asked("/a", id);
+  EXPECT_EQ(by_a, 0u) << "the deposed leader checked back too\n" << a.Log();
+  for (int64_t id : ids) {
+    // Every unknown answer counted once: the count is what B asked (one answer may be in flight).
+    int count = t.CheckCount(id);
+    size_t b_asked = asked("/b", id);
+    EXPECT_TRUE(count == static_cast<int>(b_asked) || count + 1 == static_cast<int>(b_asked))
+        << id << ": check_count " << count << ", asked by B " << b_asked << ", by A "
+        << asked("/a", id);
+  }
+  *a_log = a.Log();
+}
+
+TEST_F(CheckBackIntegration, ADeposedLeaderStuckOnTheBrokerDoesNotCheckBack) {
+  std::string a_log;
+  DeposedLeaderDoesNotCheckBack(*this, "", &a_log);
+}
+
+// The same with a relay that would not notice for a minute (its heartbeat every 15 s): check-back
+// itself finds in PostgreSQL that the relay's session no longer holds the lock.
+TEST_F(CheckBackIntegration, CheckBackProvesLeadershipInPostgresItself) {
+  std::string a_log;
+  DeposedLeaderDoesNotCheckBack(*this, "session_timeout = \"60s\"\n", &a_log);
+  EXPECT_NE(a_log.find("check-back paused: this instance's relay session no longer holds the "
+                       "outbox lock"),
+            std::string::npos)
+      << a_log;
+  EXPECT_EQ(a_log.find("stopped delivering"), std::string::npos)
+      << "the relay noticed first: this test shows nothing\n"
+      << a_log;
 }
 
 }  // namespace

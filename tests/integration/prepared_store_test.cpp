@@ -41,8 +41,19 @@ class PreparedStoreTiming : public ServicesTest {
 constexpr double kSlack = 1.0;
 
 TEST_F(PreparedStoreTiming, FirstCheckAfterTransactionTimeoutOrImmunityThenEveryCheckInterval) {
-  PgPreparedStore store(db_->conninfo());
+  PgPreparedStore store(db_->conninfo(), pg::TcpSettings{});
   ASSERT_TRUE(store.Connect().ok());
+  // Check-back's writes are fenced by the leader's lock: hold it on a session of our own.
+  pg::Connection leader_conn = db_->Connect();
+  pg::Params lock;
+  lock.Add(Config{}.leadership.lock_id);
+  auto held = leader_conn.Query(
+      "SELECT pg_try_advisory_lock($1::bigint), pg_backend_pid(), extract(epoch FROM "
+      "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()))::text",
+      lock);
+  ASSERT_TRUE(held.ok() && held->Get(0, 0) == std::string("t")) << "the lock is free";
+  const LeaderSession leader{Config{}.leadership.lock_id, held->GetInt(0, 1),
+                             std::string(held->Get(0, 2))};
   const Millis timeout(1000);
   auto prepared_at = Clock::now();
   int64_t plain = std::stoll(db_->Scalar("SELECT outbox.prepare('" + topic_ + "', 'a', 'plain')"));
@@ -64,7 +75,7 @@ TEST_F(PreparedStoreTiming, FirstCheckAfterTransactionTimeoutOrImmunityThenEvery
 
   // An unknown answer: not due again before check_interval.
   auto answered_at = Clock::now();
-  auto recorded = store.RecordUnknown(plain, Millis(1500));
+  auto recorded = store.RecordUnknown(plain, Millis(1500), leader);
   ASSERT_TRUE(recorded.ok() && *recorded);
   EXPECT_EQ(Due(store, timeout).count(plain), 0u) << "due again at once";
   double again = SecondsUntilDue(store, timeout, plain, answered_at);

@@ -491,6 +491,24 @@ TEST(OutboxdBinary, BadConfigurationOrUsageExitsWithCodeTwo) {
   EXPECT_EQ(RunOutboxd({"run", "--no-such-flag"}).first, 2);
 }
 
+// Issue 14: the server's end of every outboxd session gets the [leadership] TCP settings (the OS
+// defaults let PostgreSQL keep a dead client's session, and its lock, for hours).
+TEST_F(RelayIntegration, SessionsCarryTheTcpSettingsOnTheServersEnd) {
+  pg::TcpSettings tcp{milliseconds(3000), milliseconds(1000), 2, milliseconds(7000)};
+  auto c = pg::Connection::Open(db_->conninfo(), "outboxd-test", tcp);
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  auto r = c->Query(
+      "SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_interval'), "
+      "current_setting('tcp_keepalives_count'), current_setting('tcp_user_timeout')");
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->Get(0, 0), "3");
+  EXPECT_EQ(r->Get(0, 1), "1");
+  EXPECT_EQ(r->Get(0, 2), "2");
+  EXPECT_EQ(r->Get(0, 3), "7000");  // milliseconds
+  // (The leader's lease, idle_session_timeout, is shown by the NetFault tests: the takeover
+  // comes when it ends the silent session.)
+}
+
 TEST_F(RelayIntegration, RunRefusesAnUnmigratedDatabaseWithAClearMessage) {
   TestDatabase empty(services_, /*migrate=*/false);
   OutboxdProcess outboxd(services_, empty);

@@ -173,6 +173,12 @@ class FakeStore : public OutboxStore {
     std::lock_guard l(mu_);
     leader_ = false;
   }
+  Status KeepLeading() override {
+    std::lock_guard l(mu_);
+    if (!leader_) return Status::NotLeader("not leading");
+    return Inject();
+  }
+  LeaderSession Session() const override { return LeaderSession{1, 1, "fake"}; }
   Status FetchBatch(std::vector<OutboxRow>* rows) override {
     std::lock_guard l(mu_);
     rows->clear();

@@ -1,13 +1,18 @@
 #include "integration.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -447,6 +452,24 @@ ExpectedMessages ServicesTest::PublishMany(int n, int keys, const std::string& t
   return out;
 }
 
+SilentBroker::SilentBroker() {
+  fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      ::listen(fd_, 128) != 0 ||
+      ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    throw std::runtime_error(std::string("SilentBroker: ") + strerror(errno));
+  }
+  port_ = ntohs(addr.sin_port);
+}
+
+SilentBroker::~SilentBroker() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
 OutboxdProcess::OutboxdProcess(const Services& s, const TestDatabase& db,
                                const std::string& relay_toml, const std::string& extra_toml,
                                const std::string& conninfo) {
@@ -480,6 +503,12 @@ void OutboxdProcess::Start() {
     int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     dup2(fd, 1);
     dup2(fd, 2);
+    if (!netns_.empty()) {
+      // ip netns exec enters the namespace and execs outboxd: pid_ is outboxd's own.
+      execlp("ip", "ip", "netns", "exec", netns_.c_str(), OUTBOXD_BINARY, "run", "--config",
+             config_path_.c_str(), nullptr);
+      _exit(127);
+    }
     execl(OUTBOXD_BINARY, OUTBOXD_BINARY, "run", "--config", config_path_.c_str(), nullptr);
     _exit(127);
   }

@@ -133,6 +133,21 @@ std::set<int64_t> Ids(const ExpectedMessages& m);
 int32_t Murmur2(const std::string& key);
 int32_t JavaPartition(const std::string& key, int partitions);
 
+// A Kafka broker that never answers: a socket on 127.0.0.1 that listens and accepts nothing, so
+// the kernel completes each connection and every request waits forever. For stalled deliveries.
+class SilentBroker {
+ public:
+  SilentBroker();
+  ~SilentBroker();
+  SilentBroker(const SilentBroker&) = delete;
+  SilentBroker& operator=(const SilentBroker&) = delete;
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
 // The outboxd binary, started with a configuration file written for the test.
 class OutboxdProcess {
  public:
@@ -143,6 +158,8 @@ class OutboxdProcess {
   OutboxdProcess(const Services& s, const TestDatabase& db, const std::string& relay_toml = "",
                  const std::string& extra_toml = "", const std::string& conninfo = "");
   ~OutboxdProcess();
+  // Start() runs the binary inside this network namespace (`ip netns exec`), from now on.
+  void SetNetworkNamespace(const std::string& name) { netns_ = name; }
   void Start();
   void Kill(int signal);
   // Waits for the process to exit; its exit code (128+signal if killed), or nullopt on timeout.
@@ -155,6 +172,7 @@ class OutboxdProcess {
  private:
   std::string config_path_;
   std::string log_path_;
+  std::string netns_;
   pid_t pid_ = -1;
   std::optional<int> exit_code_;
 };

@@ -39,9 +39,15 @@ class FakePreparedStore : public PreparedStore {
     }
     return out;
   }
-  Result<bool> Settle(int64_t id, Settlement s, SettledBy by,
-                      const std::string& final_topic) override {
+  // The relay session's lock, as PostgreSQL would report it: held until `lock_lost`.
+  Result<bool> Leading(const LeaderSession& leader) override {
     std::lock_guard l(mu);
+    return HoldsLock(leader);
+  }
+  Result<bool> Settle(int64_t id, Settlement s, SettledBy by, const std::string& final_topic,
+                      const LeaderSession& leader) override {
+    std::lock_guard l(mu);
+    if (!HoldsLock(leader)) return Status::NotLeader("fenced");
     FakeRow& r = rows.at(id);
     if (settle_first) settle_first(id);
     if (r.state != "prepared") return false;
@@ -53,8 +59,9 @@ class FakePreparedStore : public PreparedStore {
     r.final_topic = final_topic;
     return true;
   }
-  Result<bool> RecordUnknown(int64_t id, Millis) override {
+  Result<bool> RecordUnknown(int64_t id, Millis, const LeaderSession& leader) override {
     std::lock_guard l(mu);
+    if (!HoldsLock(leader)) return Status::NotLeader("fenced");
     FakeRow& r = rows.at(id);
     if (r.state != "prepared") return false;
     ++r.message.check_count;
@@ -67,7 +74,12 @@ class FakePreparedStore : public PreparedStore {
     return rows.at(id).state;
   }
 
-  std::mutex mu;  // the check-back thread and the test body both use the rows
+  bool HoldsLock(const LeaderSession& leader) const {
+    return !lock_lost && leader == LeaderSession{7, 42, "1.5"};
+  }
+
+  std::mutex mu;           // the check-back thread and the test body both use the rows
+  bool lock_lost = false;  // the relay's session ended; nobody told the relay
   std::map<int64_t, FakeRow> rows;
   Status connect_status;
   std::function<void(int64_t)> settle_first;  // runs before a settle: the application's move
@@ -97,7 +109,10 @@ class CheckBackTest : public ::testing::Test {
   std::unique_ptr<CheckBack> Make(bool with_checker = true) {
     return std::make_unique<CheckBack>(
         config_, store_, with_checker ? std::make_unique<FakeChecker>(&answers_, &asked_) : nullptr,
-        [this] { return leading_.load(); });
+        [this] {
+          return leading_.load() ? std::optional<LeaderSession>(LeaderSession{7, 42, "1.5"})
+                                 : std::nullopt;
+        });
   }
 
   CheckbackConfig config_;
@@ -192,6 +207,51 @@ TEST_F(CheckBackTest, TheThreadChecksOnlyWhileLeadingAndStopsPromptly) {
   EXPECT_LT(std::chrono::steady_clock::now() - started, Millis(500));
   EXPECT_EQ(store_.State(1), "committed");
   EXPECT_EQ(asked_.size(), 1u);
+}
+
+// Issue 15, defect 3: the relay still believes it leads (it sent no statement since its session
+// ended), but PostgreSQL says its session no longer holds the lock: nothing is asked or written.
+TEST_F(CheckBackTest, ADeposedLeaderAsksNothingAndWritesNothing) {
+  store_.Add(1);
+  store_.Add(2);
+  store_.lock_lost = true;
+  auto cb = Make();
+  auto handled = cb->RunOnce();
+  ASSERT_FALSE(handled.ok());
+  EXPECT_EQ(handled.status().code(), Status::Code::kNotLeader);
+  EXPECT_TRUE(asked_.empty());
+  EXPECT_EQ(store_.rows[1].message.check_count, 0);
+}
+
+// Deposed in the middle of a round (after the first question): the next message is not asked, and
+// the answer already received is not recorded.
+TEST_F(CheckBackTest, LosingTheLockMidRoundStopsTheRound) {
+  store_.Add(1);
+  store_.Add(2);
+  std::vector<int64_t> asked;
+  class LosingChecker : public Checker {
+   public:
+    LosingChecker(FakePreparedStore* store, std::vector<int64_t>* asked)
+        : store_(store), asked_(asked) {}
+    CheckAnswer Check(const PreparedMessage& m) override {
+      asked_->push_back(m.id);
+      std::lock_guard l(store_->mu);
+      store_->lock_lost = true;
+      return {Verdict::kUnknown, ""};
+    }
+
+   private:
+    FakePreparedStore* store_;
+    std::vector<int64_t>* asked_;
+  };
+  CheckBack cb(config_, store_, std::make_unique<LosingChecker>(&store_, &asked), [] {
+    return std::optional<LeaderSession>(LeaderSession{7, 42, "1.5"});
+  });
+  auto handled = cb.RunOnce();
+  EXPECT_EQ(handled.status().code(), Status::Code::kNotLeader);
+  EXPECT_EQ(asked, std::vector<int64_t>{1});
+  EXPECT_EQ(store_.rows[1].message.check_count, 0);
+  EXPECT_EQ(store_.rows[2].message.check_count, 0);
 }
 
 TEST(CheckAnswer, HttpAnswersAndFailuresMapToVerdicts) {

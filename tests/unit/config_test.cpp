@@ -64,6 +64,11 @@ TEST(Config, ExampleFileMatchesBuiltInDefaults) {
   EXPECT_EQ(c->backoff.max, d.backoff.max);
   EXPECT_EQ(c->leadership.lock_id, d.leadership.lock_id);
   EXPECT_EQ(c->leadership.retry_interval, d.leadership.retry_interval);
+  EXPECT_EQ(c->leadership.session_timeout, d.leadership.session_timeout);
+  EXPECT_EQ(c->leadership.keepalive_idle, d.leadership.keepalive_idle);
+  EXPECT_EQ(c->leadership.keepalive_interval, d.leadership.keepalive_interval);
+  EXPECT_EQ(c->leadership.keepalive_count, d.leadership.keepalive_count);
+  EXPECT_EQ(c->leadership.tcp_user_timeout, d.leadership.tcp_user_timeout);
   EXPECT_EQ(c->checkback.enabled, d.checkback.enabled);
   EXPECT_EQ(c->checkback.checker, d.checkback.checker);
   EXPECT_EQ(c->checkback.transaction_timeout, d.checkback.transaction_timeout);
@@ -121,6 +126,30 @@ TEST(Config, CheckbackSettingsAreReadAndChecked) {
   EXPECT_NE(ErrorOf(base + "final_topic = \"x\"\n").find("test.toml:7: checkback.final_topic"),
             std::string::npos);
   EXPECT_NE(ErrorOf(base + "http_url = \"ftp://x\"\n").find("checkback.http_url: expected"),
+            std::string::npos);
+}
+
+TEST(Config, LeadershipSettingsAreReadAndChecked) {
+  auto c = ParseConfig(std::string(kMinimal) +
+                           "[leadership]\nsession_timeout = \"6s\"\nkeepalive_idle = \"2s\"\n"
+                           "keepalive_interval = \"1s\"\nkeepalive_count = 2\n"
+                           "tcp_user_timeout = \"5s\"\n",
+                       "t");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->leadership.session_timeout, Millis(6000));
+  EXPECT_EQ(c->leadership.keepalive_idle, Millis(2000));
+  EXPECT_EQ(c->leadership.keepalive_interval, Millis(1000));
+  EXPECT_EQ(c->leadership.keepalive_count, 2);
+  EXPECT_EQ(c->leadership.tcp_user_timeout, Millis(5000));
+
+  std::string base = std::string(kMinimal) + "[leadership]\n";
+  EXPECT_NE(ErrorOf(base + "keepalive_idle = \"1500ms\"\n")
+                .find("test.toml:7: leadership.keepalive_idle: must be whole seconds"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(base + "session_timeout = \"500ms\"\n")
+                .find("leadership.session_timeout: must be at least 1s"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(base + "keepalive_count = 0\n").find("leadership.keepalive_count: must be"),
             std::string::npos);
 }
 

@@ -475,5 +475,25 @@ TEST(Relay, ShutdownMidBatchRemovesOnlyWhatWasAcknowledged) {
   EXPECT_EQ(relay.stats().acknowledged, 60);
 }
 
+// Issue 14: stalled on Kafka (max_in_flight reached, no reports) the relay sends no round, but it
+// still proves its leadership to the store (PostgreSQL would end a silent session); when the proof
+// fails (its session was ended meanwhile) it steps down at once and removes nothing.
+TEST(Relay, StalledOnKafkaItStillProvesLeadershipAndStepsDownWhenTheProofFails) {
+  FakeStore store;
+  FakeBroker broker;
+  broker.hold_reports = true;
+  for (int i = 1; i <= 3000; ++i) store.Add(i, "t", "k" + std::to_string(i % 7), "v");
+  Config c = TestConfig();
+  RunningRelay relay(c, store, broker);
+  ASSERT_TRUE(Eventually([&] { return relay.stats().produced >= c.relay.max_in_flight; }));
+  std::this_thread::sleep_for(Millis(50));  // stalled: nothing more is fetched or produced
+  ASSERT_EQ(store.leads(), 1);
+  store.FailNext(1, Status::Unavailable("injected: the session was ended"));
+  EXPECT_TRUE(Eventually([&] { return store.leads() >= 2; }, Millis(2000)))
+      << "the stalled relay never noticed that it lost its session";
+  relay.Stop();
+  EXPECT_TRUE(store.Removed().empty());
+}
+
 }  // namespace
 }  // namespace outboxd
