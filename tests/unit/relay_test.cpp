@@ -25,9 +25,10 @@ Config TestConfig() { return testing::FastRelayConfig(); }
 // store refuses to remove a row without a persisted report; Stop() checks that none was asked.
 class RunningRelay {
  public:
-  RunningRelay(const Config& c, FakeStore& store, FakeBroker& broker)
-      : store_(store),
-        relay_(c, store, FakeFactory(broker, store)),
+  RunningRelay(Config c, FakeStore& store, FakeBroker& broker)
+      : config_(std::move(c)),
+        store_(store),
+        relay_(config_, store, FakeFactory(broker, store)),
         thread_([this] { status_ = relay_.Run(stop_); }) {}
   ~RunningRelay() { Stop(); }
   // As SIGTERM does: the relay stops fetching and drains; returns at once.
@@ -42,6 +43,7 @@ class RunningRelay {
   Relay::Stats stats() const { return relay_.stats(); }
 
  private:
+  const Config config_;  // the relay keeps a reference: it must outlive it
   FakeStore& store_;
   std::atomic<bool> stop_{false};
   Relay relay_;
