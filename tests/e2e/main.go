@@ -33,6 +33,9 @@ func main() {
 		keepGoing = flag.Bool("keep-topics", false, "keep the scenarios' topics and databases (debugging)")
 		list      = flag.Bool("list", false, "list the scenarios and exit")
 	)
+	flag.IntVar(&newTopicsWaves, "waves", 0, "new-topics: waves of topics (default 3 short, 8 long)")
+	flag.IntVar(&newTopicsPerWave, "wave-topics", 0, "new-topics: topics created at once per wave (default 12 short, 20 long)")
+	flag.IntVar(&newTopicsBurst, "burst", 0, "new-topics: messages per topic committed the moment it exists (default 100 short, 150 long)")
 	flag.Parse()
 
 	if *list {
@@ -75,8 +78,9 @@ func main() {
 			want[n] = true
 		}
 	}
+	named := len(want) > 0
 	for _, s := range allScenarios() {
-		if len(want) > 0 {
+		if named {
 			if want[s.name] {
 				selected = append(selected, s)
 				delete(want, s.name)

@@ -227,9 +227,24 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 	}
 	cancelSettle()
 
-	drainTimeout := pick(e, 3*time.Minute, 6*time.Minute)
+	drainTimeout := pick(e, 90*time.Second, 4*time.Minute)
 	if err := waitDrained(ctx, h.conninfo(db), drainTimeout, &r.DeadLetters); err != nil {
-		r.fail("%v", err)
+		// Stuck rows: show them, then see whether a restarted outboxd delivers them.
+		r.Stuck = describeLeft(ctx, h.conninfo(db), r)
+		r.fail("%v; outboxd restarted (SIGTERM, start) to see whether it delivers them", err)
+		e.paused.Store(true)
+		if err := od.Stop(30 * time.Second); err != nil {
+			r.fail("%v", err)
+		}
+		if err := od.Start(); err != nil {
+			r.fail("restart outboxd: %v", err)
+		}
+		e.paused.Store(false)
+		if err := waitDrained(ctx, h.conninfo(db), 90*time.Second, &r.DeadLetters); err != nil {
+			r.fail("after the restart: %v", err)
+		} else {
+			r.note("the %d stuck rows were delivered after the restart", r.Stuck)
+		}
 	}
 	stopSuper()
 	if err := od.Stop(30 * time.Second); err != nil {
@@ -326,6 +341,34 @@ func waitDrained(ctx context.Context, conninfo string, timeout time.Duration, de
 	return fmt.Errorf("outbox not drained after %s: %d rows left (last error %v)", timeout, left, lastErr)
 }
 
+// describeLeft notes the rows still in the outbox and returns how many there are.
+func describeLeft(ctx context.Context, conninfo string, r *Result) int {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, conninfo)
+	if err != nil {
+		return 0
+	}
+	defer conn.Close(cctx)
+	rows, err := conn.Query(cctx, "SELECT id, topic, coalesce(key, '<null>'), txid::text, created_at::text, "+
+		"count(*) OVER () FROM outbox.messages ORDER BY id LIMIT 20")
+	if err != nil {
+		return 0
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var id, total int64
+		var topic, key, txid, created string
+		if rows.Scan(&id, &topic, &key, &txid, &created, &total) == nil {
+			n = int(total)
+			r.note("stuck in the outbox: id %d topic %s key %q txid %s created %s", id, topic, key, txid, created)
+			logf("stuck in the outbox: id %d topic %s key %q txid %s created %s", id, topic, key, txid, created)
+		}
+	}
+	return n
+}
+
 // ---- the faults --------------------------------------------------------------------------------
 
 // newTopicsFault: waves of topics, each created at once while a burst of transactions that already
@@ -334,10 +377,10 @@ func waitDrained(ctx context.Context, conninfo string, timeout time.Duration, de
 func newTopicsFault(ctx context.Context, e *Env) {
 	auto := []string{e.prefix + "-auto0", e.prefix + "-auto1", e.prefix + "-auto2"}
 	e.topics.Add(auto...)
-	waves := pick(e, 3, 8)
-	perWave := pick(e, 12, 20)
+	waves := orDefault(newTopicsWaves, pick(e, 3, 8))
+	perWave := orDefault(newTopicsPerWave, pick(e, 12, 20))
 	partitions := int32(12)
-	burst := pick(e, 100, 150) // messages per topic held open until the topic exists
+	burst := orDefault(newTopicsBurst, pick(e, 100, 150)) // messages per topic held open until it exists
 	interval := time.Duration(int64(e.h.longOr(16*time.Second, 60*time.Second)) / int64(waves+1))
 	for w := 0; w < waves && ctx.Err() == nil; w++ {
 		var names []string
@@ -371,6 +414,16 @@ func newTopicsFault(ctx context.Context, e *Env) {
 		done.Wait()
 		sleepCtx(ctx, interval)
 	}
+}
+
+// Overrides of the new-topics shape (flags -waves, -wave-topics, -burst); 0 = the form's default.
+var newTopicsWaves, newTopicsPerWave, newTopicsBurst int
+
+func orDefault(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
 }
 
 func (h *Harness) longOr(short, long time.Duration) time.Duration {
@@ -601,7 +654,7 @@ func brokerOutageFault(ctx context.Context, e *Env) {
 func printTable(w io.Writer, results []*Result, total time.Duration) {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\trun\tsecs\tfaults\tcommitted\trolled back\tdelivered\tlost\tphantom\tdup\tdup differ\t"+
-		"order breaks\tmoved keys\tcontent\tpartition\tdead letters\toutboxd exits\tverdict\t")
+		"order breaks\tmoved keys\tcontent\tpartition\tdead letters\tstuck\toutboxd exits\tverdict\t")
 	var failed, passed int
 	for _, r := range results {
 		verdict := "ok"
@@ -611,10 +664,10 @@ func printTable(w io.Writer, results []*Result, total time.Duration) {
 		} else {
 			passed++
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n",
 			r.Scenario, r.Run, r.Duration.Seconds(), r.Faults, r.Committed, r.RolledBack, r.Delivered, r.Lost,
 			r.Phantom, r.Duplicates, r.DuplicateMismatch, r.OrderBreaks, r.MovedKeys, r.Content+r.Foreign,
-			r.PartitionMismatch, r.DeadLetters, r.UnwantedExits, verdict)
+			r.PartitionMismatch, r.DeadLetters, r.Stuck, r.UnwantedExits, verdict)
 	}
 	tw.Flush()
 	for _, r := range results {
