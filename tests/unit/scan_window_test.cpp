@@ -140,5 +140,25 @@ TEST(ScanWindow, OpenRangeStaysWhileAboveTheNewXmax) {
   EXPECT_TRUE(w.gaps().empty());
 }
 
+// Found by the e2e harness (tests/e2e, scenario new-topics): a row stuck in the outbox until
+// outboxd restarted, then delivered after later ids of its key. A late row carved out of the middle
+// of a gap splits it in two; the upper half must keep the gap's open xid range [open_from, open_to)
+// too, or it is dropped as settled while a transaction above xmax may still commit a row in it.
+TEST(ScanWindow, SplittingAGapKeepsItsOpenRangeInBothHalves) {
+  ScanWindow w;
+  Snapshot s1 = Snap({});
+  s1.xmax = 100;
+  s1.next_xid = 103;  // xids 100..102 were assigned and run, unlisted: they own ids 2..4
+  ASSERT_TRUE(w.Apply(s1, {}, false, {1, 5}));
+  ASSERT_EQ(w.GapStarts(), "{2}");
+  ASSERT_EQ(w.GapEnds(), "{4}");
+  Snapshot s2 = Snap({100});  // xid 101 committed id 3; 100 and 102 (>= xmax) still run
+  s2.xmax = 102;
+  s2.next_xid = 103;
+  ASSERT_TRUE(w.Apply(s2, {3}, false, {}));
+  EXPECT_EQ(w.GapStarts(), "{2,4}");  // id 4 may still come from xid 102
+  EXPECT_EQ(w.GapEnds(), "{2,4}");
+}
+
 }  // namespace
 }  // namespace outboxd
