@@ -227,7 +227,7 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 	}
 	cancelSettle()
 
-	drainTimeout := pick(e, 90*time.Second, 4*time.Minute)
+	drainTimeout := pick(e, 45*time.Second, 3*time.Minute)
 	if err := waitDrained(ctx, h.conninfo(db), drainTimeout, &r.DeadLetters); err != nil {
 		// Stuck rows: show them, then see whether a restarted outboxd delivers them.
 		r.Stuck = describeLeft(ctx, h.conninfo(db), r)
@@ -240,7 +240,7 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 			r.fail("restart outboxd: %v", err)
 		}
 		e.paused.Store(false)
-		if err := waitDrained(ctx, h.conninfo(db), 90*time.Second, &r.DeadLetters); err != nil {
+		if err := waitDrained(ctx, h.conninfo(db), 60*time.Second, &r.DeadLetters); err != nil {
 			r.fail("after the restart: %v", err)
 		} else {
 			r.note("the %d stuck rows were delivered after the restart", r.Stuck)
@@ -460,8 +460,18 @@ func (e *Env) burst(topic string, n int, gate <-chan struct{}, ready *sync.WaitG
 	}
 	if err := e.writers.publishTx(ctx, conn, r, topic, keys, lockSet, &Gate{Reached: reached, Open: gate}); err != nil {
 		e.r.fail("burst on %s: %v", topic, err)
+		return
+	}
+	// Then keep this topic's partitions busy while their leaders settle: a later batch must be able
+	// to overtake an earlier one that failed with NOT_LEADER_OR_FOLLOWER.
+	until := time.Now().Add(burstFollow)
+	for time.Now().Before(until) && !conn.IsClosed() {
+		_ = e.writers.oneTransaction(context.Background(), conn, r, topic, "b-")
 	}
 }
+
+// burstFollow: how long each burst writer keeps writing to its new topic after the burst commit.
+const burstFollow = 2500 * time.Millisecond
 
 // killOutboxdFault: SIGKILL outboxd every 1.5-4 s, restart it after 0-0.5 s.
 func killOutboxdFault(ctx context.Context, e *Env) {
