@@ -142,7 +142,11 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 		return r
 	}
 	cfg := filepath.Join(dir, "outboxd.toml")
-	if err := h.writeConfig(cfg, db, brokers, nil); err != nil {
+	extra := map[string]string{}
+	if kafkaDebug != "" {
+		extra["debug"] = fmt.Sprintf("%q", kafkaDebug)
+	}
+	if err := h.writeConfig(cfg, db, brokers, extra); err != nil {
 		r.fail("config: %v", err)
 		return r
 	}
@@ -418,6 +422,9 @@ func newTopicsFault(ctx context.Context, e *Env) {
 
 // Overrides of the new-topics shape (flags -waves, -wave-topics, -burst); 0 = the form's default.
 var newTopicsWaves, newTopicsPerWave, newTopicsBurst int
+
+// kafkaDebug: librdkafka's debug contexts for outboxd (flag -kafka-debug), "" = none.
+var kafkaDebug string
 
 func orDefault(v, def int) int {
 	if v > 0 {
