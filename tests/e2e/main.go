@@ -33,6 +33,7 @@ func main() {
 		keepGoing = flag.Bool("keep-topics", false, "keep the scenarios' topics and databases (debugging)")
 		list      = flag.Bool("list", false, "list the scenarios and exit")
 	)
+	flag.Var(&kafkaProps, "kafka-prop", "extra [kafka.properties] entry for outboxd, key=value (repeatable), e.g. batch.num.messages=4")
 	flag.StringVar(&kafkaDebug, "kafka-debug", "", "set librdkafka's debug property in outboxd's config (e.g. eos,msg)")
 	flag.IntVar(&newTopicsWaves, "waves", 0, "new-topics: waves of topics (default 3 short, 8 long)")
 	flag.IntVar(&newTopicsPerWave, "wave-topics", 0, "new-topics: topics created at once per wave (default 12 short, 20 long)")

@@ -143,6 +143,10 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 	}
 	cfg := filepath.Join(dir, "outboxd.toml")
 	extra := map[string]string{}
+	for _, kv := range kafkaProps {
+		k, v, _ := strings.Cut(kv, "=")
+		extra[k] = fmt.Sprintf("%q", v)
+	}
 	if kafkaDebug != "" {
 		extra["debug"] = fmt.Sprintf("%q", kafkaDebug)
 	}
@@ -422,6 +426,14 @@ func newTopicsFault(ctx context.Context, e *Env) {
 
 // Overrides of the new-topics shape (flags -waves, -wave-topics, -burst); 0 = the form's default.
 var newTopicsWaves, newTopicsPerWave, newTopicsBurst int
+
+// kafkaProps: extra librdkafka properties for outboxd (flag -kafka-prop key=value).
+type propList []string
+
+func (p *propList) String() string     { return strings.Join(*p, ",") }
+func (p *propList) Set(v string) error { *p = append(*p, v); return nil }
+
+var kafkaProps propList
 
 // kafkaDebug: librdkafka's debug contexts for outboxd (flag -kafka-debug), "" = none.
 var kafkaDebug string

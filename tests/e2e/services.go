@@ -265,6 +265,11 @@ func (h *Harness) writeConfig(path, db string, bootstrap []string, extraProps ma
 	if err := replace("bootstrap_servers", fmt.Sprintf("%q", strings.Join(bootstrap, ","))); err != nil {
 		return err
 	}
+	if _, debug := extraProps["debug"]; debug {
+		if err := replace("level", `"debug"`); err != nil { // librdkafka's debug lines log at debug
+			return err
+		}
+	}
 	if len(extraProps) > 0 {
 		var b strings.Builder
 		for k, v := range extraProps {
