@@ -3,7 +3,7 @@
 # fixed rates, the cost to the application's commits, outboxd's peak RSS, and the Debezium peer on
 # the same workload. Prints a table; writes bench/results/latest.json (and a dated copy).
 #   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
-#   BENCH_ONLY: a subset, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
+#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
 #   not latest.json). A 10M drain: BENCH_MESSAGES=10000000 BENCH_ONLY=drain make bench
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -42,12 +42,15 @@ write_config() { # write_config notify true|false
 conninfo = "$CONN"
 [kafka]
 bootstrap_servers = "$K"
+[kafka.properties]
+$KAFKA_EXTRA
 [relay]
 notify = $2
 [log]
 level = "warn"
 TOML
 }
+KAFKA_EXTRA=  # extra [kafka.properties] lines for a variant run
 OPID=
 start_outboxd() {
   "$OUTBOXD" run --config "$W/outboxd.toml" >>"$W/outboxd.log" 2>&1 &
@@ -61,20 +64,22 @@ stop_outboxd() { # prints peak RSS in KiB
 }
 now() { date +%s.%N; }
 
-# 1. Backlog drain, and the two ceilings of the same messages.
-if want drain; then
+# run_drain NAME: the backlog drain (BENCH_MESSAGES rows already in the outbox) into a new topic.
+run_drain() {
 fresh_db
-"$B" topic --bootstrap "$K" --topic drain-$RUN --partitions 6 >/dev/null
-"$B" load --conninfo "$CONN" --count "$N" --topic drain-$RUN >/dev/null
+"$B" topic --bootstrap "$K" --topic "$1-$RUN" --partitions 6 >/dev/null
+"$B" load --conninfo "$CONN" --count "$N" --topic "$1-$RUN" >/dev/null
 psql_db -c "VACUUM ANALYZE outbox.messages"
 first=$(psql_db -c "SELECT min(id) FROM outbox.messages")
 t0=$(now)
 start_outboxd
 # Progress = lowest id left; the first and last 10% give the rate at both ends of the backlog.
-tenth=$((N / 10)); t_first=""; t_last_start=""
+# Start-up (process start to the first removed row) is reported apart from the rates.
+tenth=$((N / 10)); t_first=""; t_last_start=""; t_go=""
 while true; do
   low=$(psql_db -c "SELECT coalesce(min(id), -1) FROM outbox.messages")
   t=$(now)
+  [[ -z $t_go && $low != "$first" ]] && t_go=$t
   [[ $low == -1 ]] && break
   done_n=$((low - first))
   [[ -z $t_first && $done_n -ge $tenth ]] && t_first=$t
@@ -83,9 +88,14 @@ while true; do
 done
 t1=$(now)
 rss=$(stop_outboxd)
-record drain "$(python3 -c "
-n=$N; t0=$t0; t1=$t1; tf=${t_first:-$t1}; tl=${t_last_start:-$t0}
-print('{\"messages\": %d, \"seconds\": %.2f, \"msgs_per_s\": %.0f, \"first_tenth_msgs_per_s\": %.0f, \"last_tenth_msgs_per_s\": %.0f, \"peak_rss_kib\": $rss}' % (n, t1-t0, n/(t1-t0), n/10/(tf-t0), n/10/max(1e-3, t1-tl)))")"
+record "$1" "$(python3 -c "
+n=$N; t0=$t0; t1=$t1; tg=${t_go:-$t0}; tf=${t_first:-$t1}; tl=${t_last_start:-$t0}
+print('{\"messages\": %d, \"seconds\": %.2f, \"msgs_per_s\": %.0f, \"startup_s\": %.2f, \"first_tenth_msgs_per_s\": %.0f, \"last_tenth_msgs_per_s\": %.0f, \"peak_rss_kib\": $rss}' % (n, t1-t0, n/(t1-t0), tg-t0, n/10/max(1e-3, tf-tg), n/10/max(1e-3, t1-tl)))")"
+}
+
+# 1. Backlog drain, and the two ceilings of the same messages.
+if want drain; then
+run_drain drain
 "$B" load --conninfo "$CONN" --count "$N" --topic drain-$RUN >/dev/null
 psql_db -c "VACUUM ANALYZE outbox.messages"
 record db_ceiling "$("$B" db-ceiling --conninfo "$CONN")"
@@ -93,18 +103,33 @@ record db_ceiling "$("$B" db-ceiling --conninfo "$CONN")"
 record kafka_ceiling "$("$B" kafka-ceiling --bootstrap "$K" --topic kafka-ceiling-$RUN --count "$N" 2>/dev/null)"
 fi
 
-# 2. Live latency: single-message transactions at a fixed rate, commit -> broker append time.
-for rate in $RATES; do
-  want latency || break
+# run_latency RATE NAME: single-message transactions at a fixed rate, commit -> broker append time.
+run_latency() {
+  local rate=$1 name=$2
   fresh_db
-  "$B" topic --bootstrap "$K" --topic "live-$rate-$RUN" --partitions 6 >/dev/null
+  "$B" topic --bootstrap "$K" --topic "$name-$RUN" --partitions 6 >/dev/null
   start_outboxd
   sleep 1
-  paced=$("$B" paced --conninfo "$CONN" --topic "live-$rate-$RUN" --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/commits-$rate.txt")
-  lat=$("$B" latency --bootstrap "$K" --topic "live-$rate-$RUN" --commits "$W/commits-$rate.txt")
+  paced=$("$B" paced --conninfo "$CONN" --topic "$name-$RUN" --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/commits-$rate.txt")
+  lat=$("$B" latency --bootstrap "$K" --topic "$name-$RUN" --commits "$W/commits-$rate.txt")
   rss=$(stop_outboxd)
-  record "latency_$rate" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$lat'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
+  record "$name" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$lat'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
+}
+
+# 2. Live latency at each rate.
+for rate in $RATES; do
+  want latency || break
+  run_latency "$rate" "latency_$rate"
 done
+
+# 2b. The same drain and live latency with 5 requests in flight per broker (librdkafka's default,
+# and outboxd's before the fix for implicit acks), beside the default of 1 measured above.
+if want inflight; then
+  KAFKA_EXTRA='"max.in.flight.requests.per.connection" = 5'
+  run_drain inflight5_drain
+  for rate in $RATES; do run_latency "$rate" "inflight5_latency_$rate"; done
+  KAFKA_EXTRA=
+fi
 
 # 3. Cost to the application: pgbench commit rate of one publish per transaction.
 if want appcost; then

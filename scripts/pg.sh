@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Project-owned PostgreSQL 15 dev/test cluster (never the system one on 5432).
-#   scripts/pg.sh start|stop|restart|status|env|psql [psql args...]
+#   scripts/pg.sh start|stop|restart|crash|status|env|psql [psql args...]
+# crash: stop with -m immediate (no checkpoint, like a crash), then start (crash recovery).
 # Port: ${OUTBOXD_PG_PORT:-55432}, 127.0.0.1 only, database "outboxd".
 # status exits 0 when running, 3 when stopped.
 set -euo pipefail
@@ -13,7 +14,7 @@ PG_DB=outboxd
 PG_SUPERUSER=postgres # database role; trust auth, no password
 
 usage() {
-  echo "usage: $0 start|stop|restart|status|env|psql [psql args...]" >&2
+  echo "usage: $0 start|stop|restart|crash|status|env|psql [psql args...]" >&2
   exit 2
 }
 
@@ -172,7 +173,10 @@ cmd_start() {
   log "ready (pid $(pg_pid || echo '?'))"
 }
 
+# $1: pg_ctl's shutdown mode; "immediate" ends every server process at once, without a checkpoint,
+# as a crash does: the next start runs crash recovery from the WAL.
 cmd_stop() {
+  local mode="${1:-fast}"
   check_bins
   local pid
   if ! pid=$(pg_pid); then
@@ -180,8 +184,8 @@ cmd_stop() {
     log "not running"
     return 0
   fi
-  log "stopping (pid $pid)"
-  as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null ||
+  log "stopping (pid $pid, mode $mode)"
+  as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" -m "$mode" -w -t 60 stop >/dev/null ||
     die "pg_ctl stop failed (log: $PG_LOG)"
   log "stopped"
 }
@@ -209,6 +213,7 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   restart) cmd_stop && cmd_start ;;
+  crash) cmd_stop immediate && cmd_start ;;
   status) cmd_status ;;
   env) cmd_env ;;
   psql)

@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
 # The whole test suite: installs, builds, starts PostgreSQL and Kafka, runs ctest
-# (unit, kafka_mock, integration). Extra arguments go to ctest, e.g. `scripts/test.sh -L unit`.
+# (unit, kafka_mock, integration). Extra arguments go to ctest, e.g. `scripts/test.sh -L unit`
+# (which starts no services).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 LOG_TAG="test"
 
+# `-L unit` alone needs no services: don't start them.
+only_unit=0
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    -L | --label-regex) [[ "${args[i + 1]:-}" == unit ]] && only_unit=1 ;;
+    -Lunit) only_unit=1 ;;
+  esac
+done
+
 "$ROOT/scripts/build.sh"
-"$ROOT/scripts/services.sh" start
-eval "$("$ROOT/scripts/services.sh" env)"
+if ((only_unit)); then
+  log "unit tests only: not starting PostgreSQL or Kafka"
+else
+  "$ROOT/scripts/services.sh" start
+  eval "$("$ROOT/scripts/services.sh" env)"
+fi
 # Integration tests are marked RUN_SERIAL (one restarts PostgreSQL); the rest run in parallel.
 ctest --test-dir "$ROOT/build" --output-on-failure -j "$(nproc)" "$@"

@@ -54,6 +54,9 @@ int Run(const outboxd::Config& config) {
     spdlog::error("{}: {}", config.path, probe.status().message());
     return kExitConfig;
   }
+  for (const std::string& w : outboxd::ProducerPropertyWarnings(config.kafka)) {
+    spdlog::warn("{}: {}", config.path, w);
+  }
   InstallSignalHandlers();
   outboxd::PgOutboxStore store(config);
   outboxd::Relay relay(config, store,
@@ -143,6 +146,9 @@ int main(int argc, char** argv) {
   auto config = Load(config_path);
   if (!config.ok()) return kExitConfig;
   if (*check) {
+    for (const std::string& w : outboxd::ProducerPropertyWarnings(config->kafka)) {
+      std::cerr << "outboxd: warning: " << config_path << ": " << w << "\n";
+    }
     std::cout << config_path << ": ok\n";
     return kExitOk;
   }

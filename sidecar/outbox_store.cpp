@@ -16,21 +16,24 @@ constexpr const char* kFetchSql = R"sql(
 SELECT 0 AS branch, NULL::bigint AS id, s::text AS topic,
        -- how far the next xid is past xmax; age() reads the next xid without assigning one
        age((pg_snapshot_xmax(s)::text::numeric % 4294967296)::text::xid)::text AS key,
-       NULL::bytea AS payload, NULL::text AS headers
+       NULL::bytea AS payload, NULL::text AS headers, NULL::timestamptz AS created_at
   FROM pg_current_snapshot() AS s
 UNION ALL
 -- LATERAL: an index range scan per gap, also in the generic plan of the prepared statement
-(SELECT 1, m.id, m.topic, m.key, m.payload, m.headers::text
+(SELECT 1, m.id, m.topic, m.key, m.payload, m.headers::text, m.created_at
    FROM unnest($2::bigint[], $3::bigint[]) AS g(first, last)
-  CROSS JOIN LATERAL (SELECT id, topic, key, payload, headers FROM outbox.messages
+  CROSS JOIN LATERAL (SELECT id, topic, key, payload, headers, created_at FROM outbox.messages
                        WHERE id BETWEEN g.first AND g.last AND sent_at IS NULL
                        ORDER BY id LIMIT $4) AS m
   ORDER BY m.id LIMIT $4)
 UNION ALL
-(SELECT 2, id, topic, key, payload, headers::text
+(SELECT 2, id, topic, key, payload, headers::text, created_at
    FROM outbox.messages
   WHERE id > $1 AND sent_at IS NULL
   ORDER BY id LIMIT $4))sql";
+
+// Binary timestamptz: microseconds since 2000-01-01 UTC.
+constexpr int64_t kPgEpochUnixMicros = 946'684'800'000'000;
 
 constexpr const char* kDeleteSql = "DELETE FROM outbox.messages WHERE id = ANY($1::bigint[])";
 constexpr const char* kRetainSql =
@@ -162,6 +165,7 @@ Status PgOutboxStore::ReadFetch(const pg::PgResult& result, std::vector<OutboxRo
     if (!r->IsNull(i, 3)) row.key = std::string(r->Get(i, 3));
     if (!r->IsNull(i, 4)) row.payload = std::string(r->Get(i, 4));
     row.headers = r->Get(i, 5);
+    row.created_at_us = r->GetBinaryInt(i, 6) + kPgEpochUnixMicros;
     (branch == 1 ? late_ids : fresh_ids).push_back(row.id);
     rows->push_back(std::move(row));
   }
@@ -220,7 +224,8 @@ Result<std::optional<OutboxRow>> PgOutboxStore::FetchRow(int64_t id) {
   pg::Params p;
   p.Add(id);
   auto r = conn_->Query(
-      "SELECT topic, key, payload, headers::text FROM outbox.messages WHERE id = $1", p, true);
+      "SELECT topic, key, payload, headers::text, created_at FROM outbox.messages WHERE id = $1", p,
+      true);
   if (!r.ok()) return Failed(r.status());
   if (r->rows() == 0) return std::optional<OutboxRow>();
   OutboxRow row;
@@ -229,6 +234,7 @@ Result<std::optional<OutboxRow>> PgOutboxStore::FetchRow(int64_t id) {
   if (!r->IsNull(0, 1)) row.key = std::string(r->Get(0, 1));
   if (!r->IsNull(0, 2)) row.payload = std::string(r->Get(0, 2));
   row.headers = r->Get(0, 3);
+  row.created_at_us = r->GetBinaryInt(0, 4) + kPgEpochUnixMicros;
   return std::optional<OutboxRow>(std::move(row));
 }
 

@@ -24,6 +24,7 @@ struct OutboxRow {
   std::optional<std::string> key;      // nullopt: no key
   std::optional<std::string> payload;  // nullopt: a tombstone
   std::string headers = "{}";          // the row's jsonb, as text
+  int64_t created_at_us = 0;           // created_at: microseconds since 1970-01-01 UTC
 };
 
 class OutboxStore {

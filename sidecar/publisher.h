@@ -27,13 +27,21 @@ struct OutgoingMessage {
 // One per produced message, exactly once, delivered by Poll.
 struct DeliveryReport {
   enum class Outcome {
-    kPersisted,  // the broker acknowledged it (acks=all): the row may be removed
+    kPersisted,  // the producer says the broker acknowledged it (acks=all); proof needs an offset
     kRetriable,  // not delivered, or maybe delivered: produce it again later
     kPermanent,  // can never be delivered as it is (poison)
   };
   uint64_t token = 0;
   Outcome outcome = Outcome::kRetriable;
   std::string error;
+  // Where the broker wrote it; kNoOffset when the report carries none. A kPersisted report without
+  // an offset is no proof: librdkafka's idempotent producer "implicitly acks" messages of a batch
+  // that failed (NOT_LEADER on a new partition) when a later batch of its partition succeeds.
+  static constexpr int64_t kNoOffset = -1;
+  int64_t offset = kNoOffset;
+  int32_t partition = -1;
+  // The only report that lets a row be removed.
+  bool proven() const { return outcome == Outcome::kPersisted && offset >= 0; }
 };
 
 class Publisher {

@@ -4,37 +4,34 @@
 #include <thread>
 
 #include <spdlog/spdlog.h>
-#include <nlohmann/json.hpp>
+
+#include "text.h"
 
 namespace outboxd {
 
 using Clock = std::chrono::steady_clock;
 
-Result<Headers> MessageHeaders(int64_t id, const std::string& headers_json) {
-  Headers headers;
-  headers.emplace_back("outbox-id", std::to_string(id));
-  if (headers_json == "{}") return headers;
-  auto json = nlohmann::json::parse(headers_json, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) {
-    return Status::Permanent("headers must be a JSON object, got: " + headers_json.substr(0, 200));
-  }
-  for (const auto& [name, value] : json.items()) {
-    if (value.is_string()) {
-      headers.emplace_back(name, value.get<std::string>());
-    } else if (value.is_null()) {
-      headers.emplace_back(name, std::nullopt);
-    } else {
-      headers.emplace_back(name, value.dump());
-    }
-  }
-  return headers;
-}
+// outbox.dead_letters.error keeps at most this many bytes of an error text.
+constexpr size_t kMaxErrorBytes = 2000;
 
 Relay::Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher)
     : config_(config),
       store_(store),
       make_publisher_(std::move(make_publisher)),
       backoff_(config.backoff.initial, config.backoff.max) {}
+
+Relay::Stats Relay::stats() const {
+  Stats s;
+  s.produced = stats_.produced.load();
+  s.acknowledged = stats_.acknowledged.load();
+  s.marked_sent = stats_.marked_sent.load();
+  s.dead_lettered = stats_.dead_lettered.load();
+  s.rewinds = stats_.rewinds.load();
+  s.producer_rebuilds = stats_.producer_rebuilds.load();
+  s.leadership_terms = stats_.leadership_terms.load();
+  s.unproven_reports = stats_.unproven_reports.load();
+  return s;
+}
 
 Status Relay::Run(const std::atomic<bool>& stop) {
   while (!stop) {
@@ -151,6 +148,23 @@ bool Relay::MoveDeadLetters() {
   while (!to_dead_letter_.empty()) {
     auto [id, error] = to_dead_letter_.front();
     Status s = store_.DeadLetter(id, error);
+    if (s.code() == Status::Code::kInvalid) {
+      // Refused on a healthy connection (say, a character the database's encoding lacks):
+      // once more with a plain ASCII error text, then set the row aside for this term.
+      spdlog::warn("message {}: outbox.dead_letters refused it ({}); trying a plain ASCII error",
+                   id, s.message());
+      s = store_.DeadLetter(id, AsciiEscaped(error));
+      if (s.code() == Status::Code::kInvalid) {
+        spdlog::error(
+            "message {} cannot be moved to outbox.dead_letters ({}): it stays in the outbox and "
+            "is skipped until the next leadership term; its error: {}",
+            id, s.message(), AsciiEscaped(error));
+        set_aside_.insert(id);
+        to_dead_letter_.pop_front();
+        dead_letters_.erase(id);
+        continue;
+      }
+    }
     if (!StoreOk(s)) return false;
     to_dead_letter_.pop_front();
     dead_letters_.erase(id);
@@ -169,7 +183,8 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
       break;
     }
     if (dead_letters_.count(row.id)) continue;  // on its way to the dead-letter topic
-    auto headers = MessageHeaders(row.id, row.headers);
+    if (set_aside_.count(row.id)) continue;     // poison that could not be dead-lettered
+    auto headers = MessageHeaders(row);
     if (!headers.ok()) {
       Poison(row.id, headers.status().message());
       continue;
@@ -225,15 +240,25 @@ void Relay::ServeReports(Millis timeout) {
   for (const DeliveryReport& r : reports) OnReport(r);
 }
 
-void Relay::OnReport(const DeliveryReport& r) {
-  auto it = in_flight_.find(r.token);
+void Relay::OnReport(const DeliveryReport& report) {
+  auto it = in_flight_.find(report.token);
   if (it == in_flight_.end()) {
-    spdlog::error("delivery report for an unknown message (token {})", r.token);
+    spdlog::error("delivery report for an unknown message (token {})", report.token);
     return;
   }
   InFlight e = std::move(it->second);
   in_flight_.erase(it);
   using Outcome = DeliveryReport::Outcome;
+
+  // Only proof removes a row: a "persisted" report must also carry the offset the broker wrote
+  // it at. Without one it may be an implicit ack of a batch the broker never wrote.
+  DeliveryReport r = report;
+  if (r.outcome == Outcome::kPersisted && !r.proven()) {
+    ++stats_.unproven_reports;
+    spdlog::warn("broker report without an offset for message {}: sending it again", e.id);
+    r.outcome = Outcome::kRetriable;
+    r.error = "a persisted report without an offset";
+  }
 
   if (e.isolated) isolated_in_flight_ = false;
   if (e.dead_letter_copy) {
@@ -305,8 +330,8 @@ bool Relay::ProduceDeadLetterCopies() {
       it = dead_letters_.erase(it);
       continue;
     }
-    auto parsed = MessageHeaders(id, (*row)->headers);
-    Headers headers = parsed.ok() ? std::move(*parsed) : Headers{{"outbox-id", std::to_string(id)}};
+    auto parsed = MessageHeaders(**row);
+    Headers headers = parsed.ok() ? std::move(*parsed) : IdentityHeaders(**row);
     headers.emplace_back("outbox-error", pending.error);
     headers.emplace_back("outbox-topic", (*row)->topic);
     OutgoingMessage m{&topic, &(*row)->key, &(*row)->payload, &headers};
@@ -329,7 +354,8 @@ bool Relay::ProduceDeadLetterCopies() {
 
 void Relay::DeadLetterRow(int64_t id, const std::string& error) {
   // Moved at the next safe point (MoveDeadLetters): a fetch may be on the connection now.
-  to_dead_letter_.emplace_back(id, error);
+  // PostgreSQL's text must be valid UTF-8: the error may quote row bytes or a broker message.
+  to_dead_letter_.emplace_back(id, ValidUtf8Prefix(error, kMaxErrorBytes));
 }
 
 bool Relay::FlushMarks(bool force) {
@@ -413,6 +439,7 @@ void Relay::LoseLeadership(const Status& why) {
   pending_rows_.clear();
   to_dead_letter_.clear();
   dead_letters_.clear();
+  set_aside_.clear();  // the next term tries them once more
   suspects_.clear();
   store_.Disconnect();
   idle_since_.reset();
@@ -479,7 +506,7 @@ void Relay::Drain() {
     spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);
   }
   leading_flag_.store(false, std::memory_order_release);
-  spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent);
+  spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent.load());
 }
 
 void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {

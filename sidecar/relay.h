@@ -18,26 +18,29 @@
 
 #include "backoff.h"
 #include "config.h"
+#include "headers.h"
 #include "log.h"
 #include "outbox_store.h"
 #include "publisher.h"
 
 namespace outboxd {
 
-// Parses a row's jsonb headers into Kafka headers, "outbox-id" first. Invalid unless an object.
-Result<Headers> MessageHeaders(int64_t id, const std::string& headers_json);
-
 class Relay {
  public:
-  struct Stats {
-    int64_t produced = 0;       // messages handed to the producer (including repeats)
-    int64_t acknowledged = 0;   // persisted delivery reports
-    int64_t marked_sent = 0;    // rows removed (or marked) after their ack
-    int64_t dead_lettered = 0;  // rows moved to outbox.dead_letters
-    int64_t rewinds = 0;        // times the relay went back to re-fetch after a failure
-    int64_t producer_rebuilds = 0;
-    int64_t leadership_terms = 0;
+  // Counters since construction. T is int64_t for a snapshot, an atomic inside the relay (its
+  // thread writes them while others may read).
+  template <typename T>
+  struct Counters {
+    T produced{0};       // messages handed to the producer (including repeats)
+    T acknowledged{0};   // persisted delivery reports
+    T marked_sent{0};    // rows removed (or marked) after their ack
+    T dead_lettered{0};  // rows moved to outbox.dead_letters
+    T rewinds{0};        // times the relay went back to re-fetch after a failure
+    T producer_rebuilds{0};
+    T leadership_terms{0};
+    T unproven_reports{0};  // "persisted" reports without an offset, sent again
   };
+  using Stats = Counters<int64_t>;
 
   Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher);
 
@@ -46,7 +49,8 @@ class Relay {
   // only for errors that retrying cannot fix (a producer property librdkafka rejects).
   Status Run(const std::atomic<bool>& stop);
 
-  const Stats& stats() const { return stats_; }
+  // A snapshot of the counters; safe to call from any thread.
+  Stats stats() const;
   // Whether this instance leads; safe to read from any thread (check-back follows it).
   bool leading() const { return leading_flag_.load(std::memory_order_acquire); }
 
@@ -66,13 +70,15 @@ class Relay {
   bool Step(const std::atomic<bool>& stop);
   bool ProduceRows(std::vector<OutboxRow>& rows);
   bool ProducePending();
-  // Moves the rows DeadLetterRow queued to outbox.dead_letters.
+  // Moves the rows DeadLetterRow queued to outbox.dead_letters. A row that PostgreSQL refuses to
+  // move, even with a plain ASCII error text, is set aside for the rest of the term (logged,
+  // left in the outbox, skipped by later fetches of this term) so that it cannot stop the others.
   bool MoveDeadLetters();
   // Produces one message, waiting out a full local queue. On Permanent (poison) and on any other
   // failure the caller decides; a Fatal one has already started HandleFatal.
   Status ProduceOne(const OutgoingMessage& m, InFlight entry);
   void ServeReports(Millis timeout);
-  void OnReport(const DeliveryReport& r);
+  void OnReport(const DeliveryReport& report);
   // A row that can never be delivered: to the table now, or (dead_letter_topic set) queued for
   // a copy on that topic, produced by ProduceDeadLetterCopies while the producer is healthy.
   void Poison(int64_t id, const std::string& error);
@@ -118,6 +124,7 @@ class Relay {
   bool isolated_in_flight_ = false;
   std::map<int64_t, PendingDeadLetter> dead_letters_;  // poison rows awaiting their topic copy
   std::deque<std::pair<int64_t, std::string>> to_dead_letter_;  // to move at the next safe point
+  std::set<int64_t> set_aside_;          // poison rows that could not be dead-lettered in this term
   std::vector<OutboxRow> pending_rows_;  // fetched, produced during the next round
   std::optional<std::chrono::steady_clock::time_point> idle_since_;
   bool asleep_ = false;  // outbox.relay_state.sleeping is set
@@ -126,7 +133,7 @@ class Relay {
   OnceLogger pg_log_{"PostgreSQL"};
   OnceLogger kafka_log_{"Kafka delivery"};
   bool standby_logged_ = false;
-  Stats stats_;
+  Counters<std::atomic<int64_t>> stats_;  // written by the relay thread, read by any
 };
 
 }  // namespace outboxd

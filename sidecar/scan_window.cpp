@@ -47,7 +47,8 @@ void ScanWindow::Carve(int64_t id) {
     } else if (id == g.last) {
       --g.last;
     } else {
-      Gap upper{id + 1, g.last, g.owners};
+      // Both halves keep every owner and the open xid range: any of them may commit either.
+      Gap upper{id + 1, g.last, g.owners, g.open_from, g.open_to};
       g.last = id - 1;
       gaps_.insert(gaps_.begin() + static_cast<long>(i) + 1, std::move(upper));
     }

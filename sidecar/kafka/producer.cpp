@@ -30,8 +30,15 @@ std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config)
       // Never give up on a message: a timed-out message leaves a gap that later messages of its
       // partition (and key) could overtake. The outbox is the buffer; max_in_flight bounds it.
       {"message.timeout.ms", "0"},
+      // One request in flight per broker: a later batch of a partition can't overtake an earlier
+      // one that waits for a retry (with 5, a batch that failed with NOT_LEADER on a new partition
+      // was overtaken and then "implicitly acked"; re-sending it broke its key's order).
+      {"max.in.flight.requests.per.connection", "1"},
   };
   for (const auto& [k, v] : config.properties) p[k] = v;
+  if (config.properties.count("max.in.flight")) {
+    p.erase("max.in.flight.requests.per.connection");  // the user's alias wins over our default
+  }
   // The guarantees, which Config already refuses to let anyone change.
   p["bootstrap.servers"] = config.bootstrap_servers;
   p["enable.idempotence"] = "true";
@@ -41,6 +48,20 @@ std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config)
   // producer and re-sends from PostgreSQL, so no later message of a key overtakes an earlier one.
   p["enable.gapless.guarantee"] = "true";
   return p;
+}
+
+std::vector<std::string> ProducerPropertyWarnings(const KafkaConfig& config) {
+  std::vector<std::string> out;
+  for (const char* name : {"max.in.flight.requests.per.connection", "max.in.flight"}) {
+    auto it = config.properties.find(name);
+    if (it != config.properties.end() && it->second != "1") {
+      out.push_back(std::string("kafka.properties.\"") + name + "\" = " + it->second +
+                    ": with more than one request in flight, a later batch can overtake a "
+                    "failed one on a new partition leader, and messages of a key can then "
+                    "arrive out of order (none is lost). The default 1 keeps the order.");
+    }
+  }
+  return out;
 }
 
 Result<PublisherPtr> KafkaPublisher::Create(const KafkaConfig& config) {
@@ -138,6 +159,8 @@ void KafkaPublisher::OnDelivery(rd_kafka_t*, const rd_kafka_message_t* msg, void
     r.outcome = DeliveryReport::Outcome::kRetriable;  // never remove what is not persisted
   }
   if (msg->err) r.error = rd_kafka_err2str(msg->err);
+  r.offset = msg->offset >= 0 ? msg->offset : DeliveryReport::kNoOffset;
+  r.partition = msg->partition;
   if (self->sink_) self->sink_->push_back(std::move(r));
 }
 

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <librdkafka/rdkafka.h>
 
@@ -33,6 +34,8 @@ DeliveryReport::Outcome ClassifyDeliveryError(rd_kafka_resp_err_t err);
 
 // The producer settings outboxd applies: its guarantees first, then the user's properties.
 std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config);
+// The user's properties that weaken a guarantee without breaking it (logged at start-up).
+std::vector<std::string> ProducerPropertyWarnings(const KafkaConfig& config);
 
 class KafkaPublisher : public Publisher {
  public:

@@ -243,8 +243,7 @@ TEST_F(CheckBackIntegration, HttpCheckerSettlesAbandonedMessagesCommitRollbackAn
 }
 
 TEST_F(CheckBackIntegration, TimeoutsErrorsAndGarbageCountAsUnknownThenDeadLetter) {
-  std::string dlq = topic_ + "_half_dlq";
-  CreateTopic(services_, dlq, 1);
+  std::string dlq = NewTopic("half_dlq", 1);
   CheckServer server([](const CheckServer::Request& r) -> std::pair<int, std::string> {
     std::string key = r.body.value("key", "");
     if (key == "slow") {

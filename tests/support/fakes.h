@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -16,8 +17,102 @@
 
 namespace outboxd::testing {
 
+// The delivery reports a producer gave the relay: which (topic, outbox id) the broker persisted.
+// FakeStore::MarkSent asks it for proof before it removes a row.
+class ReportWitness {
+ public:
+  void Persisted(const std::string& topic, int64_t id) {
+    std::lock_guard l(mu_);
+    persisted_.emplace(topic, id);
+  }
+  bool Has(const std::string& topic, int64_t id) {
+    std::lock_guard l(mu_);
+    return persisted_.count({topic, id}) > 0;
+  }
+
+ private:
+  std::mutex mu_;
+  std::set<std::pair<std::string, int64_t>> persisted_;  // GUARDED_BY(mu_)
+};
+
+// A Publisher that passes everything to `inner` and tells the witness about persisted reports.
+// The outbox id is read from the message's first header ("outbox-id"), as the relay sets it.
+class WitnessedPublisher : public Publisher {
+ public:
+  WitnessedPublisher(PublisherPtr inner, ReportWitness& witness)
+      : inner_(std::move(inner)), witness_(witness) {}
+  Status Produce(const OutgoingMessage& m, uint64_t token) override {
+    Status s = inner_->Produce(m, token);
+    if (s.ok()) {
+      const auto& first = m.headers->at(0);
+      if (first.first != "outbox-id" || !first.second) {
+        return Status::Invalid("test witness: the first header is not outbox-id");
+      }
+      sent_[token] = {*m.topic, std::stoll(*first.second)};
+    }
+    return s;
+  }
+  void Poll(Millis timeout, std::vector<DeliveryReport>* reports) override {
+    size_t before = reports->size();
+    inner_->Poll(timeout, reports);
+    for (size_t i = before; i < reports->size(); ++i) {
+      auto it = sent_.find((*reports)[i].token);
+      if (it == sent_.end()) continue;
+      if ((*reports)[i].proven()) {  // persisted with an offset: the only proof
+        witness_.Persisted(it->second.first, it->second.second);
+      }
+      sent_.erase(it);
+    }
+  }
+  std::optional<std::string> FatalError() override { return inner_->FatalError(); }
+  void PurgeAll() override { inner_->PurgeAll(); }
+
+ private:
+  PublisherPtr inner_;
+  ReportWitness& witness_;
+  std::map<uint64_t, std::pair<std::string, int64_t>> sent_;  // token -> topic, outbox id
+};
+
+// Wraps every publisher `make` builds in a WitnessedPublisher.
+inline PublisherFactory Witnessed(PublisherFactory make, ReportWitness& witness) {
+  return [make = std::move(make), &witness]() -> Result<PublisherPtr> {
+    auto p = make();
+    if (!p.ok()) return p.status();
+    return PublisherPtr(new WitnessedPublisher(std::move(*p), witness));
+  };
+}
+
+// MarkSent refuses (and records) an id for which the witness saw no persisted report on the
+// row's topic: build the relay's publishers with Witnessed(..., store.witness()).
 class FakeStore : public OutboxStore {
  public:
+  ReportWitness& witness() { return witness_; }
+  // Ids MarkSent was asked to remove without a persisted report (it refused them).
+  std::vector<int64_t> Unproven() {
+    std::lock_guard l(mu_);
+    return unproven_;
+  }
+  // Calls of Lead() so far, whatever they returned.
+  int lead_attempts() {
+    std::lock_guard l(mu_);
+    return lead_attempts_;
+  }
+  // Once `removed` rows were removed, the next `n` calls of FetchBatch or MarkSent fail (a
+  // connection lost mid-stream); injected_mid_stream() counts them.
+  void FailAfterRemoved(size_t removed, int n) {
+    std::lock_guard l(mu_);
+    fail_after_removed_ = removed;
+    fail_mid_stream_ = n;
+  }
+  int injected_mid_stream() {
+    std::lock_guard l(mu_);
+    return injected_mid_stream_;
+  }
+  // Rows still in the outbox when the first mid-stream failure hit.
+  size_t rows_at_first_injection() {
+    std::lock_guard l(mu_);
+    return rows_at_first_injection_;
+  }
   // A committed row; ids must be added in increasing order unless `late` commits are simulated.
   void Add(int64_t id, std::string topic, std::optional<std::string> key,
            std::optional<std::string> payload, std::string headers = "{}") {
@@ -52,9 +147,19 @@ class FakeStore : public OutboxStore {
     std::lock_guard l(mu_);
     return leads_;
   }
+  // DeadLetter(id, ...) fails as a refused statement would, whatever the error text.
+  void RefuseDeadLetter(int64_t id) {
+    std::lock_guard l(mu_);
+    refused_dead_letters_.insert(id);
+  }
+  int dead_letter_attempts() {
+    std::lock_guard l(mu_);
+    return dead_letter_attempts_;
+  }
 
   Status Lead() override {
     std::lock_guard l(mu_);
+    ++lead_attempts_;
     if (Status s = Inject(); !s.ok()) return s;
     if (other_leader_) return Status::NotLeader("held elsewhere");
     if (!leader_) {
@@ -72,6 +177,7 @@ class FakeStore : public OutboxStore {
     std::lock_guard l(mu_);
     rows->clear();
     if (Status s = Inject(); !s.ok()) return s;
+    if (Status s = InjectMidStream(); !s.ok()) return s;
     for (auto& [id, r] : rows_) {
       if (fetched_.count(id)) continue;
       fetched_.insert(id);
@@ -87,6 +193,17 @@ class FakeStore : public OutboxStore {
   Status MarkSent(const std::vector<int64_t>& ids) override {
     std::lock_guard l(mu_);
     if (Status s = Inject(); !s.ok()) return s;
+    if (Status s = InjectMidStream(); !s.ok()) return s;
+    std::vector<int64_t> unproven;
+    for (int64_t id : ids) {
+      auto it = rows_.find(id);
+      if (it != rows_.end() && !witness_.Has(it->second.topic, id)) unproven.push_back(id);
+    }
+    if (!unproven.empty()) {
+      unproven_.insert(unproven_.end(), unproven.begin(), unproven.end());
+      return Status::Invalid("fake store: no persisted report for id " +
+                             std::to_string(unproven.front()));
+    }
     for (int64_t id : ids) {
       rows_.erase(id);
       removed_.push_back(id);
@@ -96,6 +213,10 @@ class FakeStore : public OutboxStore {
   Status DeadLetter(int64_t id, const std::string& error) override {
     std::lock_guard l(mu_);
     if (Status s = Inject(); !s.ok()) return s;
+    ++dead_letter_attempts_;
+    // As PostgreSQL refuses text that is not UTF-8 (SQLSTATE 22021) on a healthy connection.
+    if (!IsUtf8(error)) return Status::Invalid("invalid byte sequence for encoding \"UTF8\"");
+    if (refused_dead_letters_.count(id)) return Status::Invalid("injected: dead letter refused");
     rows_.erase(id);
     dead_[id] = error;
     return Status::Ok();
@@ -114,10 +235,42 @@ class FakeStore : public OutboxStore {
   Result<int64_t> RemoveSentBefore(Millis) override { return int64_t{0}; }
 
  private:
+  // Well-formed UTF-8 without NUL (shortest forms, no surrogates, at most U+10FFFF).
+  static bool IsUtf8(const std::string& s) {
+    for (size_t i = 0; i < s.size();) {
+      auto c = static_cast<unsigned char>(s[i]);
+      size_t n = c == 0           ? 0
+                 : c < 0x80       ? 1
+                 : (c >> 5) == 6  ? 2
+                 : (c >> 4) == 14 ? 3
+                 : (c >> 3) == 30 ? 4
+                                  : 0;
+      if (n == 0 || i + n > s.size()) return false;
+      uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+      for (size_t k = 1; k < n; ++k) {
+        auto b = static_cast<unsigned char>(s[i + k]);
+        if ((b & 0xC0) != 0x80) return false;
+        cp = (cp << 6) | (b & 0x3F);
+      }
+      static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+      if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+      i += n;
+    }
+    return true;
+  }
   Status Inject() {
     if (fail_next_ > 0) {
       --fail_next_;
       return failure_;
+    }
+    return Status::Ok();
+  }
+  Status InjectMidStream() {
+    if (fail_mid_stream_ > 0 && removed_.size() >= fail_after_removed_) {
+      if (injected_mid_stream_ == 0) rows_at_first_injection_ = rows_.size();
+      --fail_mid_stream_;
+      ++injected_mid_stream_;
+      return Status::Unavailable("injected mid-stream: connection lost");
     }
     return Status::Ok();
   }
@@ -127,11 +280,20 @@ class FakeStore : public OutboxStore {
   std::set<int64_t> fetched_;          // GUARDED_BY(mu_)
   std::vector<int64_t> removed_;       // GUARDED_BY(mu_)
   std::map<int64_t, std::string> dead_;
+  std::set<int64_t> refused_dead_letters_;
+  int dead_letter_attempts_ = 0;
   int fail_next_ = 0;
   Status failure_;
   bool leader_ = false;
   bool other_leader_ = false;
   int leads_ = 0;
+  int lead_attempts_ = 0;
+  ReportWitness witness_;
+  std::vector<int64_t> unproven_;
+  size_t fail_after_removed_ = 0;
+  int fail_mid_stream_ = 0;
+  int injected_mid_stream_ = 0;
+  size_t rows_at_first_injection_ = 0;
 };
 
 // What the fake broker did with a message.
@@ -150,7 +312,14 @@ class FakeBroker {
   std::function<DeliveryReport::Outcome(const Sent&)> decide;
   std::function<Status(const Sent&)> on_produce;  // a non-ok Status is returned by Produce
   size_t queue_capacity = 1'000'000;
-  bool hold_reports = false;  // reports wait (as if the broker were slow or down)
+  // Reports of outbox ids from this one on wait, with everything queued behind them (as behind a
+  // slow partition); set before the relay starts, or inside on_produce / decide (under mu_).
+  int64_t hold_from = INT64_MAX;
+  std::atomic<bool> hold_reports{false};  // reports wait (as if the broker were slow or down)
+  // Reports this persisted message without an offset and without storing it, as librdkafka's
+  // implicit ack does for a batch the broker never wrote.
+  std::function<bool(const Sent&)> implicit_ack;
+  int64_t next_offset = 0;  // GUARDED_BY(mu_)
 
   std::vector<Sent> Log() {
     std::lock_guard l(mu_);
@@ -164,7 +333,7 @@ class FakeBroker {
     }
     return out;
   }
-  int producers_built = 0;
+  std::atomic<int> producers_built{0};
   std::mutex mu_;
   std::vector<Sent> log_;
 };
@@ -192,14 +361,24 @@ class FakePublisher : public Publisher {
     bool any = false;
     {
       std::lock_guard l(broker_.mu_);
-      while (!queue_.empty() && (!broker_.hold_reports || purged_)) {
+      while (!queue_.empty() &&
+             (purged_ ||
+              (!broker_.hold_reports && queue_.front().second.outbox_id() < broker_.hold_from))) {
         auto [token, s] = queue_.front();
         queue_.pop_front();
         s.outcome =
             purged_ ? DeliveryReport::Outcome::kRetriable
                     : (broker_.decide ? broker_.decide(s) : DeliveryReport::Outcome::kPersisted);
+        DeliveryReport r{token, s.outcome, purged_ ? "purged" : "injected"};
+        if (s.outcome == DeliveryReport::Outcome::kPersisted) {
+          if (broker_.implicit_ack && broker_.implicit_ack(s)) {
+            s.outcome = DeliveryReport::Outcome::kRetriable;  // never stored, yet reported so
+          } else {
+            r.offset = broker_.next_offset++;
+          }
+        }
         broker_.log_.push_back(s);
-        reports->push_back({token, s.outcome, purged_ ? "purged" : "injected"});
+        reports->push_back(std::move(r));
         any = true;
       }
       if (queue_.empty()) purged_ = false;
@@ -219,11 +398,14 @@ class FakePublisher : public Publisher {
   bool purged_ = false;
 };
 
-inline PublisherFactory FakeFactory(FakeBroker& broker) {
-  return [&broker]() -> Result<PublisherPtr> {
-    ++broker.producers_built;
-    return PublisherPtr(new FakePublisher(broker));
-  };
+// Publishers on the fake broker, witnessed for `store` (its MarkSent needs their reports).
+inline PublisherFactory FakeFactory(FakeBroker& broker, FakeStore& store) {
+  return Witnessed(
+      [&broker]() -> Result<PublisherPtr> {
+        ++broker.producers_built;
+        return PublisherPtr(new FakePublisher(broker));
+      },
+      store.witness());
 }
 
 // A relay config for tests: small batches, short polls and back-offs.

@@ -5,13 +5,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 
 #include <gtest/gtest.h>
 
@@ -25,15 +28,25 @@ std::string Env(const char* name, const std::string& fallback) {
   return (v && *v) ? v : fallback;
 }
 
+// This process's directory for configs and logs; removed when the process exits (a failing test
+// prints the log it needs), unless OUTBOXD_KEEP_TEST_FILES is set.
 std::string TempDir() {
-  static std::string dir = [] {
-    std::string base = Env("TMPDIR", "/tmp") + "/outboxd-tests-XXXXXX";
-    std::vector<char> buf(base.begin(), base.end());
-    buf.push_back('\0');
-    if (mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    return std::string(buf.data());
-  }();
-  return dir;
+  struct Dir {
+    std::string path;
+    Dir() {
+      std::string base = Env("TMPDIR", "/tmp") + "/outboxd-tests-XXXXXX";
+      std::vector<char> buf(base.begin(), base.end());
+      buf.push_back('\0');
+      if (mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+      path = buf.data();
+    }
+    ~Dir() {
+      std::error_code ignored;
+      if (Env("OUTBOXD_KEEP_TEST_FILES", "").empty()) std::filesystem::remove_all(path, ignored);
+    }
+  };
+  static Dir dir;
+  return dir.path;
 }
 
 }  // namespace
@@ -253,54 +266,203 @@ const std::vector<Record>& Consumer::ReadFor(std::chrono::milliseconds d) {
   return records_;
 }
 
+bool Consumer::ReadUntilIds(const std::set<int64_t>& ids, std::chrono::milliseconds timeout) {
+  std::set<int64_t> missing = ids;
+  for (const Record& r : records_) missing.erase(r.outbox_id());
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (!missing.empty() && std::chrono::steady_clock::now() < until) {
+    size_t before = records_.size();
+    PollOnce(100);
+    for (size_t i = before; i < records_.size(); ++i) missing.erase(records_[i].outbox_id());
+  }
+  return missing.empty();
+}
+
 std::string DeliveryCheck::Summary() const {
   std::ostringstream s;
   s << "expected " << expected << ", received " << received << ": lost " << lost << ", duplicates "
-    << duplicates << ", out of order " << out_of_order << ", unexpected " << unexpected;
+    << duplicates << ", out of order " << out_of_order << ", unexpected " << unexpected
+    << ", mismatched " << mismatched << ", wrong partition " << wrong_partition;
+  for (const auto& e : examples) s << "\n  " << e;
   return s.str();
 }
 
-DeliveryCheck CheckDelivery(const std::map<int64_t, std::optional<std::string>>& expected_keys,
-                            const std::vector<Record>& records) {
+int32_t Murmur2(const std::string& key) {
+  // org.apache.kafka.common.utils.Utils.murmur2, in 32-bit unsigned arithmetic.
+  const auto* data = reinterpret_cast<const uint8_t*>(key.data());
+  const uint32_t length = static_cast<uint32_t>(key.size());
+  const uint32_t m = 0x5bd1e995;
+  const int r = 24;
+  uint32_t h = 0x9747b28c ^ length;
+  for (uint32_t i = 0; i < length / 4; ++i) {
+    uint32_t k = data[i * 4] | (data[i * 4 + 1] << 8) | (data[i * 4 + 2] << 16) |
+                 (static_cast<uint32_t>(data[i * 4 + 3]) << 24);
+    k *= m;
+    k ^= k >> r;
+    k *= m;
+    h *= m;
+    h ^= k;
+  }
+  const uint32_t tail = length & ~3u;
+  switch (length % 4) {
+    case 3:
+      h ^= static_cast<uint32_t>(data[tail + 2]) << 16;
+      [[fallthrough]];
+    case 2:
+      h ^= static_cast<uint32_t>(data[tail + 1]) << 8;
+      [[fallthrough]];
+    case 1:
+      h ^= data[tail];
+      h *= m;
+  }
+  h ^= h >> 13;
+  h *= m;
+  h ^= h >> 15;
+  return static_cast<int32_t>(h);
+}
+
+int32_t JavaPartition(const std::string& key, int partitions) {
+  return (Murmur2(key) & 0x7fffffff) % partitions;  // Utils.toPositive(murmur2) % partitions
+}
+
+DeliveryCheck CheckDelivery(const ExpectedMessages& expected, const std::vector<Record>& records,
+                            int partitions) {
   DeliveryCheck c;
-  c.expected = expected_keys.size();
+  c.expected = expected.size();
   c.received = records.size();
+  auto note = [&](const std::string& what) {
+    if (c.examples.size() < 10) c.examples.push_back(what);
+  };
+  std::vector<const Record*> sorted;
+  for (const Record& r : records) sorted.push_back(&r);
+  std::sort(sorted.begin(), sorted.end(), [](const Record* a, const Record* b) {
+    return std::tie(a->partition, a->offset) < std::tie(b->partition, b->offset);
+  });
   std::set<int64_t> seen;
-  std::map<std::string, int64_t> last_first_arrival;
-  for (const Record& r : records) {
-    int64_t id = r.outbox_id();
-    if (!expected_keys.count(id)) {
+  std::map<std::optional<std::string>, int64_t> highest_first_copy;  // per expected key
+  for (const Record* r : sorted) {
+    int64_t id = r->outbox_id();
+    auto e = expected.find(id);
+    if (e == expected.end()) {
       ++c.unexpected;
+      note("unexpected record, outbox-id " + std::to_string(id));
       continue;
+    }
+    const ExpectedMessage& want = e->second;
+    auto headers = want.headers;
+    headers.insert(headers.begin(), {"outbox-id", std::to_string(id)});
+    // outbox-created-at (the row's created_at, microseconds) follows outbox-id: present and a
+    // number; its exact value is the row's, which the test did not record.
+    auto got = r->headers;
+    bool created_at = got.size() >= 2 && got[1].first == "outbox-created-at" && got[1].second &&
+                      !got[1].second->empty() &&
+                      got[1].second->find_first_not_of("0123456789") == std::string::npos;
+    if (created_at) got.erase(got.begin() + 1);
+    if (r->key != want.key || r->value != want.value || !created_at || got != headers) {
+      ++c.mismatched;
+      note("record " + std::to_string(id) + " differs from its row (key " +
+           r->key.value_or("<null>") + ", value " + r->value.value_or("<null>").substr(0, 40) +
+           ")");
+    }
+    if (want.key && r->partition != JavaPartition(*want.key, partitions)) {
+      ++c.wrong_partition;
+      note("record " + std::to_string(id) + " in partition " + std::to_string(r->partition) +
+           ", murmur2 says " + std::to_string(JavaPartition(*want.key, partitions)));
     }
     if (!seen.insert(id).second) {
       ++c.duplicates;
       continue;
     }
-    if (r.key) {
-      auto it = last_first_arrival.find(*r.key);
-      if (it != last_first_arrival.end() && it->second > id) ++c.out_of_order;
-      last_first_arrival[*r.key] = std::max(id, it == last_first_arrival.end() ? id : it->second);
+    if (!want.key) continue;  // no key, no order
+    auto [it, first] = highest_first_copy.try_emplace(want.key, id);
+    if (first) continue;
+    if (it->second > id) {
+      ++c.out_of_order;
+      note("key " + *want.key + ": " + std::to_string(id) + " first arrived after " +
+           std::to_string(it->second));
+    } else {
+      it->second = id;
     }
   }
-  for (const auto& [id, key] : expected_keys) {
-    if (!seen.count(id)) ++c.lost;
+  for (const auto& [id, want] : expected) {
+    if (!seen.count(id)) {
+      ++c.lost;
+      note("lost: " + std::to_string(id));
+    }
   }
   return c;
 }
 
+ExpectedMessages ServicesTest::PublishMarkers(const std::string& topic, int partitions) {
+  ExpectedMessages out;
+  std::set<int32_t> covered;
+  pg::Connection c = db_->Connect();
+  for (int i = 0; static_cast<int>(covered.size()) < partitions; ++i) {
+    std::string key = "marker-" + std::to_string(i);
+    if (!covered.insert(JavaPartition(key, partitions)).second) continue;
+    auto r = c.Query("SELECT outbox.publish('" + topic + "', '" + key + "', 'marker')");
+    if (!r.ok()) throw std::runtime_error(r.status().message());
+    out[r->GetInt(0, 0)] = ExpectedMessage{key, "marker", {}};
+  }
+  return out;
+}
+
+std::set<int64_t> Ids(const ExpectedMessages& m) {
+  std::set<int64_t> ids;
+  for (const auto& [id, e] : m) ids.insert(id);
+  return ids;
+}
+
+void DeleteTopic(const Services& s, const std::string& topic) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", s.kafka_bootstrap.c_str(), err, sizeof(err));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+  if (rk == nullptr) return;
+  rd_kafka_DeleteTopic_t* dt = rd_kafka_DeleteTopic_new(topic.c_str());
+  rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
+  rd_kafka_DeleteTopics(rk, &dt, 1, nullptr, q);
+  rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 10000);
+  if (ev) rd_kafka_event_destroy(ev);
+  rd_kafka_queue_destroy(q);
+  rd_kafka_DeleteTopic_destroy(dt);
+  rd_kafka_destroy(rk);
+}
+
+ExpectedMessages ServicesTest::PublishMany(int n, int keys, const std::string& topic) {
+  pg::Connection c = db_->Connect();
+  std::string key = keys > 0 ? "'key-' || (i % " + std::to_string(keys) + ")" : "NULL::text";
+  auto r =
+      c.Query("SELECT outbox.publish('" + topic + "', " + key +
+              ", 'payload-' || i, jsonb_build_object('n', i::text)), " + key +
+              ", 'payload-' || i, i::text FROM generate_series(1, " + std::to_string(n) + ") AS i");
+  if (!r.ok()) throw std::runtime_error(r.status().message());
+  ExpectedMessages out;
+  for (int i = 0; i < r->rows(); ++i) {
+    ExpectedMessage& m = out[r->GetInt(i, 0)];
+    if (!r->IsNull(i, 1)) m.key = std::string(r->Get(i, 1));
+    m.value = std::string(r->Get(i, 2));
+    m.headers = {{"n", std::string(r->Get(i, 3))}};
+  }
+  return out;
+}
+
 OutboxdProcess::OutboxdProcess(const Services& s, const TestDatabase& db,
-                               const std::string& relay_toml, const std::string& extra_toml) {
+                               const std::string& relay_toml, const std::string& extra_toml,
+                               const std::string& conninfo) {
   std::string base = TempDir() + "/" + UniqueName("outboxd");
   config_path_ = base + ".toml";
   log_path_ = base + ".log";
+  auto sets = [](const std::string& toml, const std::string& what) {
+    return toml.find(what) != std::string::npos;
+  };
   std::ofstream out(config_path_);
-  out << "[postgres]\nconninfo = \"" << db.conninfo() << "\"\n"
+  out << "[postgres]\nconninfo = \"" << (conninfo.empty() ? db.conninfo() : conninfo) << "\"\n"
       << "[kafka]\nbootstrap_servers = \"" << s.kafka_bootstrap << "\"\n"
-      << "[relay]\nidle_grace = \"50ms\"\n"
-      << relay_toml << "\n"
-      << "[backoff]\ninitial = \"50ms\"\nmax = \"1s\"\n"
-      << "[leadership]\nretry_interval = \"200ms\"\n"
+      << "[relay]\n"
+      << (sets(relay_toml, "idle_grace") ? "" : "idle_grace = \"50ms\"\n") << relay_toml << "\n"
+      << (sets(extra_toml, "[backoff]") ? "" : "[backoff]\ninitial = \"50ms\"\nmax = \"1s\"\n")
+      << (sets(extra_toml, "[leadership]") ? "" : "[leadership]\nretry_interval = \"200ms\"\n")
       << extra_toml << "\n";
 }
 
@@ -353,6 +515,12 @@ std::string OutboxdProcess::Log() const {
 
 bool OutboxdProcess::WaitForLog(const std::string& text, std::chrono::milliseconds timeout) const {
   return WaitFor([&] { return Log().find(text) != std::string::npos; }, timeout);
+}
+
+std::string TestFile(const std::string& name, const std::string& content) {
+  std::string path = TempDir() + "/" + UniqueName(name);
+  std::ofstream(path) << content;
+  return path;
 }
 
 std::pair<int, std::string> RunOutboxd(const std::vector<std::string>& args) {

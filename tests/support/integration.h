@@ -83,6 +83,8 @@ class Consumer {
   const std::vector<Record>& ReadUntil(size_t count, std::chrono::milliseconds timeout);
   // Reads for `d` (to show that nothing more arrives).
   const std::vector<Record>& ReadFor(std::chrono::milliseconds d);
+  // Reads until a record of every id in `ids` was received or `timeout` passed; true if all were.
+  bool ReadUntilIds(const std::set<int64_t>& ids, std::chrono::milliseconds timeout);
   const std::vector<Record>& records() const { return records_; }
 
  private:
@@ -91,27 +93,55 @@ class Consumer {
   std::vector<Record> records_;
 };
 
-// Per key: ids expected but never seen, ids seen more than once, and ids whose first arrival
-// came after a higher id of the same key.
+// What one committed row must become in Kafka.
+struct ExpectedMessage {
+  std::optional<std::string> key;
+  std::optional<std::string> value;
+  // The row's headers in the order Kafka carries them (key order), after "outbox-id".
+  std::vector<std::pair<std::string, std::optional<std::string>>> headers;
+};
+// By the id that outbox.publish() returned in a transaction that committed.
+using ExpectedMessages = std::map<int64_t, ExpectedMessage>;
+
+// What a consumer of the topic saw, compared with what committed. Records are taken per
+// partition in offset order; a record is a "first copy" the first time its outbox-id appears.
 struct DeliveryCheck {
   size_t expected = 0;
   size_t received = 0;
-  size_t lost = 0;
-  size_t duplicates = 0;
-  size_t out_of_order = 0;
-  size_t unexpected = 0;  // ids that were never committed
+  size_t lost = 0;             // committed, never seen
+  size_t duplicates = 0;       // further copies (allowed: at least once)
+  size_t out_of_order = 0;     // per expected key, a first copy after a higher id's first copy
+  size_t unexpected = 0;       // records whose outbox-id was never committed (or missing)
+  size_t mismatched = 0;       // records whose key, value or headers differ from the row
+  size_t wrong_partition = 0;  // keyed records not in the partition murmur2 maps the key to
+  std::vector<std::string> examples;  // the first few problems, for the failure message
+  bool ok() const {
+    return lost == 0 && out_of_order == 0 && unexpected == 0 && mismatched == 0 &&
+           wrong_partition == 0;
+  }
   std::string Summary() const;
 };
-DeliveryCheck CheckDelivery(const std::map<int64_t, std::optional<std::string>>& expected_keys,
-                            const std::vector<Record>& records);
+// `partitions`: the topic's partition count (for the murmur2 check of keyed records).
+DeliveryCheck CheckDelivery(const ExpectedMessages& expected, const std::vector<Record>& records,
+                            int partitions);
+
+// The ids of `m`.
+std::set<int64_t> Ids(const ExpectedMessages& m);
+
+// Kafka's Java client's murmur2 (Utils.murmur2), and its partition for a key:
+// toPositive(murmur2(key)) % partitions.
+int32_t Murmur2(const std::string& key);
+int32_t JavaPartition(const std::string& key, int partitions);
 
 // The outboxd binary, started with a configuration file written for the test.
 class OutboxdProcess {
  public:
   // `extra_toml` is appended to a config with [postgres] and [kafka] filled in; sections it names
   // must not repeat those two (use `relay_toml` for [relay] keys).
+  // The test defaults (relay.idle_grace 50 ms, [backoff], [leadership] retry_interval 200 ms)
+  // are left out where `relay_toml` / `extra_toml` set them. `conninfo` replaces the database's.
   OutboxdProcess(const Services& s, const TestDatabase& db, const std::string& relay_toml = "",
-                 const std::string& extra_toml = "");
+                 const std::string& extra_toml = "", const std::string& conninfo = "");
   ~OutboxdProcess();
   void Start();
   void Kill(int signal);
@@ -129,21 +159,47 @@ class OutboxdProcess {
   std::optional<int> exit_code_;
 };
 
+// Deletes a topic (best effort: a test's topics are removed when it ends).
+void DeleteTopic(const Services& s, const std::string& topic);
+
 // A fixture: the services (or a skip/failure without them), a fresh migrated database and a fresh
-// topic with 3 partitions for each test.
+// topic with kPartitions partitions for each test; topics made with NewTopic are deleted at the
+// end, with the test's database.
 class ServicesTest : public ::testing::Test {
  protected:
+  static constexpr int kPartitions = 3;
   void SetUp() override {
     OUTBOXD_REQUIRE_SERVICES(services_);
     db_.emplace(services_);
-    topic_ = UniqueName("t");
-    CreateTopic(services_, topic_, 3);
+    topic_ = NewTopic("t", kPartitions);
   }
+  void TearDown() override {
+    for (const auto& t : topics_) DeleteTopic(services_, t);
+  }
+  std::string NewTopic(const std::string& prefix, int partitions) {
+    std::string t = UniqueName(prefix);
+    CreateTopic(services_, t, partitions);
+    topics_.push_back(t);
+    return t;
+  }
+  // Publishes n rows in one committed statement: key "key-<i % keys>" (NULL when keys is 0),
+  // value "payload-<i>", header {"n": "<i>"}. Returns what must arrive, by the ids publish()
+  // returned.
+  ExpectedMessages PublishMany(int n, int keys, const std::string& topic);
+  // One committed row per partition of `topic` (keys that murmur2 maps to each), written after
+  // everything else the test wrote. The relay produces in id order and a partition keeps it, so
+  // once they all arrived, whatever else was coming arrived before them: a bound for negative
+  // checks ("nothing else arrives") without a fixed wait.
+  ExpectedMessages PublishMarkers(const std::string& topic, int partitions = kPartitions);
 
   Services services_;
   std::optional<TestDatabase> db_;
   std::string topic_;
+  std::vector<std::string> topics_;
 };
+
+// Writes a file under this process's temporary directory; returns its path.
+std::string TestFile(const std::string& name, const std::string& content);
 
 // Runs the outboxd binary with arguments; returns exit code and combined output.
 std::pair<int, std::string> RunOutboxd(const std::vector<std::string>& args);

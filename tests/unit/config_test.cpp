@@ -2,8 +2,12 @@
 #include "kafka/producer.h"
 
 #include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
 
 #include <gtest/gtest.h>
+#include <toml.hpp>
 
 namespace outboxd {
 namespace {
@@ -148,6 +152,62 @@ TEST(Config, MissingRequiredKeys) {
             std::string::npos);
 }
 
+// The keys the parser knows in `section` ("" = the top level), as its unknown-key error lists them.
+std::set<std::string> KnownKeys(const std::string& section) {
+  const std::string pg = "[postgres]\nconninfo = \"host=127.0.0.1 dbname=x\"\n";
+  const std::string kafka = "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n";
+  const std::string probe = "zz_probe = 1\n";
+  std::string text = section.empty()         ? probe + pg + kafka
+                     : section == "postgres" ? pg + probe + kafka
+                     : section == "kafka"    ? pg + kafka + probe
+                                             : pg + kafka + "[" + section + "]\n" + probe;
+  std::string e = ErrorOf(text);
+  const std::string marker = "known here: ";
+  size_t from = e.find(marker);
+  size_t to = e.rfind(')');
+  EXPECT_NE(from, std::string::npos) << section << ": " << e;
+  std::set<std::string> keys;
+  if (from == std::string::npos || to == std::string::npos) return keys;
+  std::stringstream list(e.substr(from + marker.size(), to - from - marker.size()));
+  for (std::string key; std::getline(list, key, ',');) {
+    keys.insert(key.substr(key.find_first_not_of(' ')));
+  }
+  return keys;
+}
+
+// Settings the parser knows that the TOML text does not show, as "section.key".
+std::set<std::string> MissingSettings(const std::string& text) {
+  std::istringstream in(text);
+  toml::value file = toml::parse(in, "example.toml");
+  std::set<std::string> missing;
+  for (const std::string& section : KnownKeys("")) {
+    if (!file.as_table().count(section)) {
+      missing.insert(section);
+      continue;
+    }
+    for (const std::string& key : KnownKeys(section)) {
+      if (!file.at(section).as_table().count(key)) missing.insert(section + "." + key);
+    }
+  }
+  return missing;
+}
+
+// config/outboxd.toml lists every setting (a missing line would still load as the default).
+TEST(Config, ExampleFileShowsEverySetting) {
+  std::ifstream in(std::string(OUTBOXD_SOURCE_DIR) + "/config/outboxd.toml");
+  std::stringstream text;
+  text << in.rdbuf();
+  ASSERT_FALSE(text.str().empty());
+  EXPECT_EQ(MissingSettings(text.str()), std::set<std::string>{});
+  EXPECT_GE(KnownKeys("relay").size(), 11u);  // the probe itself works
+  // And the check notices a line taken out.
+  std::string without = text.str();
+  size_t line = without.find("\nmax_in_flight = ");
+  ASSERT_NE(line, std::string::npos);
+  without.erase(line + 1, without.find('\n', line + 1) - line);
+  EXPECT_EQ(MissingSettings(without), std::set<std::string>{"relay.max_in_flight"});
+}
+
 TEST(Config, InvalidConninfoIsCaughtWithoutConnecting) {
   std::string e =
       ErrorOf("[postgres]\nconninfo = \"hots=x\"\n[kafka]\nbootstrap_servers=\"a:1\"\n");
@@ -158,7 +218,8 @@ TEST(Config, KafkaPropertiesThatBreakGuaranteesAreRefused) {
   for (const char* line :
        {"\"enable.idempotence\" = false", "acks = \"1\"", "partitioner = \"consistent\"",
         "\"bootstrap.servers\" = \"x:1\"", "\"message.timeout.ms\" = 30000",
-        "\"enable.gapless.guarantee\" = false"}) {
+        "\"enable.gapless.guarantee\" = false", "\"transactional.id\" = \"outboxd-1\"",
+        "\"delivery.timeout.ms\" = 30000", "\"request.required.acks\" = 1"}) {
     std::string text = std::string(kMinimal) + "[kafka.properties]\n" + line + "\n";
     EXPECT_NE(ErrorOf(text).find("test.toml:7: kafka.properties."), std::string::npos) << line;
   }

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include "../support/fakes.h"
+#include "../support/log_counter.h"
+#include "text.h"
 
 namespace outboxd {
 namespace {
@@ -14,28 +16,55 @@ using testing::Eventually;
 using testing::FakeBroker;
 using testing::FakeFactory;
 using testing::FakeStore;
+using testing::LogCounter;
 using Outcome = DeliveryReport::Outcome;
 
 Config TestConfig() { return testing::FastRelayConfig(); }
 
-// Runs a relay on its own thread for the life of the object.
+// Runs a relay on its own thread for the life of the object. Its publishers are witnessed, so the
+// store refuses to remove a row without a persisted report; Stop() checks that none was asked.
 class RunningRelay {
  public:
   RunningRelay(const Config& c, FakeStore& store, FakeBroker& broker)
-      : relay_(c, store, FakeFactory(broker)), thread_([this] { status_ = relay_.Run(stop_); }) {}
+      : store_(store),
+        relay_(c, store, FakeFactory(broker, store)),
+        thread_([this] { status_ = relay_.Run(stop_); }) {}
   ~RunningRelay() { Stop(); }
+  // As SIGTERM does: the relay stops fetching and drains; returns at once.
+  void RequestStop() { stop_ = true; }
   void Stop() {
     stop_ = true;
-    if (thread_.joinable()) thread_.join();
+    if (!thread_.joinable()) return;
+    thread_.join();
+    EXPECT_EQ(store_.Unproven(), std::vector<int64_t>{})
+        << "the relay asked to remove rows that had no persisted report";
   }
-  const Relay::Stats& stats() const { return relay_.stats(); }
+  Relay::Stats stats() const { return relay_.stats(); }
 
  private:
+  FakeStore& store_;
   std::atomic<bool> stop_{false};
   Relay relay_;
   Status status_;
   std::thread thread_;
 };
+
+std::set<int64_t> Range(int64_t first, int64_t last) {
+  std::set<int64_t> out;
+  for (int64_t id = first; id <= last; ++id) out.insert(id);
+  return out;
+}
+
+std::set<int64_t> PersistedIds(FakeBroker& broker) {
+  std::set<int64_t> ids;
+  for (auto& s : broker.Persisted()) ids.insert(s.outbox_id());
+  return ids;
+}
+
+std::set<int64_t> RemovedIds(FakeStore& store) {
+  auto removed = store.Removed();
+  return std::set<int64_t>(removed.begin(), removed.end());
+}
 
 // Per key, the order in which the broker first stored each outbox id must be ascending.
 void ExpectPerKeyOrder(const std::vector<testing::Sent>& persisted) {
@@ -52,15 +81,65 @@ void ExpectPerKeyOrder(const std::vector<testing::Sent>& persisted) {
   }
 }
 
-TEST(MessageHeaders, OutboxIdFirstThenRowHeaders) {
-  auto h = MessageHeaders(42, R"({"trace-id": "abc", "n": 5, "z": null})");
+OutboxRow RowWithHeaders(int64_t id, std::string headers) {
+  OutboxRow row;
+  row.id = id;
+  row.topic = "t";
+  row.headers = std::move(headers);
+  row.created_at_us = 1764633600123456;
+  return row;
+}
+
+TEST(MessageHeaders, IdentityFirstThenRowHeadersInTheirOrder) {
+  auto h = MessageHeaders(RowWithHeaders(42, R"({"n": 5, "z": null, "trace-id": "abc"})"));
   ASSERT_TRUE(h.ok());
-  ASSERT_EQ(h->size(), 4u);
+  ASSERT_EQ(h->size(), 5u);
   EXPECT_EQ((*h)[0], (std::pair<std::string, std::optional<std::string>>{"outbox-id", "42"}));
-  EXPECT_EQ((*h)[1].second, "5");
-  EXPECT_EQ((*h)[2].second, "abc");  // the row's headers follow in key order
+  EXPECT_EQ((*h)[1], (std::pair<std::string, std::optional<std::string>>{"outbox-created-at",
+                                                                         "1764633600123456"}));
+  EXPECT_EQ((*h)[2].second, "5");
   EXPECT_EQ((*h)[3].second, std::optional<std::string>());
-  EXPECT_EQ(MessageHeaders(1, "[1,2]").status().code(), Status::Code::kPermanent);
+  EXPECT_EQ((*h)[4], (std::pair<std::string, std::optional<std::string>>{"trace-id", "abc"}));
+  EXPECT_EQ(MessageHeaders(RowWithHeaders(1, "[1,2]")).status().code(), Status::Code::kPermanent);
+}
+
+// Issue 15, defect 4: values are the text jsonb_each_text gives, numbers never converted.
+TEST(MessageHeaders, ValuesAreTheJsonTextUnconverted) {
+  std::string huge = "1" + std::string(400, '0');  // how jsonb prints 1e400
+  auto h =
+      ParseHeaderObject(R"({"b": 12345678901234567890123, "f": 1.50, "e": 1e400, "h": )" + huge +
+                        R"(, "t": true, "o": {"a": [1, "x"]}, "s": "\u00e9\n\"q\" \ud83d\ude00"})");
+  ASSERT_TRUE(h);
+  Headers expected{{"b", "12345678901234567890123"},
+                   {"f", "1.50"},
+                   {"e", "1e400"},
+                   {"h", huge},
+                   {"t", "true"},
+                   {"o", R"({"a": [1, "x"]})"},
+                   {"s", "\xC3\xA9\n\"q\" \xF0\x9F\x98\x80"}};
+  EXPECT_EQ(*h, expected);
+  EXPECT_EQ(ParseHeaderObject("{}"), Headers{});
+  EXPECT_EQ(ParseHeaderObject(R"( {"a":[[[[]]],{}]} )"), (Headers{{"a", "[[[[]]],{}]"}}));
+  for (const char* bad :
+       {"", "[]", "\"s\"", "{", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{\"a\":01}", "{\"a\":1.}",
+        "{\"a\":[1,]}", "{\"a\":tru}", "{\"a\":\"\\ud800\"}", "{\"a\":1} x", "{\"a\":{\"b\":1]}"}) {
+    EXPECT_FALSE(ParseHeaderObject(bad)) << bad;
+  }
+}
+
+// Issue 15, defect 2: the error text quoting the headers is cut on a character boundary.
+TEST(MessageHeaders, ErrorTextQuotingTheHeadersIsValidUtf8) {
+  std::string json = "\"";
+  for (int i = 0; i < 150; ++i) json += "\xC3\xA9";  // é: 2 bytes; 200 bytes would cut one
+  json += "\"";
+  auto h = MessageHeaders(RowWithHeaders(1, json));
+  ASSERT_EQ(h.status().code(), Status::Code::kPermanent);
+  const std::string& m = h.status().message();
+  EXPECT_EQ(ValidUtf8Prefix(m, m.size()), m) << "cut inside a character";
+  EXPECT_EQ(ValidUtf8Prefix("a\xC3\xA9", 2), "a");
+  EXPECT_EQ(ValidUtf8Prefix("a\xC3(\xF0\x9F\x98", 100),
+            "a\xEF\xBF\xBD(\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(AsciiEscaped("\xC3\xA9 x\n"), "\\xc3\\xa9 x\\x0a");
 }
 
 TEST(Relay, DeliversEveryRowOnceInIdOrderAndRemovesItAfterTheAck) {
@@ -80,23 +159,100 @@ TEST(Relay, DeliversEveryRowOnceInIdOrderAndRemovesItAfterTheAck) {
   EXPECT_EQ(store.Removed().size(), 500u);
 }
 
+// The test support itself: the fake store refuses a removal nobody proved.
+TEST(FakeStore, RefusesToRemoveARowWithoutAPersistedReport) {
+  FakeStore store;
+  store.Add(1, "t", "k", "v");
+  store.Add(2, "t", "k", "v");
+  store.witness().Persisted("t", 2);
+  store.witness().Persisted("other-topic", 1);  // a copy elsewhere proves nothing
+  EXPECT_FALSE(store.MarkSent({1, 2}).ok());
+  EXPECT_EQ(store.Unproven(), std::vector<int64_t>{1});
+  EXPECT_EQ(store.Remaining(), Range(1, 2));
+  EXPECT_TRUE(store.MarkSent({2}).ok());
+  EXPECT_EQ(store.Remaining(), Range(1, 1));
+}
+
 TEST(Relay, NothingIsRemovedWithoutAPersistedReport) {
   FakeStore store;
   FakeBroker broker;
   broker.hold_reports = true;  // the broker never answers
   for (int i = 1; i <= 50; ++i) store.Add(i, "t", "k", "v");
   RunningRelay relay(TestConfig(), store, broker);
-  std::this_thread::sleep_for(Millis(100));
+  // Positive control: the relay leads and hands every row to the producer.
+  ASSERT_TRUE(Eventually([&] { return relay.stats().produced == 50; }))
+      << relay.stats().produced << " produced";
   relay.Stop();  // shutdown_timeout passes, the messages are purged
+  EXPECT_EQ(relay.stats().produced, 50);
+  EXPECT_EQ(relay.stats().acknowledged, 0);
   EXPECT_EQ(store.Remaining().size(), 50u);
   EXPECT_TRUE(store.Removed().empty());
+  // Every message got its one report, and it was a failure.
+  auto log = broker.Log();
+  EXPECT_EQ(log.size(), 50u);
+  for (const auto& sent : log) EXPECT_EQ(sent.outcome, Outcome::kRetriable) << sent.outbox_id();
 }
 
+// librdkafka's implicit ack: a batch that failed (NOT_LEADER on a new partition) is reported
+// persisted, without an offset, when a later batch of its partition succeeds; the broker never
+// wrote it. Such a report must not remove the row.
+TEST(Relay, APersistedReportWithoutAnOffsetIsNoProof) {
+  FakeStore store;
+  FakeBroker broker;
+  std::set<int64_t> unproven = {1, 2, 77};
+  std::mutex mu;
+  broker.implicit_ack = [&](const testing::Sent& s) {
+    std::lock_guard l(mu);
+    return unproven.erase(s.outbox_id()) > 0;  // each once: its next copy is really written
+  };
+  for (int i = 1; i <= 200; ++i) store.Add(i, "t", "k" + std::to_string(i % 5), "v");
+  RunningRelay relay(TestConfig(), store, broker);
+  ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
+  relay.Stop();
+  std::set<int64_t> stored;
+  for (const auto& s : broker.Persisted()) stored.insert(s.outbox_id());
+  for (int64_t id = 1; id <= 200; ++id) EXPECT_TRUE(stored.count(id)) << "id " << id << " lost";
+  EXPECT_EQ(store.Removed().size(), 200u);
+  EXPECT_EQ(relay.stats().unproven_reports, 3);
+}
+
+// Row 10 (key "a") fails twice. As the idempotent producer does (enable.gapless.guarantee), the
+// messages queued behind it in its partition fail with it: key "a"'s later rows are not stored
+// until row 10 is. The relay must re-send 10 and everything after it, in order.
 TEST(Relay, RetriableFailureResendsAndKeepsPerKeyOrder) {
   FakeStore store;
   FakeBroker broker;
   std::atomic<int> failures{0};
-  // id 10 (key "a") fails twice; later rows of key "a" are acknowledged in between.
+  bool a_blocked = false;  // under broker.mu_ (decide runs there)
+  broker.decide = [&](const testing::Sent& s) {
+    if (s.outbox_id() == 10) {
+      a_blocked = failures < 2;
+      if (a_blocked) {
+        ++failures;
+        return Outcome::kRetriable;
+      }
+    }
+    if (a_blocked && s.key == "a" && s.outbox_id() > 10) return Outcome::kRetriable;
+    return Outcome::kPersisted;
+  };
+  for (int i = 1; i <= 60; ++i) store.Add(i, "t", i % 2 ? "b" : "a", "v");
+  RunningRelay relay(TestConfig(), store, broker);
+  ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
+  relay.Stop();
+  EXPECT_EQ(failures, 2);
+  EXPECT_GE(relay.stats().rewinds, 2);
+  EXPECT_EQ(PersistedIds(broker), Range(1, 60));
+  EXPECT_EQ(RemovedIds(store), Range(1, 60));
+  ExpectPerKeyOrder(broker.Persisted());  // by first copies, as a consumer sees them
+}
+
+// A broker that stores row 12 although row 10 of the same key failed before it (which the
+// idempotent producer with enable.gapless.guarantee does not do): the relay cannot take 12 back,
+// but it removes 12 only after 10, and sends 12 again after 10, so the last copies are in order.
+TEST(Relay, RowStoredBehindAFailedRowOfItsKeyIsSentAgainAfterIt) {
+  FakeStore store;
+  FakeBroker broker;
+  std::atomic<int> failures{0};
   broker.decide = [&](const testing::Sent& s) {
     if (s.outbox_id() == 10 && failures < 2) {
       ++failures;
@@ -109,8 +265,6 @@ TEST(Relay, RetriableFailureResendsAndKeepsPerKeyOrder) {
   ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
   relay.Stop();
   EXPECT_EQ(failures, 2);
-  // Row 12 (key "a", after 10) was acknowledged before 10 went through, but it was removed only
-  // after 10: it was sent again after 10.
   auto removed = store.Removed();
   auto pos = [&](int64_t id) {
     return std::find(removed.begin(), removed.end(), id) - removed.begin();
@@ -142,6 +296,47 @@ TEST(Relay, PoisonMessagesAreDeadLetteredWhileOthersFlow) {
   EXPECT_EQ(store.Removed().size(), 30u);
 }
 
+// Issue 15, defect 2: a poison row whose error text quotes multibyte headers is dead-lettered
+// (the fake store refuses non-UTF-8 text as PostgreSQL does), and the others keep flowing in
+// the same leadership term.
+TEST(Relay, PoisonWithMultibyteErrorTextIsDeadLetteredWhileOthersFlow) {
+  FakeStore store;
+  FakeBroker broker;
+  std::string headers = "\"";
+  for (int i = 0; i < 150; ++i) headers += "\xC3\xA9";
+  headers += "\"";
+  for (int i = 1; i <= 60; ++i)
+    store.Add(i, "t", "k" + std::to_string(i % 3), "ok", i == 10 ? headers : "{}");
+  RunningRelay relay(TestConfig(), store, broker);
+  ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }))
+      << store.Remaining().size() << " rows left after " << store.leads() << " leadership terms";
+  relay.Stop();
+  EXPECT_EQ(store.leads(), 1);
+  auto dead = store.DeadLetters();
+  ASSERT_EQ(dead.count(10), 1u);
+  EXPECT_NE(dead[10].find("headers must be a JSON object"), std::string::npos);
+  EXPECT_EQ(store.Removed().size(), 59u);
+}
+
+// A row that PostgreSQL refuses to dead-letter whatever the text is set aside for the term: it
+// stays in the outbox, everything else is delivered, leadership is kept.
+TEST(Relay, RowThatCannotBeDeadLetteredIsSetAsideAndCannotStopTheOthers) {
+  FakeStore store;
+  FakeBroker broker;
+  for (int i = 1; i <= 60; ++i) store.Add(i, "t", "k", "ok", i == 7 ? "[\"poison\"]" : "{}");
+  store.RefuseDeadLetter(7);
+  RunningRelay relay(TestConfig(), store, broker);
+  ASSERT_TRUE(Eventually([&] { return store.Remaining() == std::set<int64_t>{7}; }))
+      << store.Remaining().size() << " rows left after " << store.leads() << " leadership terms";
+  for (int i = 61; i <= 80; ++i) store.Add(i, "t", "k", "later");
+  ASSERT_TRUE(Eventually([&] { return store.Remaining() == std::set<int64_t>{7}; }));
+  relay.Stop();
+  EXPECT_EQ(store.leads(), 1);
+  EXPECT_EQ(store.dead_letter_attempts(), 2);  // the error text as it is, then in plain ASCII
+  EXPECT_TRUE(store.DeadLetters().empty());
+  EXPECT_EQ(store.Removed().size(), 79u);
+}
+
 TEST(Relay, PoisonGoesToTheDeadLetterTopicWhenConfigured) {
   FakeStore store;
   FakeBroker broker;
@@ -168,41 +363,63 @@ TEST(Relay, PoisonGoesToTheDeadLetterTopicWhenConfigured) {
   EXPECT_EQ(store.DeadLetters().count(1), 1u);
 }
 
+// Rows 1-100 are acknowledged; 101-149 are in flight (their reports held) when producing row 150
+// raises a fatal error. The relay purges, rebuilds the producer and sends 101-300 again.
 TEST(Relay, FatalProducerErrorRebuildsTheProducerAndLosesNothing) {
   FakeStore store;
   FakeBroker broker;
-  std::atomic<bool> fired{false};
+  broker.hold_from = 101;
+  bool fired = false;  // under broker.mu_ (on_produce runs there)
   broker.on_produce = [&](const testing::Sent& s) {
-    if (s.outbox_id() == 40 && !fired.exchange(true)) {
-      return Status::Fatal("OUT_OF_ORDER_SEQUENCE_NUMBER (injected)");
-    }
-    return Status::Ok();
+    if (s.outbox_id() != 150 || fired) return Status::Ok();
+    size_t persisted = 0;  // the broker's own record; broker.mu_ is held
+    for (const auto& sent : broker.log_) persisted += sent.outcome == Outcome::kPersisted;
+    if (persisted < 100) return Status::QueueFull("waiting for the first batch's reports");
+    fired = true;
+    broker.hold_from = INT64_MAX;
+    return Status::Fatal("OUT_OF_ORDER_SEQUENCE_NUMBER (injected)");
   };
-  for (int i = 1; i <= 100; ++i) store.Add(i, "t", "k" + std::to_string(i % 3), "v");
+  for (int i = 1; i <= 300; ++i) store.Add(i, "t", "k" + std::to_string(i % 3), "v");
   RunningRelay relay(TestConfig(), store, broker);
   ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
   relay.Stop();
   EXPECT_EQ(broker.producers_built, 2);
-  std::set<int64_t> ids;
-  for (auto& s : broker.Persisted()) ids.insert(s.outbox_id());
-  EXPECT_EQ(ids.size(), 100u);
+  EXPECT_EQ(relay.stats().producer_rebuilds, 1);
+  // The scenario happened: reports before the error were acks, and the in-flight rows were purged.
+  std::set<int64_t> acked_before, purged;
+  bool after = false;
+  for (const auto& sent : broker.Log()) {
+    if (sent.outcome == Outcome::kRetriable) {
+      purged.insert(sent.outbox_id());
+      after = true;
+    } else if (!after) {
+      acked_before.insert(sent.outbox_id());
+    }
+  }
+  EXPECT_EQ(acked_before, Range(1, 100));
+  EXPECT_EQ(purged, Range(101, 149));
+  EXPECT_EQ(PersistedIds(broker), Range(1, 300));
+  EXPECT_EQ(RemovedIds(store), Range(1, 300));
   ExpectPerKeyOrder(broker.Persisted());
 }
 
+// The connection fails mid-stream (at FetchBatch / MarkSent, after 100 rows were removed), as well
+// as at start-up: the relay reconnects, takes leadership again and resumes without loss.
 TEST(Relay, StoreFailureReconnectsAndResumes) {
   FakeStore store;
   FakeBroker broker;
-  for (int i = 1; i <= 300; ++i) store.Add(i, "t", "k", "v");
+  for (int i = 1; i <= 400; ++i) store.Add(i, "t", "k" + std::to_string(i % 5), "v");
   store.FailNext(3);
+  store.FailAfterRemoved(100, 3);
   RunningRelay relay(TestConfig(), store, broker);
   ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
-  store.FailNext(1);
-  for (int i = 301; i <= 400; ++i) store.Add(i, "t", "k", "v");
-  ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
   relay.Stop();
-  std::set<int64_t> ids;
-  for (auto& s : broker.Persisted()) ids.insert(s.outbox_id());
-  EXPECT_EQ(ids.size(), 400u);
+  EXPECT_EQ(store.injected_mid_stream(), 3);
+  EXPECT_GT(store.rows_at_first_injection(), 0u) << "the failure hit after the stream ended";
+  EXPECT_GE(store.leads(), 2);  // took leadership again after the connection was lost
+  EXPECT_GE(relay.stats().leadership_terms, 2);
+  EXPECT_EQ(PersistedIds(broker), Range(1, 400));
+  EXPECT_EQ(RemovedIds(store), Range(1, 400));
   ExpectPerKeyOrder(broker.Persisted());
 }
 
@@ -212,8 +429,10 @@ TEST(Relay, StandbyDoesNotDeliverUntilItLeads) {
   store.SetLeaderElsewhere(true);
   store.Add(1, "t", "k", "v");
   RunningRelay relay(TestConfig(), store, broker);
-  std::this_thread::sleep_for(Millis(50));
+  // Several attempts to lead, all refused: nothing may have been produced meanwhile.
+  ASSERT_TRUE(Eventually([&] { return store.lead_attempts() >= 5; }));
   EXPECT_TRUE(broker.Log().empty());
+  EXPECT_EQ(relay.stats().produced, 0);
   store.SetLeaderElsewhere(false);
   ASSERT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
 }
@@ -230,21 +449,30 @@ TEST(Relay, QueueFullIsBackPressureNotAnError) {
   EXPECT_EQ(relay.stats().rewinds, 0);
 }
 
+// SIGTERM with 100 messages in flight: the broker acknowledges rows 1-60 during the shutdown
+// wait and never 61-100. The relay removes exactly 1-60 and keeps the rest.
 TEST(Relay, ShutdownMidBatchRemovesOnlyWhatWasAcknowledged) {
+  LogCounter log;
   FakeStore store;
   FakeBroker broker;
-  std::atomic<int> served{0};
-  broker.decide = [&](const testing::Sent&) {
-    ++served;
-    return Outcome::kPersisted;
-  };
-  for (int i = 1; i <= 100; ++i) store.Add(i, "t", "k", "v");
+  for (int i = 1; i <= 100; ++i) store.Add(i, "t", "k" + std::to_string(i % 4), "v");
   broker.hold_reports = true;
-  RunningRelay relay(TestConfig(), store, broker);
-  ASSERT_TRUE(Eventually([&] { return !broker.Log().empty() || relay.stats().produced >= 100; }));
-  relay.Stop();  // nothing acknowledged: purged at the timeout
-  EXPECT_EQ(store.Remaining().size(), 100u);
-  EXPECT_EQ(served, 0);
+  Config c = TestConfig();
+  c.relay.shutdown_timeout = Millis(2000);
+  RunningRelay relay(c, store, broker);
+  ASSERT_TRUE(Eventually([&] { return relay.stats().produced == 100; }));
+  relay.RequestStop();
+  ASSERT_TRUE(Eventually([&] { return log.Count("stopping: waiting up to") > 0; }));
+  {
+    std::lock_guard l(broker.mu_);
+    broker.hold_from = 61;
+  }
+  broker.hold_reports = false;
+  relay.Stop();
+  EXPECT_EQ(PersistedIds(broker), Range(1, 60));  // the acknowledgements did arrive
+  EXPECT_EQ(RemovedIds(store), Range(1, 60));
+  EXPECT_EQ(store.Remaining(), Range(61, 100));
+  EXPECT_EQ(relay.stats().acknowledged, 60);
 }
 
 }  // namespace

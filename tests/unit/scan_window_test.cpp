@@ -122,6 +122,30 @@ TEST(ScanWindow, RunningXidAboveXmaxIsAnOwnerToo) {
   EXPECT_TRUE(w.gaps().empty());
 }
 
+// Issue 15, defect 1: a late row in the middle of a gap splits it; both halves keep the open xid
+// range ([xmax, next_xid) of the snapshot that made the gap), or the upper half counts as settled
+// and a row that commits there later is never fetched.
+TEST(ScanWindow, SplitGapKeepsItsOpenXidRange) {
+  ScanWindow w;
+  ASSERT_TRUE(w.Apply(Snap({}), {}, false, {1, 9}));
+  ASSERT_EQ(w.hi(), 9);
+  Snapshot s1;  // C (xid 100) committed id 13; 101..103 took ids 10..12 and run, unlisted
+  s1.xmin = 101;
+  s1.xmax = 101;
+  s1.next_xid = 104;
+  ASSERT_TRUE(w.Apply(s1, {}, false, {13}));
+  ASSERT_EQ(w.GapStarts(), "{10}");
+  ASSERT_EQ(w.GapEnds(), "{12}");
+  Snapshot s2;  // 102 committed id 11; 101 and 103 still run
+  s2.xmin = 101;
+  s2.xmax = 103;
+  s2.running = {101};
+  s2.next_xid = 104;
+  ASSERT_TRUE(w.Apply(s2, {11}, false, {}));
+  EXPECT_EQ(w.GapStarts(), "{10,12}");
+  EXPECT_EQ(w.GapEnds(), "{10,12}");
+}
+
 TEST(ScanWindow, OpenRangeStaysWhileAboveTheNewXmax) {
   ScanWindow w;
   Snapshot s1 = Snap({});

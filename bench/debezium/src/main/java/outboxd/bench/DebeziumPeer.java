@@ -134,7 +134,7 @@ public final class DebeziumPeer {
         kp.put(ProducerConfig.CLIENT_ID_CONFIG, "debezium-peer");
         kp.put(ProducerConfig.ACKS_CONFIG, "all");
         kp.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "true");
-        kp.put(ProducerConfig.LINGER_MS_CONFIG, "5");
+        kp.put(ProducerConfig.LINGER_MS_CONFIG, "2");
         // librdkafka's default batch.size (outboxd's producer) is 1,000,000 bytes; the Java default of
         // 16 KiB would cap each partition's request at ~70 of these records.
         kp.put(ProducerConfig.BATCH_SIZE_CONFIG, "1000000");

@@ -1,0 +1,57 @@
+// LogCounter: while it lives, every spdlog line (the relay's, and librdkafka's through the
+// producer's log callback) is also kept, so a test can count or wait for lines containing a text.
+// Warnings still reach stderr. Thread-safe.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+namespace outboxd::testing {
+
+class LogCounter {
+ public:
+  LogCounter() : previous_(spdlog::default_logger()), sink_(std::make_shared<Sink>()) {
+    auto console = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+    console->set_level(previous_->level());
+    auto logger =
+        std::make_shared<spdlog::logger>("counted", spdlog::sinks_init_list{console, sink_});
+    logger->set_level(spdlog::level::trace);
+    spdlog::set_default_logger(logger);
+  }
+  ~LogCounter() { spdlog::set_default_logger(previous_); }
+  LogCounter(const LogCounter&) = delete;
+  LogCounter& operator=(const LogCounter&) = delete;
+
+  int Count(const std::string& text) { return sink_->Count(text); }
+
+ private:
+  class Sink : public spdlog::sinks::base_sink<std::mutex> {
+   public:
+    int Count(const std::string& text) {
+      std::lock_guard l(mutex_);
+      int n = 0;
+      for (const auto& line : lines_) n += line.find(text) != std::string::npos;
+      return n;
+    }
+
+   protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+      lines_.emplace_back(msg.payload.data(), msg.payload.size());
+    }
+    void flush_() override {}
+
+   private:
+    std::vector<std::string> lines_;  // GUARDED_BY(mutex_)
+  };
+
+  std::shared_ptr<spdlog::logger> previous_;
+  std::shared_ptr<Sink> sink_;
+};
+
+}  // namespace outboxd::testing
