@@ -164,6 +164,77 @@ TEST(ScanWindow, OpenRangeStaysWhileAboveTheNewXmax) {
   EXPECT_TRUE(w.gaps().empty());
 }
 
+}  // namespace
+}  // namespace outboxd
+
+namespace outboxd {
+namespace {
+
+// pg_current_snapshot()'s xmax is latestCompletedXid + 1: a transaction whose xid is above the
+// last completed one runs but is not listed. Its gap must be watched until it is known to be done.
+TEST(ScanWindow, RunningXidAboveXmaxIsAnOwnerToo) {
+  ScanWindow w;
+  ASSERT_TRUE(w.Apply(Snap({}), {}, false, {149}));
+  Snapshot s1 = Snap({});
+  s1.xmax = 5151;
+  s1.next_xid = 5152;  // xid 5151 was assigned (and took id 151) but is not in xip
+  ASSERT_TRUE(w.Apply(s1, {}, false, {150, 152}));
+  ASSERT_EQ(w.GapStarts(), "{151}");
+  Snapshot s2 = Snap({5151});  // now listed as running
+  s2.xmax = 5160;
+  s2.next_xid = 5160;
+  ASSERT_TRUE(w.Apply(s2, {}, false, {}));
+  ASSERT_EQ(w.GapStarts(), "{151}");
+  EXPECT_EQ(w.gaps()[0].owners, (std::vector<uint64_t>{5151}));
+  Snapshot s3 = Snap({});
+  s3.xmax = 5170;
+  s3.next_xid = 5170;
+  ASSERT_TRUE(w.Apply(s3, {151}, false, {}));
+  EXPECT_TRUE(w.gaps().empty());
+}
+
+// Issue 15, defect 1: a late row in the middle of a gap splits it; both halves keep the open xid
+// range ([xmax, next_xid) of the snapshot that made the gap), or the upper half counts as settled
+// and a row that commits there later is never fetched.
+TEST(ScanWindow, SplitGapKeepsItsOpenXidRange) {
+  ScanWindow w;
+  ASSERT_TRUE(w.Apply(Snap({}), {}, false, {1, 9}));
+  ASSERT_EQ(w.hi(), 9);
+  Snapshot s1;  // C (xid 100) committed id 13; 101..103 took ids 10..12 and run, unlisted
+  s1.xmin = 101;
+  s1.xmax = 101;
+  s1.next_xid = 104;
+  ASSERT_TRUE(w.Apply(s1, {}, false, {13}));
+  ASSERT_EQ(w.GapStarts(), "{10}");
+  ASSERT_EQ(w.GapEnds(), "{12}");
+  Snapshot s2;  // 102 committed id 11; 101 and 103 still run
+  s2.xmin = 101;
+  s2.xmax = 103;
+  s2.running = {101};
+  s2.next_xid = 104;
+  ASSERT_TRUE(w.Apply(s2, {11}, false, {}));
+  EXPECT_EQ(w.GapStarts(), "{10,12}");
+  EXPECT_EQ(w.GapEnds(), "{10,12}");
+}
+
+TEST(ScanWindow, OpenRangeStaysWhileAboveTheNewXmax) {
+  ScanWindow w;
+  Snapshot s1 = Snap({});
+  s1.xmax = 100;
+  s1.next_xid = 110;
+  ASSERT_TRUE(w.Apply(s1, {}, false, {1, 3}));
+  Snapshot s2 = Snap({});
+  s2.xmax = 105;  // 105..109 may still run
+  s2.next_xid = 120;
+  ASSERT_TRUE(w.Apply(s2, {}, false, {}));
+  EXPECT_EQ(w.gaps().size(), 1u);
+  Snapshot s3 = Snap({});
+  s3.xmax = 110;
+  s3.next_xid = 130;
+  ASSERT_TRUE(w.Apply(s3, {}, false, {}));
+  EXPECT_TRUE(w.gaps().empty());
+}
+
 // Found by the e2e harness (tests/e2e, scenario new-topics): a row stuck in the outbox until
 // outboxd restarted, then delivered after later ids of its key. A late row carved out of the middle
 // of a gap splits it in two; the upper half must keep the gap's open xid range [open_from, open_to)
