@@ -516,7 +516,8 @@ func killOutboxdFault(ctx context.Context, e *Env) {
 	}
 }
 
-// pgCrashFault: crash PostgreSQL (immediate stop), keep it down 1-3 s, start it again.
+// pgCrashFault: crash PostgreSQL (scripts/pg.sh crash: pg_ctl -m immediate, then start with crash
+// recovery) every few seconds.
 func pgCrashFault(ctx context.Context, e *Env) {
 	every := pick(e, 9*time.Second, 12*time.Second)
 	for {
@@ -524,16 +525,11 @@ func pgCrashFault(ctx context.Context, e *Env) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err := e.h.crashPostgres(context.Background()); err != nil {
+		if err := e.h.script(context.Background(), "pg.sh", "crash"); err != nil {
 			e.r.fail("%v", err)
 			return
 		}
-		e.fault("PostgreSQL crashed (pg_ctl -m immediate)")
-		time.Sleep(time.Second + time.Duration(e.rnd.Int63n(int64(2*time.Second))))
-		if err := e.h.script(context.Background(), "pg.sh", "start"); err != nil {
-			e.r.fail("%v", err)
-			return
-		}
+		e.fault("PostgreSQL crashed and restarted (scripts/pg.sh crash)")
 	}
 }
 

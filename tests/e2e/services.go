@@ -73,36 +73,6 @@ func (h *Harness) dropDatabase(db string) {
 	}
 }
 
-// pgDataDir asks scripts/pg.sh where the cluster lives.
-func (h *Harness) pgDataDir(ctx context.Context) (string, error) {
-	out, _ := exec.CommandContext(ctx, filepath.Join(h.Root, "scripts", "pg.sh"), "status").CombinedOutput()
-	m := regexp.MustCompile(`data ([^)]+)\)`).FindSubmatch(out)
-	if m == nil {
-		return "", fmt.Errorf("scripts/pg.sh status did not name the data directory: %s", out)
-	}
-	return string(m[1]), nil
-}
-
-// crashPostgres stops PostgreSQL the hard way (pg_ctl -m immediate: no checkpoint, clients cut off),
-// which is what a crash looks like to outboxd and the writers.
-func (h *Harness) crashPostgres(ctx context.Context) error {
-	dir, err := h.pgDataDir(ctx)
-	if err != nil {
-		return err
-	}
-	pgctl := filepath.Join(envOr("OUTBOXD_PG_BIN", "/usr/lib/postgresql/15/bin"), "pg_ctl")
-	args := []string{pgctl, "-D", dir, "-m", "immediate", "-w", "stop"}
-	if os.Geteuid() == 0 {
-		args = append([]string{"runuser", "-u", "postgres", "--"}, args...)
-	}
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Dir = "/"
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_ctl -m immediate stop: %v: %s", err, out)
-	}
-	return nil
-}
-
 func newAdmin(brokers []string) (*kadm.Client, *kgo.Client, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RequestRetries(20),
 		kgo.RetryTimeout(30*time.Second))

@@ -22,7 +22,10 @@ type Seen struct {
 	Value     []byte
 	Headers   []kgo.RecordHeader
 	ID        int64 // from the outbox-id header; -1 when missing or malformed
+	At        int64 // from the outbox-created-at header; -1 when missing or malformed
 }
+
+func (s *Seen) MsgID() MsgID { return MsgID{s.ID, s.At} }
 
 // ReadAll reads every record of the topics from their start up to the end offsets the broker reports
 // now (every acknowledged message is below them). It is the independent witness: franz-go, not
@@ -89,11 +92,13 @@ func ReadAll(ctx context.Context, brokers []string, topics []string) ([]Seen, ma
 				return
 			}
 			s := Seen{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key,
-				Value: rec.Value, Headers: rec.Headers, ID: -1}
+				Value: rec.Value, Headers: rec.Headers, ID: -1, At: -1}
 			for _, h := range rec.Headers {
-				if h.Key == "outbox-id" {
-					if id, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
-						s.ID = id
+				if v, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
+					if h.Key == "outbox-id" {
+						s.ID = v
+					} else if h.Key == "outbox-created-at" {
+						s.At = v
 					}
 				}
 			}
@@ -131,7 +136,7 @@ func Verify(r *Result, led *Ledger, seen []Seen, partitionCounts map[string][]in
 		return a.Offset < b.Offset
 	})
 
-	first := map[int64]*Seen{}
+	first := map[MsgID]*Seen{}
 	type keyRef struct{ topic, key string }
 	partitionsOfKey := map[keyRef]map[int32]bool{}
 	// per (topic, key, partition): highest id among first copies so far
@@ -142,22 +147,22 @@ func Verify(r *Result, led *Ledger, seen []Seen, partitionCounts map[string][]in
 	maxID := map[kp]int64{}
 	for i := range seen {
 		s := &seen[i]
-		if s.ID < 0 {
+		if s.ID < 0 || s.At < 0 {
 			r.Foreign++
-			r.note("record %s/%d@%d has no outbox-id header", s.Topic, s.Partition, s.Offset)
+			r.note("record %s/%d@%d lacks outbox-id or outbox-created-at", s.Topic, s.Partition, s.Offset)
 			continue
 		}
-		exp, known := led.msgs[s.ID]
+		exp, known := led.msgs[s.MsgID()]
 		if !known {
 			r.Foreign++
-			r.note("id %d in %s/%d@%d was never returned by publish()", s.ID, s.Topic, s.Partition, s.Offset)
+			r.note("id %s in %s/%d@%d was never returned by publish()", s.MsgID(), s.Topic, s.Partition, s.Offset)
 			continue
 		}
 		if why := contentDiff(s, exp); why != "" {
 			r.Content++
 			r.note("id %d content: %s", s.ID, why)
 		}
-		if f, dup := first[s.ID]; dup {
+		if f, dup := first[s.MsgID()]; dup {
 			r.Duplicates++
 			// a message without a key may land on another partition when sent again
 			if f.Topic != s.Topic || (exp.Key != nil && f.Partition != s.Partition) || !bytes.Equal(f.Key, s.Key) ||
@@ -168,8 +173,8 @@ func Verify(r *Result, led *Ledger, seen []Seen, partitionCounts map[string][]in
 			}
 			continue
 		}
-		first[s.ID] = s
-		if led.rolledBack[s.ID] {
+		first[s.MsgID()] = s
+		if led.rolledBack[s.MsgID()] {
 			r.Phantom++
 			r.note("id %d was rolled back yet delivered (%s/%d@%d)", s.ID, s.Topic, s.Partition, s.Offset)
 		}
@@ -208,13 +213,13 @@ func Verify(r *Result, led *Ledger, seen []Seen, partitionCounts map[string][]in
 		}
 	}
 	r.Delivered = len(first)
-	var lost []int64
+	var lost []MsgID
 	for id := range led.committed {
 		if _, ok := first[id]; !ok {
 			lost = append(lost, id)
 		}
 	}
-	sort.Slice(lost, func(i, j int) bool { return lost[i] < lost[j] })
+	sort.Slice(lost, func(i, j int) bool { return lost[i].ID < lost[j].ID })
 	r.Lost = len(lost)
 	for i, id := range lost {
 		if i == 20 {
@@ -225,10 +230,10 @@ func Verify(r *Result, led *Ledger, seen []Seen, partitionCounts map[string][]in
 		key := "<null>"
 		if exp.Key != nil {
 			key = *exp.Key
-			r.note("lost id %d (topic %s, key %q, partition %v)", id, exp.Topic, key,
+			r.note("lost id %s (topic %s, key %q, partition %v)", id, exp.Topic, key,
 				expectedPartitions([]byte(key), partitionCounts[exp.Topic]))
 		} else {
-			r.note("lost id %d (topic %s, no key)", id, exp.Topic)
+			r.note("lost id %s (topic %s, no key)", id, exp.Topic)
 		}
 	}
 }
@@ -263,15 +268,16 @@ func contentDiff(s *Seen, exp *Expected) string {
 	if (exp.Value == nil) != (s.Value == nil) || !bytes.Equal(exp.Value, s.Value) {
 		return fmt.Sprintf("value %q, want %q", trunc(s.Value), trunc(exp.Value))
 	}
-	want := []kgo.RecordHeader{{Key: "outbox-id", Value: []byte(strconv.FormatInt(s.ID, 10))}}
+	want := []kgo.RecordHeader{{Key: "outbox-id", Value: []byte(strconv.FormatInt(s.ID, 10))},
+		{Key: "outbox-created-at", Value: []byte(strconv.FormatInt(s.At, 10))}}
 	for k, v := range exp.Headers {
 		want = append(want, kgo.RecordHeader{Key: k, Value: []byte(v)})
 	}
 	if !sameHeaders(want, s.Headers) {
 		return fmt.Sprintf("headers %v, want %v", headerStrings(s.Headers), headerStrings(want))
 	}
-	if s.Headers[0].Key != "outbox-id" {
-		return "outbox-id is not the first header"
+	if s.Headers[0].Key != "outbox-id" || s.Headers[1].Key != "outbox-created-at" {
+		return "outbox-id, outbox-created-at are not the first two headers"
 	}
 	return ""
 }

@@ -22,24 +22,30 @@ type Expected struct {
 	Headers map[string]string
 }
 
+// MsgID identifies a message: outbox-id and outbox-created-at (microseconds since 1970). After a
+// PostgreSQL crash the sequence may hand out an id again; the pair tells the two messages apart.
+type MsgID struct{ ID, At int64 }
+
+func (m MsgID) String() string { return fmt.Sprintf("%d@%d", m.ID, m.At) }
+
 // Ledger records every id that publish() returned and what became of its transaction.
 type Ledger struct {
 	mu         sync.Mutex
-	msgs       map[int64]*Expected
-	committed  map[int64]bool
-	rolledBack map[int64]bool
-	uncertain  map[string][]int64 // COMMIT failed on the wire: txid -> ids, settled by pg_xact_status
+	msgs       map[MsgID]*Expected
+	committed  map[MsgID]bool
+	rolledBack map[MsgID]bool
+	uncertain  map[string][]MsgID // COMMIT failed on the wire: txid -> ids, settled by pg_xact_status
 	txCommits  int
 	txRollback int
 	txErrors   int
 }
 
 func NewLedger() *Ledger {
-	return &Ledger{msgs: map[int64]*Expected{}, committed: map[int64]bool{},
-		rolledBack: map[int64]bool{}, uncertain: map[string][]int64{}}
+	return &Ledger{msgs: map[MsgID]*Expected{}, committed: map[MsgID]bool{},
+		rolledBack: map[MsgID]bool{}, uncertain: map[string][]MsgID{}}
 }
 
-func (l *Ledger) record(ids []int64, msgs []*Expected, outcome string, txid string) {
+func (l *Ledger) record(ids []MsgID, msgs []*Expected, outcome string, txid string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i, id := range ids {
@@ -288,14 +294,16 @@ func (w *Writers) publishTx(ctx context.Context, conn *pgx.Conn, r *rand.Rand, t
 		return err
 	}
 	var txid string
-	var ids []int64
+	var at int64 // now(): the rows' created_at, which outboxd sends as outbox-created-at
+	var ids []MsgID
 	var exps []*Expected
 	fail := func(err error) error {
 		_ = tx.Rollback(opCtx)
 		w.Ledger.record(ids, exps, "error", "")
 		return err
 	}
-	if err := tx.QueryRow(opCtx, "SELECT pg_current_xact_id()::text").Scan(&txid); err != nil {
+	if err := tx.QueryRow(opCtx, "SELECT pg_current_xact_id()::text, "+
+		"(extract(epoch FROM now()) * 1000000)::bigint").Scan(&txid, &at); err != nil {
 		return fail(err)
 	}
 	// The README's discipline: writers of one key serialize. Locks in a fixed order, no deadlocks.
@@ -319,7 +327,7 @@ func (w *Writers) publishTx(ctx context.Context, conn *pgx.Conn, r *rand.Rand, t
 		if jsonText != nil {
 			exp.Value = []byte(*jsonText)
 		}
-		ids = append(ids, id)
+		ids = append(ids, MsgID{id, at})
 		exps = append(exps, exp)
 	}
 	if gate != nil {
