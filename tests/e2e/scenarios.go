@@ -385,8 +385,8 @@ func describeLeft(ctx context.Context, conninfo string, r *Result) int {
 func newTopicsFault(ctx context.Context, e *Env) {
 	auto := []string{e.prefix + "-auto0", e.prefix + "-auto1", e.prefix + "-auto2"}
 	e.topics.Add(auto...)
-	waves := orDefault(newTopicsWaves, pick(e, 3, 8))
-	perWave := orDefault(newTopicsPerWave, pick(e, 12, 20))
+	waves := orDefault(newTopicsWaves, pick(e, 3, 6))
+	perWave := orDefault(newTopicsPerWave, pick(e, 12, 16))
 	partitions := int32(12)
 	burst := orDefault(newTopicsBurst, pick(e, 100, 150)) // messages per topic held open until it exists
 	interval := time.Duration(int64(e.h.longOr(16*time.Second, 60*time.Second)) / int64(waves+1))
