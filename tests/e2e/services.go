@@ -59,6 +59,16 @@ func (h *Harness) createDatabase(ctx context.Context, db string) error {
 	return err
 }
 
+func (h *Harness) exec(ctx context.Context, db, sql string) error {
+	conn, err := pgx.Connect(ctx, h.conninfo(db))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
 func (h *Harness) dropDatabase(db string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
