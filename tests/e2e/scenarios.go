@@ -27,6 +27,7 @@ type Scenario struct {
 	replicas       int16
 	short, long    time.Duration // how long the writers write
 	allowMovedKeys bool
+	props          map[string]string // extra [kafka.properties] for outboxd in this scenario
 	fault          func(ctx context.Context, e *Env)
 }
 
@@ -91,6 +92,9 @@ func allScenarios() []Scenario {
 			cluster: true, topics: 4, partitions: 6, replicas: 2, short: 25 * time.Second, long: 120 * time.Second, fault: leaderMovesFault},
 		{name: "add-partitions", about: "partitions added to the topics while writing (3 -> 6 -> 9)",
 			topics: 4, partitions: 3, replicas: 1, short: 21 * time.Second, long: 90 * time.Second, allowMovedKeys: true,
+			// librdkafka sees new partitions at its periodic metadata refresh (5 min by default):
+			// refresh every second, so the mapping changes while messages are in flight.
+			props: map[string]string{"topic.metadata.refresh.interval.ms": "1000"},
 			fault: addPartitionsFault},
 		{name: "broker-outage", about: "the single broker down for 70 s while writing (long form only)",
 			longOnly: true, topics: 4, partitions: 6, replicas: 1, short: 90 * time.Second, long: 90 * time.Second,
@@ -143,6 +147,9 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 	}
 	cfg := filepath.Join(dir, "outboxd.toml")
 	extra := map[string]string{}
+	for k, v := range s.props {
+		extra[k] = v
+	}
 	for _, kv := range kafkaProps {
 		k, v, _ := strings.Cut(kv, "=")
 		extra[k] = fmt.Sprintf("%q", v)
