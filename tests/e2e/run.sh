@@ -8,7 +8,9 @@
 # 19092/29092/39092. Exit 77 (ctest: skipped) when a service or Go is missing outside CI;
 # under CI=true that fails instead.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+# shellcheck disable=SC2034 # read by log/warn/die in lib.sh
 LOG_TAG=e2e
 
 OUTBOXD="${OUTBOXD_BINARY:-$ROOT/build/outboxd}"
