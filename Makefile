@@ -1,11 +1,15 @@
 # The two commands of the README, and their parts. Each installs what is missing first.
-.PHONY: demo test build bench stop services clean
+.PHONY: demo test chaos build bench stop services clean
 
 demo:      ## run the demo: services, build, schema, outboxd, sample messages arriving in Kafka
 	scripts/demo.sh
 
 test:      ## run the whole test suite (what CI runs)
 	scripts/test.sh
+
+chaos:     ## long form of the e2e delivery harness: every scenario longer, more faults, a table (tests/e2e/README.md)
+	scripts/build.sh
+	tests/e2e/run.sh -long
 
 build:     ## install dependencies and build outboxd and the tests
 	scripts/build.sh

@@ -23,6 +23,13 @@ PACKAGES=(
   nftables
 )
 
+# Go builds the e2e harness (tests/e2e). A Go already on the machine (PATH or /usr/local/go) is used;
+# otherwise Debian 12's golang-go (1.19), which tests/e2e/go.mod's `go 1.19` directive and its pinned
+# modules (franz-go 1.15, kadm 1.10, pgx 5.5) accept. No toolchain line: Go 1.19 cannot switch.
+if ! command -v go >/dev/null 2>&1 && [[ ! -x /usr/local/go/bin/go ]]; then
+  PACKAGES+=(golang-go)
+fi
+
 # One dpkg-query for all packages; unknown packages yield no line.
 installed=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)
 missing=()
