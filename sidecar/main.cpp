@@ -4,10 +4,12 @@
 #include <cstdio>
 #include <iostream>
 #include <optional>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "backoff.h"
 #include "checkback.h"
 #include "checker.h"
 #include "config.h"
@@ -93,9 +95,33 @@ int PrintStatus(const outboxd::Config& config) {
   return kExitOk;
 }
 
-int Migrate(const outboxd::Config& config) {
+// Connects for `migrate`; with `wait` > 0, retries (back-off from config [backoff]) until
+// PostgreSQL answers or `wait` has passed, so that a unit started with the database may run it.
+outboxd::Result<outboxd::pg::Connection> ConnectForMigrate(const outboxd::Config& config,
+                                                           outboxd::Millis wait) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + wait;
+  outboxd::Backoff backoff(config.backoff.initial, config.backoff.max);
+  for (;;) {
+    auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd migrate");
+    if (conn.ok() || wait.count() <= 0) return conn;
+    const auto left = std::chrono::duration_cast<outboxd::Millis>(deadline - Clock::now());
+    if (left.count() <= 0) {
+      return outboxd::Status::Unavailable(conn.status().message() + " (waited " +
+                                          outboxd::FormatDuration(wait) + " for it to answer)");
+    }
+    const outboxd::Millis delay = std::min(backoff.Next(), left);
+    if (backoff.attempts() == 1) {
+      spdlog::warn("{}; waiting up to {} for it to answer", conn.status().message(),
+                   outboxd::FormatDuration(wait));
+    }
+    std::this_thread::sleep_for(delay);
+  }
+}
+
+int Migrate(const outboxd::Config& config, outboxd::Millis wait) {
   outboxd::InitLogging(config.log.level);
-  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd migrate");
+  auto conn = ConnectForMigrate(config, wait);
   if (!conn.ok()) {
     spdlog::error("{}", conn.status().message());
     return kExitRuntime;
@@ -125,6 +151,11 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand(
       "status", "show the backlog, dead letters and prepared (half) messages, then exit");
   auto* version = app.add_subcommand("version", "print the version");
+  std::string wait_text = "0s";
+  migrate
+      ->add_flag("--wait{60s}", wait_text,
+                 "retry until PostgreSQL answers, for at most this long (--wait: 60s)")
+      ->capture_default_str();
   for (auto* sub : {run, migrate, check, status}) {
     sub->add_option("-c,--config", config_path, "configuration file")->envname("OUTBOXD_CONFIG");
   }
@@ -152,7 +183,14 @@ int main(int argc, char** argv) {
     std::cout << config_path << ": ok\n";
     return kExitOk;
   }
-  if (*migrate) return Migrate(*config);
+  if (*migrate) {
+    std::optional<outboxd::Millis> wait = outboxd::ParseDuration(wait_text);
+    if (!wait) {
+      std::cerr << "outboxd: migrate --wait: not a duration: " << wait_text << "\n";
+      return kExitConfig;
+    }
+    return Migrate(*config, *wait);
+  }
   if (*status) return PrintStatus(*config);
   return Run(*config);
 }
