@@ -19,6 +19,8 @@ PACKAGES=(
   kcat openjdk-17-jre-headless maven
   # misc tools the scripts use (ss comes from iproute2, pgrep/ps from procps)
   curl procps iproute2 shellcheck
+  # docker-compose (v1) validates compose.yaml in a test; there is no Docker engine
+  docker-compose
 )
 
 # One dpkg-query for all packages; unknown packages yield no line.
