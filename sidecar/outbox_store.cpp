@@ -64,7 +64,8 @@ Status PgOutboxStore::Failed(const Status& s) {
 }
 
 void PgOutboxStore::Disconnect() {
-  if (leader_) spdlog::warn("leadership released: PostgreSQL connection closed");
+  // Debug: the relay says it ("stopped delivering: <why>") when it loses leadership.
+  if (leader_) spdlog::debug("leadership released: PostgreSQL connection closed");
   conn_.reset();
   leader_ = false;
   window_.Reset();
