@@ -51,9 +51,10 @@ int Run(const outboxd::Config& config) {
   outboxd::InitLogging(config.log.level);
   spdlog::info("outboxd {} starting: config {}, kafka {}", OUTBOXD_VERSION, config.path,
                config.kafka.bootstrap_servers);
-  // Build one producer now, so that a property librdkafka rejects is a configuration error.
-  if (auto probe = outboxd::KafkaPublisher::Create(config.kafka); !probe.ok()) {
-    spdlog::error("{}: {}", config.path, probe.status().message());
+  // What librdkafka refuses in the properties is a configuration error (checked without
+  // connecting).
+  if (outboxd::Status s = outboxd::CheckProducerProperties(config.kafka); !s.ok()) {
+    spdlog::error("{}: {}", config.path, s.message());
     return kExitConfig;
   }
   for (const std::string& w : outboxd::ProducerPropertyWarnings(config.kafka)) {
@@ -141,6 +142,7 @@ int Migrate(const outboxd::Config& config, outboxd::Millis wait) {
 int main(int argc, char** argv) {
   CLI::App app{"outboxd: a transactional outbox relay from PostgreSQL to Kafka"};
   std::string config_path = "/etc/outboxd/outboxd.toml";
+  bool show_version = false;
   app.add_option("-c,--config", config_path, "configuration file")
       ->envname("OUTBOXD_CONFIG")
       ->capture_default_str();
@@ -151,6 +153,7 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand(
       "status", "show the backlog, dead letters and prepared (half) messages, then exit");
   auto* version = app.add_subcommand("version", "print the version");
+  app.add_flag("-V,--version", show_version, "print the version");
   std::string wait_text = "0s";
   migrate
       ->add_flag("--wait{60s}", wait_text,
@@ -170,13 +173,17 @@ int main(int argc, char** argv) {
     return kExitConfig;
   }
 
-  if (*version) {
+  if (*version || show_version) {
     std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
     return kExitOk;
   }
   auto config = Load(config_path);
   if (!config.ok()) return kExitConfig;
   if (*check) {
+    if (outboxd::Status s = outboxd::CheckProducerProperties(config->kafka); !s.ok()) {
+      std::cerr << "outboxd: " << config_path << ": " << s.message() << "\n";
+      return kExitConfig;
+    }
     for (const std::string& w : outboxd::ProducerPropertyWarnings(config->kafka)) {
       std::cerr << "outboxd: warning: " << config_path << ": " << w << "\n";
     }

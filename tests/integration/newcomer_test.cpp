@@ -1,6 +1,11 @@
-// A newcomer's commands through the binary: migrate as the relay role, migrate --wait.
+// A newcomer's commands through the binary: migrate as the relay role, migrate --wait,
+// check-config on librdkafka properties, --version, status.
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -79,6 +84,66 @@ TEST_F(NewcomerIntegration, MigrateWaitRetriesForABoundedTime) {
   OutboxdProcess reachable(services_, *db_);
   auto [rc3, out3] = RunOutboxd({"migrate", "--wait", "--config", reachable.config_path()});
   EXPECT_EQ(rc3, 0) << out3;
+}
+
+// check-config asks librdkafka about each property (without connecting): a misspelt name or a
+// bad value exits 2 naming file, line and key.
+TEST(NewcomerBinary, CheckConfigValidatesLibrdkafkaProperties) {
+  const std::string base =
+      "[postgres]\nconninfo = \"host=127.0.0.1 dbname=x\"\n"                 // lines 1-2
+      "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[kafka.properties]\n";  // lines 3-5
+  for (const auto& [line, key] :
+       {std::pair<std::string, std::string>{"\"linger.msx\" = 2", "linger.msx"},
+        {"\"linger.ms\" = \"abc\"", "linger.ms"}}) {
+    std::string file = TestFile("props", base + line + "\n");
+    auto [rc, out] = RunOutboxd({"check-config", "--config", file});
+    EXPECT_EQ(rc, 2) << line << ": " << out;
+    EXPECT_NE(out.find(file + ":6: kafka.properties.\"" + key + "\": "), std::string::npos)
+        << line << ": " << out;
+  }
+  auto [ok_rc, ok_out] =
+      RunOutboxd({"check-config", "--config", TestFile("ok", base + "\"linger.ms\" = 5\n")});
+  EXPECT_EQ(ok_rc, 0) << ok_out;
+}
+
+TEST(NewcomerBinary, VersionFlagAndCommandPrintTheVersion) {
+  for (const char* arg : {"--version", "-V", "version"}) {
+    auto [rc, out] = RunOutboxd({arg});
+    EXPECT_EQ(rc, 0) << arg << ": " << out;
+    EXPECT_EQ(out.rfind("outboxd ", 0), 0u) << arg << ": " << out;
+  }
+}
+
+// With PostgreSQL and Kafka both down at start, outboxd says each once: the start-up check of
+// the Kafka properties connects nowhere, librdkafka's CONFWARN about enable.gapless.guarantee (set
+// on purpose) is not shown, and the PostgreSQL line is one line without a doubled prefix.
+TEST(NewcomerBinary, StartWithBothServicesDownIsQuiet) {
+  std::string config = TestFile("down",
+                                "[postgres]\nconninfo = \"host=127.0.0.1 port=1 dbname=x\"\n"
+                                "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n"
+                                "[backoff]\ninitial = \"20ms\"\nmax = \"100ms\"\n");
+  std::string log = TestFile("down-log", "");
+  // Three seconds of retries, then SIGTERM.
+  std::string cmd = std::string("timeout -s TERM 3 ") + OUTBOXD_BINARY + " run --config '" +
+                    config + "' >'" + log + "' 2>&1";
+  int status = std::system(cmd.c_str());
+  EXPECT_TRUE(WIFEXITED(status)) << status;
+  std::ifstream in(log);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  std::string all;
+  int pg = 0, kafka = 0;
+  for (const auto& l : lines) {
+    all += l + "\n";
+    pg += l.find("PostgreSQL") != std::string::npos;
+    kafka += l.find("kafka") != std::string::npos;
+  }
+  EXPECT_EQ(pg, 1) << all;
+  EXPECT_EQ(kafka, 1) << all;  // the start line names the bootstrap servers; nothing else
+  EXPECT_EQ(all.find("PostgreSQL: PostgreSQL"), std::string::npos) << all;
+  EXPECT_EQ(all.find("CONFWARN"), std::string::npos) << all;
+  EXPECT_NE(all.find("Connection refused; Is the server running"), std::string::npos) << all;
+  EXPECT_LE(lines.size(), 4u) << all;  // starting, PostgreSQL unavailable, (stopping lines)
 }
 
 }  // namespace
