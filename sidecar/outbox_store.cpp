@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "migrate.h"
+#include "status_report.h"
 
 namespace outboxd {
 namespace {
@@ -75,7 +76,7 @@ Status PgOutboxStore::Lead() {
   if (conn_ && leader_ && conn_->healthy()) return Status::Ok();
   if (!conn_ || !conn_->healthy()) {
     leader_ = false;
-    auto c = pg::Connection::Open(conninfo_, "outboxd");
+    auto c = pg::Connection::Open(conninfo_, InstanceApplicationName());
     if (!c.ok()) return c.status();
     conn_.emplace(std::move(*c));
   }

@@ -4,9 +4,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iterator>
+#include <regex>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -84,6 +87,34 @@ TEST_F(NewcomerIntegration, MigrateWaitRetriesForABoundedTime) {
   OutboxdProcess reachable(services_, *db_);
   auto [rc3, out3] = RunOutboxd({"migrate", "--wait", "--config", reachable.config_path()});
   EXPECT_EQ(rc3, 0) << out3;
+}
+
+// `outboxd status` names the leading outboxd by its own host and pid (a process whose command line
+// is that outboxd's), and PostgreSQL's backend pid apart.
+TEST_F(NewcomerIntegration, StatusShowsTheLeadersOwnHostAndPid) {
+  OutboxdProcess outboxd(services_, *db_);
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("leading the outbox", seconds(20))) << outboxd.Log();
+  auto [rc, out] = RunOutboxd({"status", "--config", outboxd.config_path()});
+  ASSERT_EQ(rc, 0) << out;
+  char host[256] = {};
+  ASSERT_EQ(gethostname(host, sizeof(host) - 1), 0);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      out, m, std::regex(R"(leader: +outboxd pid (\d+) on (\S+) \(PostgreSQL backend pid (\d+) )")))
+      << out;
+  EXPECT_EQ(m[2].str(), std::string(host).substr(0, m[2].str().size())) << out;
+  std::ifstream cmdline("/proc/" + m[1].str() + "/cmdline");
+  std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+  EXPECT_NE(args.find(outboxd.config_path()), std::string::npos)
+      << "pid " << m[1] << " is not the outboxd started here: " << args << "\n"
+      << out;
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = " + m[3].str() +
+                        " AND application_name LIKE 'outboxd host=%'"),
+            "1")
+      << out;
+  outboxd.Kill(SIGTERM);
+  EXPECT_EQ(outboxd.Wait(seconds(15)), 0) << outboxd.Log();
 }
 
 // check-config asks librdkafka about each property (without connecting): a misspelt name or a
