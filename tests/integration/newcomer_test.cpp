@@ -14,7 +14,6 @@
 
 #include <gtest/gtest.h>
 
-#include "migrate.h"
 #include "../support/integration.h"
 
 namespace outboxd::testing {
