@@ -16,7 +16,9 @@ kafka=$(sed -n 's/.*<kafka.version>\(.*\)<\/kafka.version>.*/\1/p' scripts/kafka
 grep -q "image: apache/kafka:$kafka\$" <<<"$resolved" || fail "the Kafka image is not $kafka (scripts/kafka/pom.xml)"
 grep -q '127.0.0.1:55432:5432\|published: 55432' <<<"$resolved" || fail "PostgreSQL has no host port"
 grep -q '127.0.0.1:59092:59092\|published: 59092' <<<"$resolved" || fail "Kafka has no host port"
-grep -q 'pgdata:' <<<"$resolved" && grep -q 'kafkadata:' <<<"$resolved" || fail "no data volumes"
+for v in pgdata kafkadata; do
+  grep -q "$v:" <<<"$resolved" || fail "no data volume $v"
+done
 # The image's configuration must work in a container: addresses from the environment, which
 # compose.yaml sets.
 grep -q '^COPY config/compose.toml /etc/outboxd/outboxd.toml$' Dockerfile || fail "the image bakes another config"
@@ -28,7 +30,7 @@ for d in .cache build .git; do
   grep -qx "$d" .dockerignore || fail ".dockerignore does not exclude $d"
 done
 # Every COPY source of the build stage exists.
-for src in $(awk '/^COPY / && !/--from/ {print $2}' Dockerfile); do
+while read -r src; do
   [[ -e "$src" ]] || fail "Dockerfile copies $src, which does not exist"
-done
+done < <(awk '/^COPY / && !/--from/ {print $2}' Dockerfile)
 echo "ok: compose.yaml accepted by $(docker-compose version --short 2>/dev/null || echo docker-compose); Dockerfile and .dockerignore checked (no image built: no engine)"
