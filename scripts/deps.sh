@@ -21,6 +21,8 @@ PACKAGES=(
   curl procps iproute2 shellcheck
   # the netfault tests: network namespaces (iproute2) and nft rules for partitions and loss
   nftables
+  # docker-compose (v1) validates compose.yaml in a test; there is no Docker engine
+  docker-compose
 )
 
 # Go builds the e2e harness (tests/e2e). A Go already on the machine (PATH or /usr/local/go) is used;

@@ -188,8 +188,11 @@ clean_stale_pid() {
 
 check_ports_free() {
   local n=$1
-  port_in_use "${BROKER_PORT[$n]}" && die_port_busy "${BROKER_PORT[$n]}" "Kafka $MODE node $n broker"
-  port_in_use "${CTRL_PORT[$n]}" && die_port_busy "${CTRL_PORT[$n]}" "Kafka $MODE node $n controller"
+  # The single broker's ports come from OUTBOXD_KAFKA_PORT (controller: that port + 1).
+  local knob=""
+  [[ "$MODE" == single ]] && knob=", OUTBOXD_KAFKA_PORT"
+  port_in_use "${BROKER_PORT[$n]}" && die_port_busy "${BROKER_PORT[$n]}" "Kafka $MODE node $n broker$knob"
+  port_in_use "${CTRL_PORT[$n]}" && die_port_busy "${CTRL_PORT[$n]}" "Kafka $MODE node $n controller$knob + 1"
   return 0
 }
 

@@ -3,10 +3,12 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <set>
 #include <sstream>
 
 #include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
 #include <toml.hpp>
 
 namespace outboxd {
@@ -180,6 +182,14 @@ void CheckKafkaProperty(Reader& r, const toml::value& at, const std::string& nam
   }
   if (name.rfind("dr_", 0) == 0 || name == "opaque" || name == "error_cb") {
     r.Fail(at, key, "callbacks are set by outboxd");
+  }
+  // librdkafka's own check of the name and the value (a conf only: nothing connects).
+  std::unique_ptr<rd_kafka_conf_t, decltype(&rd_kafka_conf_destroy)> conf(rd_kafka_conf_new(),
+                                                                          &rd_kafka_conf_destroy);
+  char err[512];
+  if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), err, sizeof(err)) !=
+      RD_KAFKA_CONF_OK) {
+    r.Fail(at, key, err);
   }
 }
 

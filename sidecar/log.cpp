@@ -11,7 +11,20 @@ void InitLogging(const std::string& level) {
   spdlog::set_level(spdlog::level::from_str(level));
 }
 
-void OnceLogger::Failure(const std::string& detail) {
+namespace {
+
+std::string Retries(int n) { return std::to_string(n) + (n == 1 ? " retry" : " retries"); }
+
+}  // namespace
+
+std::string OnceLogger::Detail(const std::string& detail) const {
+  // Status messages of a service often start with its name already ("PostgreSQL: ...").
+  const std::string prefix = what_ + ": ";
+  return detail.rfind(prefix, 0) == 0 ? detail.substr(prefix.size()) : detail;
+}
+
+void OnceLogger::Failure(const std::string& raw_detail) {
+  const std::string detail = Detail(raw_detail);
   auto now = std::chrono::steady_clock::now();
   if (!failing_) {
     failing_ = true;
@@ -26,7 +39,7 @@ void OnceLogger::Failure(const std::string& detail) {
   if (detail != last_detail_ && now - last_logged_ > std::chrono::minutes(1)) {
     last_logged_ = now;
     last_detail_ = detail;
-    spdlog::warn("{}: still failing after {} retries: {}", what_, repeats_, detail);
+    spdlog::warn("{}: still failing after {}: {}", what_, Retries(repeats_), detail);
   }
 }
 
@@ -34,7 +47,7 @@ void OnceLogger::Recovered() {
   if (!failing_) return;
   failing_ = false;
   auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - since_).count();
-  spdlog::info("{}: recovered after {:.1f}s and {} retries", what_, secs, repeats_);
+  spdlog::info("{}: recovered after {:.1f}s and {}", what_, secs, Retries(repeats_));
 }
 
 }  // namespace outboxd

@@ -17,13 +17,16 @@ class OnceLogger {
  public:
   explicit OnceLogger(std::string what) : what_(std::move(what)) {}
 
-  // A failure: logged at warn the first time, and again at most once a minute if the text changes.
+  // A failure: logged at warn (without a leading "<what>: " the detail may already carry) the first
+  // time, and again at most once a minute if the text changes.
   void Failure(const std::string& detail);
   // Success after failures: logged at info with how long and how many attempts.
   void Recovered();
   bool failing() const { return failing_; }
 
  private:
+  std::string Detail(const std::string& detail) const;
+
   std::string what_;
   bool failing_ = false;
   int repeats_ = 0;

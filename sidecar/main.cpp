@@ -4,10 +4,12 @@
 #include <cstdio>
 #include <iostream>
 #include <optional>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "backoff.h"
 #include "checkback.h"
 #include "checker.h"
 #include "config.h"
@@ -49,9 +51,10 @@ int Run(const outboxd::Config& config) {
   outboxd::InitLogging(config.log.level);
   spdlog::info("outboxd {} starting: config {}, kafka {}", OUTBOXD_VERSION, config.path,
                config.kafka.bootstrap_servers);
-  // Build one producer now, so that a property librdkafka rejects is a configuration error.
-  if (auto probe = outboxd::KafkaPublisher::Create(config.kafka); !probe.ok()) {
-    spdlog::error("{}: {}", config.path, probe.status().message());
+  // What librdkafka refuses in the properties is a configuration error (checked without
+  // connecting).
+  if (outboxd::Status s = outboxd::CheckProducerProperties(config.kafka); !s.ok()) {
+    spdlog::error("{}: {}", config.path, s.message());
     return kExitConfig;
   }
   for (const std::string& w : outboxd::ProducerPropertyWarnings(config.kafka)) {
@@ -95,10 +98,34 @@ int PrintStatus(const outboxd::Config& config) {
   return kExitOk;
 }
 
-int Migrate(const outboxd::Config& config) {
+// Connects for `migrate`; with `wait` > 0, retries (back-off from config [backoff]) until
+// PostgreSQL answers or `wait` has passed, so that a unit started with the database may run it.
+outboxd::Result<outboxd::pg::Connection> ConnectForMigrate(const outboxd::Config& config,
+                                                           outboxd::Millis wait) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + wait;
+  outboxd::Backoff backoff(config.backoff.initial, config.backoff.max);
+  for (;;) {
+    auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd migrate",
+                                              outboxd::SessionTcpSettings(config.leadership));
+    if (conn.ok() || wait.count() <= 0) return conn;
+    const auto left = std::chrono::duration_cast<outboxd::Millis>(deadline - Clock::now());
+    if (left.count() <= 0) {
+      return outboxd::Status::Unavailable(conn.status().message() + " (waited " +
+                                          outboxd::FormatDuration(wait) + " for it to answer)");
+    }
+    const outboxd::Millis delay = std::min(backoff.Next(), left);
+    if (backoff.attempts() == 1) {
+      spdlog::warn("{}; waiting up to {} for it to answer", conn.status().message(),
+                   outboxd::FormatDuration(wait));
+    }
+    std::this_thread::sleep_for(delay);
+  }
+}
+
+int Migrate(const outboxd::Config& config, outboxd::Millis wait) {
   outboxd::InitLogging(config.log.level);
-  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd migrate",
-                                            outboxd::SessionTcpSettings(config.leadership));
+  auto conn = ConnectForMigrate(config, wait);
   if (!conn.ok()) {
     spdlog::error("{}", conn.status().message());
     return kExitRuntime;
@@ -118,6 +145,7 @@ int Migrate(const outboxd::Config& config) {
 int main(int argc, char** argv) {
   CLI::App app{"outboxd: a transactional outbox relay from PostgreSQL to Kafka"};
   std::string config_path = "/etc/outboxd/outboxd.toml";
+  bool show_version = false;
   app.add_option("-c,--config", config_path, "configuration file")
       ->envname("OUTBOXD_CONFIG")
       ->capture_default_str();
@@ -128,6 +156,12 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand(
       "status", "show the backlog, dead letters and prepared (half) messages, then exit");
   auto* version = app.add_subcommand("version", "print the version");
+  app.add_flag("-V,--version", show_version, "print the version");
+  std::string wait_text = "0s";
+  migrate
+      ->add_flag("--wait{60s}", wait_text,
+                 "retry until PostgreSQL answers, for at most this long (--wait: 60s)")
+      ->capture_default_str();
   for (auto* sub : {run, migrate, check, status}) {
     sub->add_option("-c,--config", config_path, "configuration file")->envname("OUTBOXD_CONFIG");
   }
@@ -142,20 +176,31 @@ int main(int argc, char** argv) {
     return kExitConfig;
   }
 
-  if (*version) {
+  if (*version || show_version) {
     std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
     return kExitOk;
   }
   auto config = Load(config_path);
   if (!config.ok()) return kExitConfig;
   if (*check) {
+    if (outboxd::Status s = outboxd::CheckProducerProperties(config->kafka); !s.ok()) {
+      std::cerr << "outboxd: " << config_path << ": " << s.message() << "\n";
+      return kExitConfig;
+    }
     for (const std::string& w : outboxd::ProducerPropertyWarnings(config->kafka)) {
       std::cerr << "outboxd: warning: " << config_path << ": " << w << "\n";
     }
     std::cout << config_path << ": ok\n";
     return kExitOk;
   }
-  if (*migrate) return Migrate(*config);
+  if (*migrate) {
+    std::optional<outboxd::Millis> wait = outboxd::ParseDuration(wait_text);
+    if (!wait) {
+      std::cerr << "outboxd: migrate --wait: not a duration: " << wait_text << "\n";
+      return kExitConfig;
+    }
+    return Migrate(*config, *wait);
+  }
   if (*status) return PrintStatus(*config);
   return Run(*config);
 }

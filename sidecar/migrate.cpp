@@ -7,9 +7,11 @@
 namespace outboxd {
 namespace {
 
-constexpr const char* kCreateLedger =
-    "CREATE SCHEMA IF NOT EXISTS outbox;"
-    "CREATE TABLE IF NOT EXISTS outbox.schema_migrations ("
+// Each statement runs only when its object is missing: an up-to-date schema needs no privilege
+// beyond reading the ledger (the outbox_relay role may run `outboxd migrate`).
+constexpr const char* kCreateSchema = "CREATE SCHEMA outbox";
+constexpr const char* kCreateLedgerTable =
+    "CREATE TABLE outbox.schema_migrations ("
     "  version integer PRIMARY KEY, name text NOT NULL,"
     "  applied_at timestamptz NOT NULL DEFAULT now())";
 // An arbitrary constant: serializes concurrent `outboxd migrate` runs.
@@ -26,33 +28,60 @@ Result<std::set<int>> AppliedVersions(pg::Connection& conn) {
   return versions;
 }
 
+// Creates the schema `outbox` and the ledger table where they are missing.
+Status CreateLedger(pg::Connection& conn) {
+  auto missing = conn.Query(
+      "SELECT to_regnamespace('outbox') IS NULL, to_regclass('outbox.schema_migrations') IS NULL");
+  if (!missing.ok()) return missing.status();
+  if (missing->Get(0, 0) == "t") {
+    if (Status s = conn.Exec(kCreateSchema); !s.ok()) return s;
+  }
+  if (missing->Get(0, 1) == "t") return conn.Exec(kCreateLedgerTable);
+  return Status::Ok();
+}
+
+// The step that failed, named, with PostgreSQL's message; the transaction is rolled back.
+Status Failed(pg::Connection& conn, const std::string& step, const Status& s) {
+  (void)conn.Exec("ROLLBACK");
+  return Status::Invalid(step + " failed: " + s.message());
+}
+
 }  // namespace
 
 Result<int> ApplyMigrations(pg::Connection& conn) {
+  // Read first, without a transaction or a lock: on a current schema nothing is written.
+  Result<std::set<int>> done = AppliedVersions(conn);
+  if (!done.ok()) {
+    return Status::Invalid("reading the applied migrations (outbox.schema_migrations) failed: " +
+                           done.status().message());
+  }
   int applied = 0;
   for (const Migration& m : EmbeddedMigrations()) {
-    if (Status s = conn.Exec("BEGIN"); !s.ok()) return s;
-    Status s = conn.Exec(kMigrationLock);
-    if (s.ok()) s = conn.Exec(kCreateLedger);
-    Result<std::set<int>> done = s.ok() ? AppliedVersions(conn) : Result<std::set<int>>(s);
-    if (done.ok() && done->count(m.version)) {
-      s = conn.Exec("COMMIT");
-      if (!s.ok()) return s;
+    if (done->count(m.version)) continue;
+    const std::string name(m.name);
+    if (Status s = conn.Exec("BEGIN"); !s.ok()) return Failed(conn, "BEGIN before " + name, s);
+    if (Status s = conn.Exec(kMigrationLock); !s.ok()) {
+      return Failed(conn, "taking the migration lock before " + name, s);
+    }
+    if (Status s = CreateLedger(conn); !s.ok()) {
+      return Failed(conn, "creating the ledger outbox.schema_migrations", s);
+    }
+    // Another `outboxd migrate` may have applied it while this one waited for the lock.
+    Result<std::set<int>> now = AppliedVersions(conn);
+    if (!now.ok()) return Failed(conn, "reading the applied migrations", now.status());
+    if (now->count(m.version)) {
+      if (Status c = conn.Exec("COMMIT"); !c.ok()) return Failed(conn, "COMMIT", c);
       continue;
     }
-    if (!done.ok()) s = done.status();
-    if (s.ok()) s = conn.Exec(m.sql);
-    if (s.ok()) {
-      pg::Params p;
-      p.Add(int64_t{m.version}).Add(std::string(m.name));
-      s = conn.Query("INSERT INTO outbox.schema_migrations (version, name) VALUES ($1, $2)", p)
-              .status();
+    if (Status s = conn.Exec(m.sql); !s.ok()) return Failed(conn, "migration " + name, s);
+    pg::Params p;
+    p.Add(int64_t{m.version}).Add(name);
+    Status s = conn.Query("INSERT INTO outbox.schema_migrations (version, name) VALUES ($1, $2)", p)
+                   .status();
+    if (!s.ok()) return Failed(conn, "recording migration " + name, s);
+    if (Status c = conn.Exec("COMMIT"); !c.ok()) {
+      return Failed(conn, "committing migration " + name, c);
     }
-    if (!s.ok()) {
-      (void)conn.Exec("ROLLBACK");
-      return Status::Invalid("migration " + std::string(m.name) + " failed: " + s.message());
-    }
-    if (Status c = conn.Exec("COMMIT"); !c.ok()) return c;
     spdlog::info("applied migration {}", m.name);
     ++applied;
   }

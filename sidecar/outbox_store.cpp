@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "migrate.h"
+#include "status_report.h"
 
 namespace outboxd {
 namespace {
@@ -66,7 +67,8 @@ Status PgOutboxStore::Failed(const Status& s) {
 }
 
 void PgOutboxStore::Disconnect() {
-  if (leader_) spdlog::warn("leadership released: PostgreSQL connection closed");
+  // Debug: the relay says it ("stopped delivering: <why>") when it loses leadership.
+  if (leader_) spdlog::debug("leadership released: PostgreSQL connection closed");
   conn_.reset();
   leader_ = false;
   window_.Reset();
@@ -76,7 +78,7 @@ Status PgOutboxStore::Lead() {
   if (conn_ && leader_ && conn_->healthy()) return Status::Ok();
   if (!conn_ || !conn_->healthy()) {
     leader_ = false;
-    auto c = pg::Connection::Open(conninfo_, "outboxd", tcp_);
+    auto c = pg::Connection::Open(conninfo_, InstanceApplicationName(), tcp_);
     if (!c.ok()) return c.status();
     conn_.emplace(std::move(*c));
   }

@@ -39,6 +39,7 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       Status s = store_.Lead();
       if (s.ok()) {
         pg_log_.Recovered();
+        backoff_.Reset();  // the next outage starts from backoff.initial again
         leading_ = true;
         PublishLeadership(true);
         standby_logged_ = false;

@@ -1,6 +1,9 @@
 #include "status_report.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <iomanip>
 #include <sstream>
 #include <vector>
@@ -10,6 +13,23 @@
 
 namespace outboxd {
 namespace {
+
+// "outboxd pid 123 on host-a (PostgreSQL backend pid 456 from 10.0.0.5)" from a row of
+// (application_name, backend pid, client address); an older outboxd named only "outboxd".
+std::string LeaderLine(const pg::PgResult& row) {
+  const std::string app(row.Get(0, 0));
+  const std::string backend = "PostgreSQL backend pid " + std::string(row.Get(0, 1)) + " from " +
+                              std::string(row.Get(0, 2));
+  const std::string host_key = " host=", pid_key = " pid=";
+  auto host_at = app.find(host_key), pid_at = app.find(pid_key);
+  if (app.rfind("outboxd", 0) != 0 || host_at == std::string::npos || pid_at == std::string::npos ||
+      pid_at < host_at) {
+    return app + " (its own pid unknown; " + backend + ")";
+  }
+  std::string host = app.substr(host_at + host_key.size(), pid_at - host_at - host_key.size());
+  std::string pid = app.substr(pid_at + pid_key.size());
+  return "outboxd pid " + pid + " on " + host + " (" + backend + ")";
+}
 
 // Seconds as "3.2s", "4m05s", "2h13m", "3d04h".
 std::string Age(double seconds) {
@@ -46,6 +66,17 @@ void PrintTable(std::ostream& out, const std::vector<std::vector<std::string>>& 
 
 }  // namespace
 
+std::string InstanceApplicationName() {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) std::snprintf(host, sizeof(host), "unknown");
+  std::string pid = std::to_string(getpid());
+  // application_name holds at most 63 bytes: shorten the host name, never the pid.
+  std::string name = "outboxd host=" + std::string(host);
+  const size_t room = 63 - (std::string(" pid=").size() + pid.size());
+  if (name.size() > room) name.resize(room);
+  return name + " pid=" + pid;
+}
+
 Status WriteStatusReport(pg::Connection& conn, const Config& config, std::ostream& out,
                          int max_prepared_rows) {
   if (Status s = CheckSchemaCurrent(conn); !s.ok()) return s;
@@ -58,8 +89,7 @@ Status WriteStatusReport(pg::Connection& conn, const Config& config, std::ostrea
   pg::Params lock;
   lock.Add(config.leadership.lock_id);
   auto leader = conn.Query(
-      "SELECT a.application_name || ' pid ' || a.pid "
-      "|| coalesce(' from ' || host(a.client_addr), '') "
+      "SELECT a.application_name, a.pid, coalesce(host(a.client_addr), 'local socket') "
       "FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
       "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
       "(SELECT oid FROM pg_database WHERE datname = current_database()) "
@@ -68,8 +98,7 @@ Status WriteStatusReport(pg::Connection& conn, const Config& config, std::ostrea
   if (!leader.ok()) return leader.status();
 
   out << "leader:        "
-      << (leader->rows() ? std::string(leader->Get(0, 0)) : "none (no outboxd instance leads)")
-      << "\n";
+      << (leader->rows() ? LeaderLine(*leader) : "none (no outboxd instance leads)") << "\n";
   int64_t waiting = backlog->GetInt(0, 0);
   out << "backlog:       " << waiting << " message(s)";
   if (waiting > 0) out << ", oldest " << Age(std::stod(std::string(backlog->Get(0, 1))));

@@ -1,6 +1,7 @@
 #include "kafka/producer.h"
 
 #include <algorithm>
+#include <string_view>
 
 #include <spdlog/spdlog.h>
 
@@ -64,27 +65,62 @@ std::vector<std::string> ProducerPropertyWarnings(const KafkaConfig& config) {
   return out;
 }
 
-Result<PublisherPtr> KafkaPublisher::Create(const KafkaConfig& config) {
+namespace {
+
+// librdkafka's log lines, at outboxd's levels (librdkafka's syslog levels: 0-3 errors,
+// 4 warning, 5-6 info, 7 debug), less two kinds that would only repeat or can't be acted on.
+void OnLog(const rd_kafka_t*, int level, const char* fac, const char* buf) {
+  auto lvl = level <= 3   ? spdlog::level::err
+             : level == 4 ? spdlog::level::warn
+                          : spdlog::level::debug;
+  const std::string_view facility(fac), text(buf);
+  // A broker connection failure comes again through the error callback (OnError), said once.
+  if (facility == "FAIL") lvl = spdlog::level::debug;
+  // outboxd sets enable.gapless.guarantee on purpose; librdkafka calls it experimental.
+  if (facility == "CONFWARN" && text.find("enable.gapless.guarantee") != std::string_view::npos) {
+    lvl = spdlog::level::debug;
+  }
+  spdlog::log(lvl, "kafka {}: {}", fac, buf);
+}
+
+// A conf with every property outboxd would set; Invalid naming the property librdkafka refuses.
+Result<KafkaConfPtr> MakeConf(const std::map<std::string, std::string>& properties) {
   KafkaConfPtr conf(rd_kafka_conf_new());
   char err[512];
-  for (const auto& [k, v] : ProducerProperties(config)) {
+  for (const auto& [k, v] : properties) {
     if (rd_kafka_conf_set(conf.get(), k.c_str(), v.c_str(), err, sizeof(err)) != RD_KAFKA_CONF_OK) {
       return Status::Invalid("kafka.properties \"" + k + "\": " + err);
     }
   }
+  return conf;
+}
+
+}  // namespace
+
+Status CheckProducerProperties(const KafkaConfig& config) {
+  auto properties = ProducerProperties(config);
+  properties.erase("bootstrap.servers");  // no broker: the check connects nowhere
+  auto conf = MakeConf(properties);
+  if (!conf.ok()) return conf.status();
+  rd_kafka_conf_set_log_cb(conf->get(), [](const rd_kafka_t*, int, const char*, const char*) {});
+  char err[512];
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf->get(), err, sizeof(err));
+  if (rk == nullptr) return Status::Invalid(std::string("kafka producer: ") + err);
+  conf->release();  // rd_kafka_new took ownership on success
+  rd_kafka_destroy(rk);
+  return Status::Ok();
+}
+
+Result<PublisherPtr> KafkaPublisher::Create(const KafkaConfig& config) {
+  auto made = MakeConf(ProducerProperties(config));
+  if (!made.ok()) return made.status();
+  KafkaConfPtr conf = std::move(*made);
+  char err[512];
   std::unique_ptr<KafkaPublisher> pub(new KafkaPublisher());
   rd_kafka_conf_set_opaque(conf.get(), pub.get());
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &KafkaPublisher::OnDelivery);
   rd_kafka_conf_set_error_cb(conf.get(), &KafkaPublisher::OnError);
-  rd_kafka_conf_set_log_cb(conf.get(),
-                           [](const rd_kafka_t*, int level, const char* fac, const char* buf) {
-                             // librdkafka's syslog levels: 0-3 errors, 4 warning, 5-6 info, 7
-                             // debug.
-                             auto lvl = level <= 3   ? spdlog::level::err
-                                        : level == 4 ? spdlog::level::warn
-                                                     : spdlog::level::debug;
-                             spdlog::log(lvl, "kafka {}: {}", fac, buf);
-                           });
+  rd_kafka_conf_set_log_cb(conf.get(), &OnLog);
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof(err));
   if (rk == nullptr) return Status::Invalid(std::string("kafka producer: ") + err);
   conf.release();  // rd_kafka_new took ownership on success
@@ -161,6 +197,15 @@ void KafkaPublisher::OnDelivery(rd_kafka_t*, const rd_kafka_message_t* msg, void
   if (msg->err) r.error = rd_kafka_err2str(msg->err);
   r.offset = msg->offset >= 0 ? msg->offset : DeliveryReport::kNoOffset;
   r.partition = msg->partition;
+  if (r.outcome == DeliveryReport::Outcome::kPersisted && !self->outage_errors_.empty()) {
+    auto secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - self->outage_since_)
+            .count();
+    spdlog::info("kafka: reachable again after {:.1f}s ({} repeated error{} not shown)", secs,
+                 self->outage_repeats_, self->outage_repeats_ == 1 ? "" : "s");
+    self->outage_errors_.clear();
+    self->outage_repeats_ = 0;
+  }
   if (self->sink_) self->sink_->push_back(std::move(r));
 }
 
@@ -172,11 +217,14 @@ void KafkaPublisher::OnError(rd_kafka_t* rk, int err, const char* reason, void* 
     spdlog::error("kafka: fatal producer error: {}", buf);
     return;
   }
-  // Transport errors repeat while a broker is down; say each distinct one once.
+  // Transport errors repeat while a broker is down (with changing detail): say each kind once.
   std::string text = reason ? reason : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err));
-  if (text != self->last_error_) {
-    self->last_error_ = text;
+  if (self->outage_errors_.empty()) self->outage_since_ = std::chrono::steady_clock::now();
+  if (self->outage_errors_.insert(err).second) {
     spdlog::warn("kafka: {}", text);
+  } else {
+    ++self->outage_repeats_;
+    spdlog::debug("kafka: {}", text);
   }
 }
 

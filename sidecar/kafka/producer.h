@@ -3,8 +3,10 @@
 // (ClassifyDeliveryError). Move-only through its unique_ptr; used by the relay thread only.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -37,6 +39,10 @@ std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config)
 // The user's properties that weaken a guarantee without breaking it (logged at start-up).
 std::vector<std::string> ProducerPropertyWarnings(const KafkaConfig& config);
 
+// Builds a producer from `config` without brokers and destroys it: what librdkafka refuses in the
+// properties as a whole (Invalid, named), without connecting and without a log line.
+Status CheckProducerProperties(const KafkaConfig& config);
+
 class KafkaPublisher : public Publisher {
  public:
   // Builds a producer; Invalid when librdkafka rejects a property (named in the message).
@@ -58,7 +64,11 @@ class KafkaPublisher : public Publisher {
   KafkaPtr rk_;
   std::unordered_map<std::string, KafkaTopicPtr> topics_;
   std::vector<DeliveryReport>* sink_ = nullptr;  // set during Poll only
-  std::string last_error_;
+  // Broker errors repeat while Kafka is down: each kind is said once per outage, and the first
+  // acknowledgement after it says "Kafka reachable again". Used on the polling thread only.
+  std::set<int> outage_errors_;
+  std::chrono::steady_clock::time_point outage_since_;
+  int outage_repeats_ = 0;
 };
 
 }  // namespace outboxd

@@ -46,9 +46,24 @@ std::vector<const char*> Params::Pointers() const {
   return out;
 }
 
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
+// libpq's messages end in a newline and may span lines ("...failed: Connection refused\n\tIs the
+// server running..."): one log line each, the parts joined with "; ".
+std::string OneLine(const std::string& s) {
+  std::string out;
+  bool pending_break = false;
+  for (char c : s) {
+    if (c == '\n' || c == '\r') {
+      pending_break = true;
+    } else if (pending_break && (c == '\t' || c == ' ')) {
+      continue;
+    } else {
+      if (pending_break && !out.empty()) out += "; ";
+      pending_break = false;
+      out += c;
+    }
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
 }
 
 std::string ArrayLiteral(const std::vector<int64_t>& values) {
@@ -84,12 +99,13 @@ Result<Connection> Connection::Open(const std::string& conninfo,
   ConnPtr conn(PQconnectdbParams(keys, values, /*expand_dbname=*/1));
   if (!conn) return Status::Unavailable("PostgreSQL: out of memory");
   if (PQstatus(conn.get()) != CONNECTION_OK) {
-    return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn.get())));
+    return Status::Unavailable("PostgreSQL: " + OneLine(PQerrorMessage(conn.get())));
   }
   // Server notices (e.g. "already exists, skipping") go to the debug log, not to stderr.
   PQsetNoticeProcessor(
       conn.get(),
-      [](void*, const char* message) { spdlog::debug("PostgreSQL: {}", Trim(message)); }, nullptr);
+      [](void*, const char* message) { spdlog::debug("PostgreSQL: {}", OneLine(message)); },
+      nullptr);
   Connection c(std::move(conn));
   // The server's end of the socket: without these it uses the OS defaults (first keepalive probe
   // after 2 hours), so a client whose host or network died keeps its session, and its locks,
@@ -103,11 +119,11 @@ Result<Connection> Connection::Open(const std::string& conninfo,
 
 Result<PgResult> Connection::Check(PGresult* raw) {
   ResultPtr r(raw);
-  if (!r) return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
+  if (!r) return Status::Unavailable("PostgreSQL: " + OneLine(PQerrorMessage(conn_.get())));
   ExecStatusType st = PQresultStatus(r.get());
   if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return PgResult(std::move(r));
   const char* state = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
-  std::string msg = "PostgreSQL: " + Trim(PQresultErrorMessage(r.get()));
+  std::string msg = "PostgreSQL: " + OneLine(PQresultErrorMessage(r.get()));
   if (state != nullptr) msg += " (SQLSTATE " + std::string(state) + ")";
   // A broken connection, a server shutting down (57P*) or a connection failure (08*) is transient.
   if (!healthy() ||
@@ -154,7 +170,7 @@ Status Connection::SendPipeline(const std::vector<Statement>& statements) {
   pipeline_syncs_expected_ = 0;
   if (PQenterPipelineMode(conn_.get()) != 1) {
     return Status::Unavailable("PostgreSQL: cannot enter pipeline mode: " +
-                               Trim(PQerrorMessage(conn_.get())));
+                               OneLine(PQerrorMessage(conn_.get())));
   }
   in_pipeline_ = true;
   for (const Statement& st : statements) {
@@ -165,12 +181,12 @@ Status Connection::SendPipeline(const std::vector<Statement>& statements) {
     if (PQsendQueryPrepared(conn_.get(), st.name.c_str(), st.params.size(), ptrs.data(), nullptr,
                             nullptr, st.binary_results ? 1 : 0) != 1 ||
         PQpipelineSync(conn_.get()) != 1) {
-      return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
+      return Status::Unavailable("PostgreSQL: " + OneLine(PQerrorMessage(conn_.get())));
     }
     ++pipeline_syncs_expected_;
   }
   if (PQflush(conn_.get()) != 0) {
-    return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
+    return Status::Unavailable("PostgreSQL: " + OneLine(PQerrorMessage(conn_.get())));
   }
   return Status::Ok();
 }
@@ -178,7 +194,7 @@ Status Connection::SendPipeline(const std::vector<Statement>& statements) {
 bool Connection::PipelineReady(Millis timeout) {
   for (int pass = 0; pass < 2 && !pipeline_done_; ++pass) {
     if (PQconsumeInput(conn_.get()) == 0) {
-      pipeline_error_ = "PostgreSQL: " + Trim(PQerrorMessage(conn_.get()));
+      pipeline_error_ = "PostgreSQL: " + OneLine(PQerrorMessage(conn_.get()));
       pipeline_done_ = true;
       break;
     }
@@ -220,7 +236,7 @@ Result<std::vector<PgResult>> Connection::FinishPipeline() {
 
 Result<int> Connection::DrainNotifications() {
   if (PQconsumeInput(conn_.get()) == 0) {
-    return Status::Unavailable("PostgreSQL: " + Trim(PQerrorMessage(conn_.get())));
+    return Status::Unavailable("PostgreSQL: " + OneLine(PQerrorMessage(conn_.get())));
   }
   int count = 0;
   while (PGnotify* n = PQnotifies(conn_.get())) {
