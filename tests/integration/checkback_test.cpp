@@ -556,7 +556,8 @@ void DeposedLeaderDoesNotCheckBack(CheckBackIntegration& t, const std::string& a
       [&] {
         return db.Scalar(
                    "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                   "current_database() AND application_name = 'outboxd' AND state = 'idle' "
+                   "current_database() AND application_name LIKE 'outboxd host=%' AND state = "
+                   "'idle' "
                    "AND (query LIKE '%pg_current_snapshot%' OR query = 'SELECT 1') AND "
                    "state_change < now() - interval '300 milliseconds'") != "0";
       },
