@@ -5,7 +5,8 @@
 #   scripts/kafka.sh kill <1|2|3>          SIGKILL one cluster node
 #   scripts/kafka.sh restart-node <1|2|3>  (re)start one cluster node, no reformat
 # single : broker 127.0.0.1:${OUTBOXD_KAFKA_PORT:-59092}, controller port+1
-# cluster: brokers 127.0.0.1:19092/29092/39092, controllers 19093/29093/39093,
+# cluster: brokers 127.0.0.1:19092/29092/39092, controllers 19093/29093/39093
+#          (OUTBOXD_CLUSTER_PORT=P moves them to P, P+10000, P+20000; controllers +1),
 #          RF 3, min.insync.replicas=2. Data dirs are separate per mode, so
 #          single and cluster can run at the same time.
 # status exits 0 when every node of the mode runs, 3 otherwise.
@@ -42,9 +43,12 @@ set_mode() {
       RF=1 MIN_ISR=1
       ;;
     cluster)
+      local c="${OUTBOXD_CLUSTER_PORT:-19092}"
+      [[ "$c" =~ ^[0-9]+$ ]] && ((c >= 1024 && c + 20001 <= 65535)) ||
+        die "OUTBOXD_CLUSTER_PORT must be a port from 1024 to 45534, got '$c'"
       NODES=(1 2 3)
-      BROKER_PORT=([1]=19092 [2]=29092 [3]=39092)
-      CTRL_PORT=([1]=19093 [2]=29093 [3]=39093)
+      BROKER_PORT=([1]="$c" [2]="$((c + 10000))" [3]="$((c + 20000))")
+      CTRL_PORT=([1]="$((c + 1))" [2]="$((c + 10001))" [3]="$((c + 20001))")
       HEAP=384m
       RF=3 MIN_ISR=2
       ;;

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -63,7 +64,7 @@ func main() {
 		SingleBootstrap: []string{
 			"127.0.0.1:" + envOr("OUTBOXD_KAFKA_PORT", "59092"),
 		},
-		ClusterBootstrap: []string{"127.0.0.1:19092", "127.0.0.1:29092", "127.0.0.1:39092"},
+		ClusterBootstrap: clusterBootstrap(envOr("OUTBOXD_CLUSTER_PORT", "19092")),
 	}
 	if h.Binary == "" {
 		h.Binary = filepath.Join(absRoot, "build", "outboxd")
@@ -125,6 +126,20 @@ func formName(long bool) string {
 		return "long"
 	}
 	return "short"
+}
+
+// clusterBootstrap lists the 3-broker cluster's brokers as scripts/kafka.sh lays
+// them out: P, P+10000 and P+20000 for OUTBOXD_CLUSTER_PORT=P.
+func clusterBootstrap(base string) []string {
+	p, err := strconv.Atoi(base)
+	if err != nil {
+		check(fmt.Errorf("OUTBOXD_CLUSTER_PORT must be a number, got %q", base))
+	}
+	return []string{
+		fmt.Sprintf("127.0.0.1:%d", p),
+		fmt.Sprintf("127.0.0.1:%d", p+10000),
+		fmt.Sprintf("127.0.0.1:%d", p+20000),
+	}
 }
 
 func envOr(name, def string) string {

@@ -4,8 +4,8 @@
 #   tests/e2e/run.sh                      short form (ctest label e2e, part of `make test`)
 #   tests/e2e/run.sh -long                long form (`make chaos`): longer, more faults, broker outage
 #   tests/e2e/run.sh -scenarios new-topics -repeat 20     any flag of the harness (-h lists them)
-# Ports: OUTBOXD_PG_PORT, OUTBOXD_KAFKA_PORT as for the other tests; the cluster has fixed ports
-# 19092/29092/39092. Exit 77 (ctest: skipped) when a service or Go is missing outside CI;
+# Ports: OUTBOXD_PG_PORT, OUTBOXD_KAFKA_PORT as for the other tests; the cluster's brokers are on
+# 19092/29092/39092, or P/P+10000/P+20000 with OUTBOXD_CLUSTER_PORT=P. Exit 77 (ctest: skipped) when a service or Go is missing outside CI;
 # under CI=true that fails instead.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
