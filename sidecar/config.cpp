@@ -178,7 +178,7 @@ void CheckKafkaProperty(Reader& r, const toml::value& at, const std::string& nam
            "key; the outbox keeps the message, and relay.max_in_flight bounds what waits");
   }
   if (name == "transactional.id") {
-    r.Fail(at, key, "transactions (exactly-once mode) are not supported yet");
+    r.Fail(at, key, "set relay.delivery = \"exactly_once\" (and relay.transactional_id) instead");
   }
   if (name.rfind("dr_", 0) == 0 || name == "opaque" || name == "error_cb") {
     r.Fail(at, key, "callbacks are set by outboxd");
@@ -288,7 +288,8 @@ Config Build(const toml::value& root, const std::string& file) {
   r.OnlyKnownKeys(
       relay, p,
       {"batch_size", "max_in_flight", "poll_interval", "idle_poll_interval", "idle_grace", "notify",
-       "on_sent", "retention", "cleanup_interval", "shutdown_timeout", "dead_letter_topic"});
+       "on_sent", "retention", "cleanup_interval", "shutdown_timeout", "dead_letter_topic",
+       "delivery", "checkpoint_topic", "transactional_id"});
   RelayConfig& rc = c.relay;
   r.MaybeInt(relay, p, "batch_size", 1, 100'000, &rc.batch_size);
   r.MaybeInt(relay, p, "max_in_flight", 1, 1'000'000, &rc.max_in_flight);
@@ -315,6 +316,22 @@ Config Build(const toml::value& root, const std::string& file) {
   r.MaybeDuration(relay, p, "cleanup_interval", Millis(1000), &rc.cleanup_interval);
   r.MaybeDuration(relay, p, "shutdown_timeout", Millis(0), &rc.shutdown_timeout);
   r.MaybeString(relay, p, "dead_letter_topic", &rc.dead_letter_topic);
+  if (const toml::value* v = r.Find(relay, "delivery")) {
+    std::string s = r.String(*v, "relay.delivery");
+    if (s == "at_least_once") {
+      rc.delivery = Delivery::kAtLeastOnce;
+    } else if (s == "exactly_once") {
+      rc.delivery = Delivery::kExactlyOnce;
+    } else {
+      r.Fail(*v, "relay.delivery",
+             "expected \"at_least_once\" or \"exactly_once\", got \"" + s + "\"");
+    }
+  }
+  r.MaybeString(relay, p, "checkpoint_topic", &rc.checkpoint_topic);
+  if (rc.checkpoint_topic.empty()) {
+    r.Fail(*r.Find(relay, "checkpoint_topic"), "relay.checkpoint_topic", "must not be empty");
+  }
+  r.MaybeString(relay, p, "transactional_id", &rc.transactional_id);
 
   const toml::value& backoff = r.Table(root, "backoff");
   r.OnlyKnownKeys(backoff, "backoff.", {"initial", "max"});
@@ -378,6 +395,12 @@ Result<Config> ParseConfig(const std::string& text, const std::string& name) {
   } catch (const toml::exception& e) {
     return Status::Invalid(SyntaxMessage(name, e, e.location()));
   }
+}
+
+std::string TransactionalId(const Config& config) {
+  if (config.relay.delivery != Delivery::kExactlyOnce) return "";
+  if (!config.relay.transactional_id.empty()) return config.relay.transactional_id;
+  return "outboxd-" + std::to_string(config.leadership.lock_id);
 }
 
 Result<Config> LoadConfig(const std::string& path) {

@@ -12,6 +12,7 @@
 namespace outboxd {
 
 enum class OnSent { kDelete, kRetain };
+enum class Delivery { kAtLeastOnce, kExactlyOnce };
 
 struct PostgresConfig {
   std::string conninfo;  // libpq connection string; required
@@ -34,6 +35,10 @@ struct RelayConfig {
   Millis cleanup_interval{60'000};   // on_sent = "retain": how often old sent rows are removed
   Millis shutdown_timeout{10'000};   // SIGTERM: longest wait for outstanding acknowledgements
   std::string dead_letter_topic;     // empty: poison rows go to outbox.dead_letters only
+  // exactly_once: each batch is one Kafka transaction with a checkpoint record (docs/design.md).
+  Delivery delivery = Delivery::kAtLeastOnce;
+  std::string checkpoint_topic = "outboxd.checkpoints";  // compacted; key: the transactional.id
+  std::string transactional_id;                          // empty: "outboxd-<leadership.lock_id>"
 };
 
 struct BackoffConfig {
@@ -94,6 +99,10 @@ struct Config {
   CheckbackConfig checkback;
   LogConfig log;
 };
+
+// The producer's transactional.id: relay.transactional_id, or "outboxd-<leadership.lock_id>";
+// empty in at-least-once mode.
+std::string TransactionalId(const Config& config);
 
 // Reads and validates a configuration file. On failure the Status message names the file, the
 // line and the key, e.g. "outboxd.toml:12: relay.batch_size: expected an integer".

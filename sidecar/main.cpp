@@ -13,6 +13,7 @@
 #include "checkback.h"
 #include "checker.h"
 #include "config.h"
+#include "kafka/checkpoint_topic.h"
 #include "kafka/producer.h"
 #include "log.h"
 #include "migrate.h"
@@ -62,8 +63,12 @@ int Run(const outboxd::Config& config) {
   }
   InstallSignalHandlers();
   outboxd::PgOutboxStore store(config);
-  outboxd::Relay relay(config, store,
-                       [&config] { return outboxd::KafkaPublisher::Create(config.kafka); });
+  outboxd::Relay relay(
+      config, store,
+      [&config] {
+        return outboxd::KafkaPublisher::Create(config.kafka, outboxd::TransactionalId(config));
+      },
+      outboxd::KafkaCheckpointReader(config));
   // Check-back: its own thread and connection, active while the relay leads.
   outboxd::PgPreparedStore prepared(config.postgres.conninfo,
                                     outboxd::SessionTcpSettings(config.leadership));

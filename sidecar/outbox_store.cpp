@@ -279,4 +279,13 @@ Result<int64_t> PgOutboxStore::RemoveSentBefore(Millis retention) {
   return r->Affected();
 }
 
+Result<std::string> PgOutboxStore::Incarnation() {
+  if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
+  auto r = conn_->Query("SELECT incarnation::text FROM outbox.relay_state LIMIT 1", pg::Params());
+  if (!r.ok()) return Failed(r.status());
+  if (r->rows() != 1) return Status::Invalid("outbox.relay_state has no row");
+  return std::string(r->Get(0, 0));
+}
+
 }  // namespace outboxd

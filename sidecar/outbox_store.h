@@ -78,6 +78,9 @@ class OutboxStore {
   virtual Result<bool> WaitForNotify(Millis timeout) = 0;
   // on_sent = "retain": removes sent rows older than `retention`. Returns rows removed.
   virtual Result<int64_t> RemoveSentBefore(Millis retention) = 0;
+  // The outbox's incarnation (outbox.relay_state.incarnation, made once per outbox): exactly-once
+  // checkpoints carry it. "" for a store without one (the tests' fakes).
+  virtual Result<std::string> Incarnation() { return std::string(); }
 
  private:
   std::vector<int64_t> round_ids_;  // the default StartRound's ids
@@ -104,6 +107,7 @@ class PgOutboxStore : public OutboxStore {
   Status SetSleeping(bool sleeping) override;
   Result<bool> WaitForNotify(Millis timeout) override;
   Result<int64_t> RemoveSentBefore(Millis retention) override;
+  Result<std::string> Incarnation() override;
 
  private:
   Status Prepare();

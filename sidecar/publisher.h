@@ -57,6 +57,21 @@ class Publisher {
   virtual std::optional<std::string> FatalError() = 0;
   // Fails everything queued or in flight; their reports (retriable) follow from Poll.
   virtual void PurgeAll() = 0;
+
+  // Kafka transactions (relay.delivery = "exactly_once": a producer with a transactional.id).
+  // Each returns Ok or: Unavailable (retriable: call it again), AbortRequired (abort the
+  // transaction, then its messages count as not delivered), Fatal (the producer is unusable:
+  // fenced by a newer instance with the same transactional.id, or another fatal error).
+  // InitTransactions fences every older producer of the transactional.id and completes (commits
+  // or aborts) its last transaction before it returns Ok.
+  virtual Status InitTransactions(Millis /*timeout*/) { return NotTransactional(); }
+  virtual Status BeginTransaction() { return NotTransactional(); }
+  // Delivery reports must all have been served (Poll) before the commit.
+  virtual Status CommitTransaction(Millis /*timeout*/) { return NotTransactional(); }
+  virtual Status AbortTransaction(Millis /*timeout*/) { return NotTransactional(); }
+
+ private:
+  static Status NotTransactional() { return Status::Invalid("not a transactional producer"); }
 };
 
 using PublisherPtr = std::unique_ptr<Publisher>;

@@ -14,11 +14,18 @@ using Clock = std::chrono::steady_clock;
 // outbox.dead_letters.error keeps at most this many bytes of an error text.
 constexpr size_t kMaxErrorBytes = 2000;
 
-Relay::Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher)
+Relay::Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher,
+             CheckpointReader read_checkpoint)
     : config_(config),
       store_(store),
       make_publisher_(std::move(make_publisher)),
-      backoff_(config.backoff.initial, config.backoff.max) {}
+      read_checkpoint_(std::move(read_checkpoint)),
+      transactional_id_(TransactionalId(config)),
+      backoff_(config.backoff.initial, config.backoff.max) {
+  if (config.relay.delivery == Delivery::kExactlyOnce) {
+    exactly_once_ = std::make_unique<ExactlyOnce>();
+  }
+}
 
 Relay::Stats Relay::stats() const {
   Stats s;
@@ -30,10 +37,16 @@ Relay::Stats Relay::stats() const {
   s.producer_rebuilds = stats_.producer_rebuilds.load();
   s.leadership_terms = stats_.leadership_terms.load();
   s.unproven_reports = stats_.unproven_reports.load();
+  s.transactions_committed = stats_.transactions_committed.load();
+  s.transactions_aborted = stats_.transactions_aborted.load();
+  s.checkpoint_rows_removed = stats_.checkpoint_rows_removed.load();
   return s;
 }
 
 Status Relay::Run(const std::atomic<bool>& stop) {
+  if (exactly_once_ && !read_checkpoint_) {
+    return Status::Invalid("relay.delivery = \"exactly_once\" needs a checkpoint reader");
+  }
   while (!stop) {
     if (!leading_) {
       Status s = store_.Lead();
@@ -70,7 +83,11 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       }
       publisher_ = std::move(*p);
     }
-    Step(stop);
+    if (exactly_once_) {
+      StepExactlyOnce(stop);
+    } else {
+      Step(stop);
+    }
   }
   if (leading_) Drain();
   return Status::Ok();
@@ -106,13 +123,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   if (!MoveDeadLetters()) return false;
   if (ledger_.rewind_to() || fatal_) return Recover(stop);
 
-  auto now = Clock::now();
-  if (config_.relay.on_sent == OnSent::kRetain && now >= next_cleanup_) {
-    next_cleanup_ = now + config_.relay.cleanup_interval;
-    auto removed = store_.RemoveSentBefore(config_.relay.retention);
-    if (!StoreOk(removed.status())) return false;
-    if (*removed > 0) spdlog::info("removed {} sent rows older than the retention", *removed);
-  }
+  if (!CleanUpRetained()) return false;
   if (ledger_.isolated_in_flight()) {
     ServeReports(Millis(1));  // a suspect travels alone: nothing else until its report
     return FlushMarks(false);
@@ -150,6 +161,17 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     }
   }
   return leading_;
+}
+
+bool Relay::CleanUpRetained() {
+  auto now = Clock::now();
+  if (config_.relay.on_sent == OnSent::kRetain && now >= next_cleanup_) {
+    next_cleanup_ = now + config_.relay.cleanup_interval;
+    auto removed = store_.RemoveSentBefore(config_.relay.retention);
+    if (!StoreOk(removed.status())) return false;
+    if (*removed > 0) spdlog::info("removed {} sent rows older than the retention", *removed);
+  }
+  return true;
 }
 
 bool Relay::ProducePending() {
@@ -229,6 +251,7 @@ Status Relay::ProduceOne(const OutgoingMessage& m, InFlightLedger::Entry entry) 
     Status s = publisher_->Produce(m, token);
     switch (s.code()) {
       case Status::Code::kOk:
+        if (exactly_once_) exactly_once_->Carried(entry);
         ledger_.Add(token, std::move(entry));
         ++stats_.produced;
         return s;
@@ -256,6 +279,11 @@ void Relay::ServeReports(Millis timeout) {
 }
 
 void Relay::OnReport(const DeliveryReport& report) {
+  if (exactly_once_ && exactly_once_->IsCheckpoint(report.token)) {
+    if (!report.proven() && !report.error.empty()) last_failure_ = report.error;
+    exactly_once_->CheckpointReported(report.proven());
+    return;
+  }
   auto taken = ledger_.Take(report.token);
   if (!taken) {
     spdlog::error("delivery report for an unknown message (token {})", report.token);
@@ -277,7 +305,10 @@ void Relay::OnReport(const DeliveryReport& report) {
   if (e.dead_letter_copy) {
     auto pending = dead_letters_.find(e.id);
     std::string error = pending == dead_letters_.end() ? "" : pending->second.error;
-    if (r.outcome == Outcome::kPersisted) {
+    if (exactly_once_ && r.outcome != Outcome::kPersisted) exactly_once_->Failed();
+    if (r.outcome == Outcome::kPersisted && exactly_once_) {
+      exactly_once_->Held(e);  // dead-lettered when (if) its transaction commits
+    } else if (r.outcome == Outcome::kPersisted) {
       DeadLetterRow(e.id, error);
     } else if (r.outcome == Outcome::kPermanent && !abandoning_) {
       DeadLetterRow(e.id, error + "; the dead-letter topic refused it too: " + r.error);
@@ -292,9 +323,14 @@ void Relay::OnReport(const DeliveryReport& report) {
       kafka_log_.Recovered();
       backoff_.Reset();
     }
-    ledger_.Acknowledge(e, Clock::now());  // or held back behind a failed row of its key
+    if (exactly_once_) {
+      exactly_once_->Held(e);  // delivered only if its transaction commits
+    } else {
+      ledger_.Acknowledge(e, Clock::now());  // or held back behind a failed row of its key
+    }
     return;
   }
+  if (exactly_once_) exactly_once_->Failed();
   if (abandoning_) return;  // the row stays in the outbox
   if (r.outcome == Outcome::kPermanent && e.isolated) {
     ledger_.ClearSuspect(e.id);
@@ -397,6 +433,7 @@ bool Relay::Recover(const std::atomic<bool>& stop) {
     publisher_.reset();  // Run builds a new one
     fatal_ = false;
     ++stats_.producer_rebuilds;
+    if (exactly_once_) exactly_once_->Reset();  // the new one initializes and reads the checkpoint
   }
   if (auto rewind_to = ledger_.rewind_to()) {
     kafka_log_.Failure(last_failure_);
@@ -435,6 +472,11 @@ void Relay::LoseLeadership(const Status& why) {
   PublishLeadership(false);
   spdlog::warn("stopped delivering: {}", why.message());
   Abandon();
+  if (exactly_once_) {
+    // The next term starts with a new producer: InitTransactions settles any open transaction.
+    publisher_.reset();
+    exactly_once_->Reset();
+  }
   ledger_.DropMarks();  // acknowledged but not removed: sent again by the next leader (duplicates)
   pending_rows_.clear();
   to_dead_letter_.clear();
@@ -519,6 +561,237 @@ void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {
     std::this_thread::sleep_for(std::min(left, Millis(50)));
     if (leading_ && !KeepLeading()) return;
   }
+}
+
+}  // namespace outboxd
+
+namespace outboxd {
+
+namespace {
+
+// How long a transaction may wait for its reports before the relay aborts it: the producer's
+// transaction.timeout.ms (librdkafka's default 60 s), after which the broker aborts it anyway.
+Millis TransactionTimeout(const Config& config) {
+  auto it = config.kafka.properties.find("transaction.timeout.ms");
+  if (it != config.kafka.properties.end()) {
+    try {
+      return Millis(std::stoll(it->second));
+    } catch (const std::exception&) {
+    }
+  }
+  return Millis(60'000);
+}
+
+// A newer producer with the same transactional.id took over: another instance leads.
+bool Fenced(const std::string& error) {
+  return error.find("FENCED") != std::string::npos ||
+         error.find("INVALID_PRODUCER_EPOCH") != std::string::npos;
+}
+
+}  // namespace
+
+bool Relay::StepExactlyOnce(const std::atomic<bool>& stop) {
+  ServeReports(Millis(0));  // late reports of an aborted transaction
+  if (!leading_) return false;
+  if (!KeepLeading()) return false;
+  if (!fatal_) {
+    if (auto reason = publisher_->FatalError()) {
+      if (Fenced(*reason)) {
+        LoseLeadership(Status::NotLeader("fenced (" + *reason + "): another instance leads"));
+        return false;
+      }
+      HandleFatal(*reason);
+    }
+  }
+  if (!MoveDeadLetters()) return false;
+  if (ledger_.rewind_to() || fatal_ || !ledger_.empty()) return Recover(stop);
+  if (!exactly_once_->ready()) return PrepareTransactions(stop);
+  if (!CleanUpRetained()) return false;
+
+  // One round trip removes the rows of the last committed transaction and fetches the next batch.
+  // The next transaction commits only after this removal committed in PostgreSQL: so the last
+  // committed checkpoint always names every row that a crash may have left behind.
+  std::vector<int64_t> marks = ledger_.TakeMarks();
+  const size_t marked = marks.size();
+  if (!StoreOk(store_.StartRound(std::move(marks)))) return false;
+  while (!store_.RoundReady(Millis(10))) {
+  }
+  std::vector<OutboxRow> rows;
+  if (!StoreOk(store_.FinishRound(&rows))) return false;
+  stats_.marked_sent += static_cast<int64_t>(marked);
+  bool copies_waiting = false;
+  for (const auto& [id, pending] : dead_letters_) copies_waiting |= !pending.in_flight;
+  if (rows.empty() && !copies_waiting) return IdleWait(stop);
+  if (!rows.empty() && !Wake()) return false;
+  return Transact(rows, stop);
+}
+
+bool Relay::PrepareTransactions(const std::atomic<bool>& stop) {
+  const auto started = Clock::now();
+  if (!exactly_once_->initialized()) {
+    Status s = publisher_->InitTransactions(config_.leadership.session_timeout * 2 / 5);
+    if (s.code() == Status::Code::kFatal) {
+      HandleFatal(s.message());
+      return leading_;
+    }
+    if (!s.ok()) {  // retriable: the call resumes where it was
+      kafka_log_.Failure(s.message());
+      WaitInterruptibly(backoff_.Next(), stop);
+      return leading_;
+    }
+    exactly_once_->SetInitialized();
+  }
+  // Every earlier transaction of this transactional.id is now committed or aborted.
+  auto incarnation = store_.Incarnation();
+  if (!StoreOk(incarnation.status())) return false;
+  incarnation_ = *incarnation;
+  auto checkpoint = read_checkpoint_(incarnation_);
+  if (!checkpoint.ok()) {
+    kafka_log_.Failure("reading the checkpoint: " + checkpoint.status().message());
+    WaitInterruptibly(backoff_.Next(), stop);
+    return leading_;
+  }
+  const auto took = std::chrono::duration_cast<Millis>(Clock::now() - started).count();
+  if (!*checkpoint) {
+    spdlog::info("exactly-once: transactions ready ({} ms); no earlier checkpoint of this outbox",
+                 took);
+  } else {
+    const Checkpoint& c = **checkpoint;
+    if (!c.sent.empty() && !StoreOk(store_.MarkSent(c.sent))) return false;
+    for (int64_t id : c.dead) {
+      DeadLetterRow(id,
+                    "dead-lettered by a transaction committed before a restart (the error is in "
+                    "the copy's outbox-error header)");
+    }
+    if (!MoveDeadLetters()) return false;
+    stats_.checkpoint_rows_removed += static_cast<int64_t>(c.sent.size() + c.dead.size());
+    spdlog::info(
+        "exactly-once: transactions ready ({} ms); the last committed transaction carried {} rows "
+        "({} dead-lettered): any of them still in the outbox were removed without sending them "
+        "again",
+        took, c.sent.size() + c.dead.size(), c.dead.size());
+  }
+  exactly_once_->SetReady();
+  return true;
+}
+
+bool Relay::Transact(std::vector<OutboxRow>& rows, const std::atomic<bool>& stop) {
+  Status s = publisher_->BeginTransaction();
+  if (!s.ok()) {
+    if (!rows.empty()) ledger_.Rewind(rows.front().id);
+    last_failure_ = s.message();
+    if (s.code() == Status::Code::kFatal) HandleFatal(s.message());
+    return leading_;
+  }
+  exactly_once_->Begin();
+  if (!ProduceDeadLetterCopies() || !ProduceRows(rows)) return false;
+  if (fatal_) return leading_;  // the producer is gone with the transaction: Recover rebuilds it
+  if (!exactly_once_->carries_anything()) return EndTransaction(/*commit=*/false, stop);
+  if (!ProduceCheckpoint()) return EndTransaction(/*commit=*/false, stop);
+
+  // Every report first: a message that failed makes the transaction abort.
+  const auto give_up = Clock::now() + TransactionTimeout(config_);
+  std::optional<Clock::time_point> stop_deadline;
+  while (leading_ && (!ledger_.empty() || exactly_once_->awaiting_checkpoint())) {
+    ServeReports(Millis(10));
+    if (!KeepLeading()) return false;
+    if (fatal_) return leading_;
+    if (stop && !stop_deadline) stop_deadline = Clock::now() + config_.relay.shutdown_timeout;
+    if ((stop_deadline && Clock::now() > *stop_deadline) || Clock::now() > give_up) {
+      spdlog::warn(
+          "exactly-once: the transaction's messages were not acknowledged in time: "
+          "aborting it");
+      exactly_once_->Failed();
+      break;
+    }
+  }
+  if (!leading_) return false;
+  return EndTransaction(!exactly_once_->must_abort(), stop);
+}
+
+bool Relay::ProduceCheckpoint() {
+  const std::optional<std::string> key = transactional_id_;
+  Checkpoint c = exactly_once_->checkpoint();
+  c.outbox = incarnation_;
+  const std::optional<std::string> value = EncodeCheckpoint(std::move(c));
+  const Headers headers;
+  OutgoingMessage m{&config_.relay.checkpoint_topic, &key, &value, &headers};
+  const uint64_t token = ledger_.NextToken();  // tracked by the strategy, not the ledger
+  for (;;) {
+    Status s = publisher_->Produce(m, token);
+    if (s.ok()) {
+      exactly_once_->SetCheckpointToken(token);
+      return true;
+    }
+    if (s.code() == Status::Code::kQueueFull) {
+      ServeReports(Millis(5));
+      if (!KeepLeading()) return false;
+      continue;
+    }
+    last_failure_ = "the checkpoint record: " + s.message();
+    if (s.code() == Status::Code::kFatal) HandleFatal(s.message());
+    exactly_once_->Failed();
+    return false;
+  }
+}
+
+bool Relay::EndTransaction(bool commit, const std::atomic<bool>& stop) {
+  const auto give_up = Clock::now() + TransactionTimeout(config_);
+  std::optional<Clock::time_point> stop_deadline;
+  for (;;) {
+    if (!leading_ || fatal_) return leading_;
+    if (stop && !stop_deadline) stop_deadline = Clock::now() + config_.relay.shutdown_timeout;
+    if (Clock::now() > give_up || (stop_deadline && Clock::now() > *stop_deadline)) {
+      // The coordinator does not answer: give the producer up. Nothing is removed; the next
+      // producer's InitTransactions settles this transaction and the checkpoint tells.
+      HandleFatal(std::string("the transaction's ") + (commit ? "commit" : "abort") +
+                  " did not finish in time: " + last_failure_);
+      return leading_;
+    }
+    Status s = commit ? publisher_->CommitTransaction(Millis(1000))
+                      : publisher_->AbortTransaction(Millis(1000));
+    if (s.ok()) break;
+    if (s.code() == Status::Code::kUnavailable) {  // retriable (a timeout): it goes on
+      last_failure_ = s.message();
+      if (!KeepLeading()) return false;
+      continue;
+    }
+    if (s.code() == Status::Code::kAbortRequired && commit) {
+      last_failure_ = s.message();
+      spdlog::warn("exactly-once: {}: aborting the transaction", s.message());
+      commit = false;
+      continue;
+    }
+    // Fatal (fenced by a newer producer of this transactional.id, or another fatal error): the
+    // outcome is unknown here. Nothing is removed; the next producer's InitTransactions settles
+    // it and the checkpoint tells what was committed.
+    spdlog::error("exactly-once: {}", s.message());
+    if (Fenced(s.message())) {
+      LoseLeadership(Status::NotLeader("fenced by a newer producer with transactional.id " +
+                                       transactional_id_ + ": another instance leads"));
+      return false;
+    }
+    HandleFatal(s.message());
+    return leading_;
+  }
+  if (commit) {
+    for (int64_t id : exactly_once_->Committed(ledger_, Clock::now())) {
+      auto pending = dead_letters_.find(id);
+      DeadLetterRow(id, pending == dead_letters_.end() ? "" : pending->second.error);
+    }
+    ++stats_.transactions_committed;
+    if (kafka_log_.failing()) {
+      kafka_log_.Recovered();
+      backoff_.Reset();
+    }
+  } else {
+    for (int64_t id : exactly_once_->Aborted(ledger_)) {
+      auto pending = dead_letters_.find(id);
+      if (pending != dead_letters_.end()) pending->second.in_flight = false;
+    }
+    ++stats_.transactions_aborted;
+  }
+  return leading_;
 }
 
 }  // namespace outboxd

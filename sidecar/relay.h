@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -18,7 +19,9 @@
 #include <vector>
 
 #include "backoff.h"
+#include "checkpoint.h"
 #include "config.h"
+#include "exactly_once.h"
 #include "headers.h"
 #include "inflight.h"
 #include "log.h"
@@ -41,10 +44,16 @@ class Relay {
     T producer_rebuilds{0};
     T leadership_terms{0};
     T unproven_reports{0};  // "persisted" reports without an offset, sent again
+    // relay.delivery = "exactly_once"
+    T transactions_committed{0};
+    T transactions_aborted{0};
+    T checkpoint_rows_removed{0};  // removed at a term's start: a committed transaction had them
   };
   using Stats = Counters<int64_t>;
 
-  Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher);
+  // read_checkpoint is needed with relay.delivery = "exactly_once" (Run fails without it).
+  Relay(const Config& config, OutboxStore& store, PublisherFactory make_publisher,
+        CheckpointReader read_checkpoint = nullptr);
 
   // Runs until `stop` is set, then drains as DESIGN.md says: stop fetching, wait for outstanding
   // acknowledgements up to shutdown_timeout, remove what was acknowledged. Returns a non-ok Status
@@ -66,6 +75,18 @@ class Relay {
 
   // One pass: serve reports, remove acked rows, fetch and produce, or wait. False: leadership lost.
   bool Step(const std::atomic<bool>& stop);
+  // The same in exactly-once mode: remove the last committed transaction's rows and fetch, then
+  // one batch in one transaction, committed or aborted before it returns.
+  bool StepExactlyOnce(const std::atomic<bool>& stop);
+  // InitTransactions (fences older producers of the transactional.id, settles their last
+  // transaction), then removes the rows of the last committed checkpoint without sending them.
+  bool PrepareTransactions(const std::atomic<bool>& stop);
+  bool Transact(std::vector<OutboxRow>& rows, const std::atomic<bool>& stop);
+  bool ProduceCheckpoint();
+  // Commits (or aborts) the open transaction and applies the outcome to the ledger.
+  bool EndTransaction(bool commit, const std::atomic<bool>& stop);
+  // on_sent = "retain": removes old sent rows now and then.
+  bool CleanUpRetained();
   bool ProduceRows(std::vector<OutboxRow>& rows);
   bool ProducePending();
   // Moves the rows DeadLetterRow queued to outbox.dead_letters. A row that PostgreSQL refuses to
@@ -104,12 +125,16 @@ class Relay {
   const Config& config_;
   OutboxStore& store_;
   PublisherFactory make_publisher_;
+  CheckpointReader read_checkpoint_;
+  const std::string transactional_id_;  // empty in at-least-once mode
 
   PublisherPtr publisher_;
   bool leading_ = false;
   mutable std::mutex session_mu_;
   std::optional<LeaderSession> session_;  // GUARDED_BY(session_mu_): published for other threads
   InFlightLedger ledger_;  // tokens, reports awaited, per-key barriers, marks, rewind, suspects
+  std::unique_ptr<ExactlyOnce> exactly_once_;  // the strategy; null in at-least-once mode
+  std::string incarnation_;                    // the outbox's, read at the start of each term
   std::string last_failure_;
   bool fatal_ = false;
   bool abandoning_ = false;                            // reports only count as acks, nothing else

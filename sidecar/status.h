@@ -18,6 +18,8 @@ class [[nodiscard]] Status {
     kQueueFull,    // local back-pressure: serve reports and retry
     kInvalid,      // bad input or configuration
     kNotLeader,    // another instance holds the outbox
+    // The Kafka transaction failed: abort it (its messages count as not delivered).
+    kAbortRequired,
   };
 
   Status() = default;
@@ -28,6 +30,9 @@ class [[nodiscard]] Status {
   static Status QueueFull(std::string msg) { return Status(Code::kQueueFull, std::move(msg)); }
   static Status Invalid(std::string msg) { return Status(Code::kInvalid, std::move(msg)); }
   static Status NotLeader(std::string msg) { return Status(Code::kNotLeader, std::move(msg)); }
+  static Status AbortRequired(std::string msg) {
+    return Status(Code::kAbortRequired, std::move(msg));
+  }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }

@@ -23,7 +23,8 @@ DeliveryReport::Outcome ClassifyDeliveryError(rd_kafka_resp_err_t err) {
   }
 }
 
-std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config) {
+std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config,
+                                                      const std::string& transactional_id) {
   std::map<std::string, std::string> p = {
       {"client.id", "outboxd"},
       {"linger.ms", "2"},
@@ -48,6 +49,7 @@ std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config)
   // An error that could leave a gap in a partition's sequence is fatal: the relay rebuilds the
   // producer and re-sends from PostgreSQL, so no later message of a key overtakes an earlier one.
   p["enable.gapless.guarantee"] = "true";
+  if (!transactional_id.empty()) p["transactional.id"] = transactional_id;
   return p;
 }
 
@@ -111,8 +113,9 @@ Status CheckProducerProperties(const KafkaConfig& config) {
   return Status::Ok();
 }
 
-Result<PublisherPtr> KafkaPublisher::Create(const KafkaConfig& config) {
-  auto made = MakeConf(ProducerProperties(config));
+Result<PublisherPtr> KafkaPublisher::Create(const KafkaConfig& config,
+                                            const std::string& transactional_id) {
+  auto made = MakeConf(ProducerProperties(config, transactional_id));
   if (!made.ok()) return made.status();
   KafkaConfPtr conf = std::move(*made);
   char err[512];
@@ -179,6 +182,9 @@ Status KafkaPublisher::Produce(const OutgoingMessage& m, uint64_t token) {
 }
 
 void KafkaPublisher::Poll(Millis timeout, std::vector<DeliveryReport>* reports) {
+  reports->insert(reports->end(), std::make_move_iterator(unserved_.begin()),
+                  std::make_move_iterator(unserved_.end()));
+  unserved_.clear();
   sink_ = reports;
   // A negative timeout would make rd_kafka_poll wait forever.
   rd_kafka_poll(rk_.get(), static_cast<int>(std::max<int64_t>(0, timeout.count())));
@@ -206,7 +212,7 @@ void KafkaPublisher::OnDelivery(rd_kafka_t*, const rd_kafka_message_t* msg, void
     self->outage_errors_.clear();
     self->outage_repeats_ = 0;
   }
-  if (self->sink_) self->sink_->push_back(std::move(r));
+  (self->sink_ ? self->sink_ : &self->unserved_)->push_back(std::move(r));
 }
 
 void KafkaPublisher::OnError(rd_kafka_t* rk, int err, const char* reason, void* opaque) {
@@ -237,6 +243,50 @@ std::optional<std::string> KafkaPublisher::FatalError() {
 
 void KafkaPublisher::PurgeAll() {
   rd_kafka_purge(rk_.get(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+}
+
+}  // namespace outboxd
+
+namespace outboxd {
+
+namespace {
+
+// librdkafka's transactional error object, as a Status (and destroyed): fatal first (a fenced
+// producer is fatal), then abortable, then retriable; an error with none of the flags is fatal,
+// as librdkafka's documentation recommends.
+Status TransactionStatus(rd_kafka_error_t* error, const char* call) {
+  if (error == nullptr) return Status::Ok();
+  std::string what =
+      std::string(call) + ": " + rd_kafka_error_name(error) + ": " + rd_kafka_error_string(error);
+  Status s = rd_kafka_error_is_fatal(error)             ? Status::Fatal(what)
+             : rd_kafka_error_txn_requires_abort(error) ? Status::AbortRequired(what)
+             : rd_kafka_error_is_retriable(error)       ? Status::Unavailable(what)
+                                                        : Status::Fatal(what);
+  rd_kafka_error_destroy(error);
+  return s;
+}
+
+int TimeoutMs(Millis timeout) { return static_cast<int>(std::max<int64_t>(0, timeout.count())); }
+
+}  // namespace
+
+Status KafkaPublisher::InitTransactions(Millis timeout) {
+  return TransactionStatus(rd_kafka_init_transactions(rk_.get(), TimeoutMs(timeout)),
+                           "init_transactions");
+}
+
+Status KafkaPublisher::BeginTransaction() {
+  return TransactionStatus(rd_kafka_begin_transaction(rk_.get()), "begin_transaction");
+}
+
+Status KafkaPublisher::CommitTransaction(Millis timeout) {
+  return TransactionStatus(rd_kafka_commit_transaction(rk_.get(), TimeoutMs(timeout)),
+                           "commit_transaction");
+}
+
+Status KafkaPublisher::AbortTransaction(Millis timeout) {
+  return TransactionStatus(rd_kafka_abort_transaction(rk_.get(), TimeoutMs(timeout)),
+                           "abort_transaction");
 }
 
 }  // namespace outboxd

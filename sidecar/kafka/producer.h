@@ -34,8 +34,10 @@ using KafkaTopicPtr = std::unique_ptr<rd_kafka_topic_t, KafkaTopicDeleter>;
 // The outcome that a librdkafka error gives a message.
 DeliveryReport::Outcome ClassifyDeliveryError(rd_kafka_resp_err_t err);
 
-// The producer settings outboxd applies: its guarantees first, then the user's properties.
-std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config);
+// The producer settings outboxd applies: its guarantees first, then the user's properties; with
+// a transactional_id (exactly-once mode) a transactional producer.
+std::map<std::string, std::string> ProducerProperties(const KafkaConfig& config,
+                                                      const std::string& transactional_id = "");
 // The user's properties that weaken a guarantee without breaking it (logged at start-up).
 std::vector<std::string> ProducerPropertyWarnings(const KafkaConfig& config);
 
@@ -46,13 +48,18 @@ Status CheckProducerProperties(const KafkaConfig& config);
 class KafkaPublisher : public Publisher {
  public:
   // Builds a producer; Invalid when librdkafka rejects a property (named in the message).
-  static Result<PublisherPtr> Create(const KafkaConfig& config);
+  static Result<PublisherPtr> Create(const KafkaConfig& config,
+                                     const std::string& transactional_id = "");
   ~KafkaPublisher() override;
 
   Status Produce(const OutgoingMessage& message, uint64_t token) override;
   void Poll(Millis timeout, std::vector<DeliveryReport>* reports) override;
   std::optional<std::string> FatalError() override;
   void PurgeAll() override;
+  Status InitTransactions(Millis timeout) override;
+  Status BeginTransaction() override;
+  Status CommitTransaction(Millis timeout) override;
+  Status AbortTransaction(Millis timeout) override;
 
  private:
   KafkaPublisher() = default;
@@ -64,6 +71,8 @@ class KafkaPublisher : public Publisher {
   KafkaPtr rk_;
   std::unordered_map<std::string, KafkaTopicPtr> topics_;
   std::vector<DeliveryReport>* sink_ = nullptr;  // set during Poll only
+  // Reports served outside Poll (commit and abort flush the producer): handed out by the next Poll.
+  std::vector<DeliveryReport> unserved_;
   // Broker errors repeat while Kafka is down: each kind is said once per outage, and the first
   // acknowledgement after it says "Kafka reachable again". Used on the polling thread only.
   std::set<int> outage_errors_;

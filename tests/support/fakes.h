@@ -43,6 +43,7 @@ class WitnessedPublisher : public Publisher {
       : inner_(std::move(inner)), witness_(witness) {}
   Status Produce(const OutgoingMessage& m, uint64_t token) override {
     Status s = inner_->Produce(m, token);
+    if (s.ok() && m.headers->empty()) return s;  // not a row (the exactly-once checkpoint record)
     if (s.ok()) {
       const auto& first = m.headers->at(0);
       if (first.first != "outbox-id" || !first.second) {
@@ -59,17 +60,51 @@ class WitnessedPublisher : public Publisher {
       auto it = sent_.find((*reports)[i].token);
       if (it == sent_.end()) continue;
       if ((*reports)[i].proven()) {  // persisted with an offset: the only proof
-        witness_.Persisted(it->second.first, it->second.second);
+        if (in_transaction_) {
+          in_transaction_proofs_.push_back(it->second);  // proof only if the transaction commits
+        } else {
+          witness_.Persisted(it->second.first, it->second.second);
+        }
       }
       sent_.erase(it);
     }
   }
   std::optional<std::string> FatalError() override { return inner_->FatalError(); }
   void PurgeAll() override { inner_->PurgeAll(); }
+  // Transactions: a persisted report proves delivery only once its transaction commits; after an
+  // abort it proves nothing. A commit that fails fatally has an unknown outcome (the next
+  // producer's InitTransactions settles it): its reports count, so only an explicit abort withdraws
+  // proof.
+  Status InitTransactions(Millis timeout) override { return inner_->InitTransactions(timeout); }
+  Status BeginTransaction() override {
+    Status s = inner_->BeginTransaction();
+    if (s.ok()) in_transaction_ = true;
+    return s;
+  }
+  Status CommitTransaction(Millis timeout) override {
+    Status s = inner_->CommitTransaction(timeout);
+    if (s.ok() || s.code() == Status::Code::kFatal) EndTransaction(/*committed=*/true);
+    return s;
+  }
+  Status AbortTransaction(Millis timeout) override {
+    Status s = inner_->AbortTransaction(timeout);
+    if (s.ok()) EndTransaction(/*committed=*/false);
+    return s;
+  }
 
  private:
+  void EndTransaction(bool committed) {
+    if (committed) {
+      for (const auto& [topic, id] : in_transaction_proofs_) witness_.Persisted(topic, id);
+    }
+    in_transaction_proofs_.clear();
+    in_transaction_ = false;
+  }
+
   PublisherPtr inner_;
   ReportWitness& witness_;
+  bool in_transaction_ = false;
+  std::vector<std::pair<std::string, int64_t>> in_transaction_proofs_;
   std::map<uint64_t, std::pair<std::string, int64_t>> sent_;  // token -> topic, outbox id
 };
 
@@ -103,6 +138,17 @@ class FakeStore : public OutboxStore {
     std::lock_guard l(mu_);
     fail_after_removed_ = removed;
     fail_mid_stream_ = n;
+  }
+  // Once `removed` rows were removed, the next `n` calls of MarkSent that carry ids fail (the
+  // removal after a delivery is lost: a crash between the Kafka ack or commit and the removal).
+  void FailRemovalsAfter(size_t removed, int n) {
+    std::lock_guard l(mu_);
+    fail_removals_after_ = removed;
+    fail_removals_ = n;
+  }
+  int injected_removal_failures() {
+    std::lock_guard l(mu_);
+    return injected_removal_failures_;
   }
   int injected_mid_stream() {
     std::lock_guard l(mu_);
@@ -200,6 +246,11 @@ class FakeStore : public OutboxStore {
     std::lock_guard l(mu_);
     if (Status s = Inject(); !s.ok()) return s;
     if (Status s = InjectMidStream(); !s.ok()) return s;
+    if (!ids.empty() && fail_removals_ > 0 && removed_.size() >= fail_removals_after_) {
+      --fail_removals_;
+      ++injected_removal_failures_;
+      return Status::Unavailable("injected: connection lost before the removal");
+    }
     std::vector<int64_t> unproven;
     for (int64_t id : ids) {
       auto it = rows_.find(id);
@@ -282,6 +333,9 @@ class FakeStore : public OutboxStore {
   }
 
   std::mutex mu_;
+  size_t fail_removals_after_ = 0;  // GUARDED_BY(mu_), with the two below
+  int fail_removals_ = 0;
+  int injected_removal_failures_ = 0;
   std::map<int64_t, OutboxRow> rows_;  // GUARDED_BY(mu_)
   std::set<int64_t> fetched_;          // GUARDED_BY(mu_)
   std::vector<int64_t> removed_;       // GUARDED_BY(mu_)

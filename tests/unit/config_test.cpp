@@ -60,6 +60,9 @@ TEST(Config, ExampleFileMatchesBuiltInDefaults) {
   EXPECT_EQ(c->relay.cleanup_interval, d.relay.cleanup_interval);
   EXPECT_EQ(c->relay.shutdown_timeout, d.relay.shutdown_timeout);
   EXPECT_EQ(c->relay.dead_letter_topic, d.relay.dead_letter_topic);
+  EXPECT_EQ(c->relay.delivery, d.relay.delivery);
+  EXPECT_EQ(c->relay.checkpoint_topic, d.relay.checkpoint_topic);
+  EXPECT_EQ(c->relay.transactional_id, d.relay.transactional_id);
   EXPECT_EQ(c->backoff.initial, d.backoff.initial);
   EXPECT_EQ(c->backoff.max, d.backoff.max);
   EXPECT_EQ(c->leadership.lock_id, d.leadership.lock_id);
@@ -279,6 +282,23 @@ TEST(Config, EnvironmentInterpolation) {
 TEST(Config, SyntaxErrorNamesFileAndLine) {
   std::string e = ErrorOf("[postgres]\nconninfo = \n");
   EXPECT_EQ(e.rfind("test.toml:2:", 0), 0u) << e;
+}
+
+TEST(Config, DeliveryModes) {
+  auto eo = ParseConfig(std::string(kMinimal) +
+                            "[relay]\ndelivery = \"exactly_once\"\n"
+                            "checkpoint_topic = \"cp\"\ntransactional_id = \"orders\"\n",
+                        "t");
+  ASSERT_TRUE(eo.ok()) << eo.status().message();
+  EXPECT_EQ(eo->relay.delivery, Delivery::kExactlyOnce);
+  EXPECT_EQ(eo->relay.checkpoint_topic, "cp");
+  EXPECT_EQ(TransactionalId(*eo), "orders");
+  std::string e = ErrorOf(std::string(kMinimal) + "[relay]\ndelivery = \"twice\"\n");
+  EXPECT_NE(e.find("test.toml:7: relay.delivery: expected \"at_least_once\" or \"exactly_once\""),
+            std::string::npos)
+      << e;
+  e = ErrorOf(std::string(kMinimal) + "[relay]\ncheckpoint_topic = \"\"\n");
+  EXPECT_NE(e.find("relay.checkpoint_topic: must not be empty"), std::string::npos) << e;
 }
 
 }  // namespace
