@@ -36,6 +36,7 @@ func main() {
 	)
 	flag.Var(&kafkaProps, "kafka-prop", "extra [kafka.properties] entry for outboxd, key=value (repeatable), e.g. batch.num.messages=4")
 	flag.StringVar(&kafkaDebug, "kafka-debug", "", "set librdkafka's debug property in outboxd's config (e.g. eos,msg)")
+	flag.StringVar(&deliveryFlag, "delivery", "", "exactly_once: run the selected scenarios in exactly-once mode (read_committed witness, a duplicate fails)")
 	flag.IntVar(&newTopicsWaves, "waves", 0, "new-topics: waves of topics (default 3 short, 6 long)")
 	flag.IntVar(&newTopicsPerWave, "wave-topics", 0, "new-topics: topics created at once per wave (default 12 short, 16 long)")
 	flag.IntVar(&newTopicsBurst, "burst", 0, "new-topics: messages per topic committed the moment it exists (default 100 short, 150 long)")

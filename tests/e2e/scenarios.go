@@ -29,6 +29,8 @@ type Scenario struct {
 	allowMovedKeys bool
 	props          map[string]string // extra [kafka.properties] for outboxd in this scenario
 	fault          func(ctx context.Context, e *Env)
+	eo             bool // relay.delivery = "exactly_once": read_committed witness, a duplicate fails
+	bulk           bool // writers commit up to 100 messages per transaction without pauses (a big stream)
 }
 
 // Env is what a scenario's fault function works with.
@@ -79,7 +81,7 @@ func pick[T any](e *Env, short, long T) T {
 }
 
 func allScenarios() []Scenario {
-	return []Scenario{
+	return append([]Scenario{
 		{name: "new-topics", about: "many topics x 12 partitions created at once and written at once right after outboxd starts, plus auto-created topics",
 			short: 16 * time.Second, long: 60 * time.Second, fault: newTopicsFault},
 		{name: "kill-outboxd", about: "outboxd SIGKILLed every 1.5-4 s and restarted",
@@ -99,7 +101,7 @@ func allScenarios() []Scenario {
 		{name: "broker-outage", about: "the single broker down for 70 s while writing (long form only)",
 			longOnly: true, topics: 4, partitions: 6, replicas: 1, short: 90 * time.Second, long: 90 * time.Second,
 			fault: brokerOutageFault},
-	}
+	}, exactlyOnceScenarios()...)
 }
 
 func defaultWriterConfig(long bool) WriterConfig {
@@ -161,6 +163,13 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 		r.fail("config: %v", err)
 		return r
 	}
+	r.ExactlyOnce = s.eo || deliveryFlag == "exactly_once"
+	if r.ExactlyOnce {
+		if err := setExactlyOnce(cfg, "outboxd-"+db); err != nil {
+			r.fail("config: %v", err)
+			return r
+		}
+	}
 	od := &Outboxd{Binary: h.Binary, Config: cfg, LogPath: filepath.Join(dir, "outboxd.log")}
 	if err := od.Migrate(ctx); err != nil {
 		r.fail("%v", err)
@@ -178,6 +187,9 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 	led := NewLedger()
 	e.writers = &Writers{Conninfo: h.conninfo(db), Topics: e.topics, Ledger: led, Cfg: defaultWriterConfig(h.Long),
 		seed: time.Now().UnixNano()}
+	if s.bulk {
+		e.writers.Cfg.MaxMsgsPerTx, e.writers.Cfg.Pause, e.writers.Cfg.LatePct = 100, 0, 2
+	}
 	defer func() {
 		if h.KeepTopics {
 			return
@@ -275,7 +287,11 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 
 	readCtx, cancelRead := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancelRead()
-	seen, counts, err := ReadAll(readCtx, brokers, e.topics.All())
+	read := ReadAll
+	if r.ExactlyOnce {
+		read = ReadAllCommitted
+	}
+	seen, counts, err := read(readCtx, brokers, e.topics.All())
 	if err != nil {
 		r.fail("witness: %v", err)
 	}

@@ -343,6 +343,7 @@ type Result struct {
 	Errors            []string
 	Notes             []string
 	AllowMovedKeys    bool
+	ExactlyOnce       bool // a duplicate fails the run
 }
 
 func (r *Result) note(format string, args ...any) {
@@ -360,7 +361,8 @@ func (r *Result) fail(format string, args ...any) {
 func (r *Result) Failed() bool {
 	return r.Lost > 0 || r.Phantom > 0 || r.OrderBreaks > 0 || r.Content > 0 || r.Foreign > 0 ||
 		r.DuplicateMismatch > 0 || r.PartitionMismatch > 0 || r.DeadLetters > 0 || r.Uncertain > 0 || r.Stuck > 0 ||
-		(r.MovedKeys > 0 && !r.AllowMovedKeys) || len(r.Errors) > 0 || r.Committed == 0
+		(r.MovedKeys > 0 && !r.AllowMovedKeys) || len(r.Errors) > 0 || r.Committed == 0 ||
+		(r.ExactlyOnce && r.Duplicates > 0)
 }
 
 func (r *Result) Summary() string {

@@ -1,0 +1,366 @@
+package main
+
+// Exactly-once mode (relay.delivery = "exactly_once"): the witness reads with
+// isolation.level=read_committed and a duplicate fails the scenario. Scenarios named eo-* run in this
+// mode; -delivery exactly_once runs any scenario in it.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// deliveryFlag: -delivery; "exactly_once" runs every selected scenario in exactly-once mode.
+var deliveryFlag string
+
+// setExactlyOnce switches the scenario's config to exactly-once delivery with a transactional.id of
+// its own (each scenario has its own database, so its own checkpoint key).
+func setExactlyOnce(path, tid string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	text := string(b)
+	for key, value := range map[string]string{"delivery": `"exactly_once"`, "transactional_id": fmt.Sprintf("%q", tid)} {
+		re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + ` = .*$`)
+		if re.FindStringIndex(text) == nil {
+			return fmt.Errorf("config/outboxd.toml has no line %q", key+" = ")
+		}
+		text = re.ReplaceAllLiteralString(text, key+" = "+value)
+	}
+	return os.WriteFile(path, []byte(text), 0o644)
+}
+
+// ReadAllCommitted is ReadAll for exactly-once mode: a read_committed consumer (franz-go). Such a
+// consumer stops at each partition's last stable offset and never returns the commit markers, so the
+// end of a partition is marked first: after outboxd stopped, the harness writes one plain record
+// into every partition and reads until it meets each of them. Records of aborted transactions are
+// not returned; records of committed ones are, once each unless outboxd sent something twice.
+func ReadAllCommitted(ctx context.Context, brokers []string, topics []string) ([]Seen, map[string]int, error) {
+	adm, cl, err := newAdmin(brokers)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer cl.Close()
+	ends, err := adm.ListEndOffsets(ctx, topics...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list end offsets: %w", err)
+	}
+	counts := map[string]int{}
+	want := map[string]map[int32]kgo.Offset{}
+	var markers []*kgo.Record
+	marker := strconv.FormatInt(time.Now().UnixNano(), 10)
+	var listErr error
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Err != nil {
+			if o.Err != kerr.UnknownTopicOrPartition {
+				listErr = fmt.Errorf("end offset of %s/%d: %w", o.Topic, o.Partition, o.Err)
+			}
+			return
+		}
+		counts[o.Topic]++
+		if want[o.Topic] == nil {
+			want[o.Topic] = map[int32]kgo.Offset{}
+		}
+		want[o.Topic][o.Partition] = kgo.NewOffset().AtStart()
+		markers = append(markers, &kgo.Record{Topic: o.Topic, Partition: o.Partition, Value: []byte("e2e end marker"),
+			Headers: []kgo.RecordHeader{{Key: "e2e-end", Value: []byte(marker)}}})
+	})
+	if listErr != nil {
+		return nil, nil, listErr
+	}
+	if len(markers) == 0 {
+		return nil, counts, nil
+	}
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.RequestRetries(20))
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := prod.ProduceSync(ctx, markers...).FirstErr(); err != nil {
+		prod.Close()
+		return nil, nil, fmt.Errorf("end markers: %w", err)
+	}
+	prod.Close()
+
+	consumer, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumePartitions(want),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.FetchMaxWait(500*time.Millisecond))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer consumer.Close()
+	left := len(markers)
+	var out []Seen
+	for left > 0 {
+		fetches := consumer.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return out, counts, fmt.Errorf("witness: %d partitions not read to their end marker: %w", left, ctx.Err())
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			logf("witness fetch %s/%d: %v", t, p, err)
+		})
+		fetches.EachRecord(func(rec *kgo.Record) {
+			for _, h := range rec.Headers {
+				if h.Key == "e2e-end" {
+					if string(h.Value) == marker {
+						left--
+					}
+					return
+				}
+			}
+			s := Seen{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key,
+				Value: rec.Value, Headers: rec.Headers, ID: -1, At: -1}
+			for _, h := range rec.Headers {
+				if v, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
+					if h.Key == "outbox-id" {
+						s.ID = v
+					} else if h.Key == "outbox-created-at" {
+						s.At = v
+					}
+				}
+			}
+			out = append(out, s)
+		})
+	}
+	return out, counts, nil
+}
+
+// Signal sends sig to the current outboxd process (SIGSTOP / SIGCONT for the zombie scenario).
+func (o *Outboxd) Signal(sig syscall.Signal) error {
+	o.mu.Lock()
+	cmd := o.cmd
+	o.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return fmt.Errorf("outboxd is not running")
+	}
+	return cmd.Process.Signal(sig)
+}
+
+// logSize and waitLog: wait (bounded) until the log has `text` after byte `from`.
+func logSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+func waitLog(ctx context.Context, path string, from int64, text string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if b, err := os.ReadFile(path); err == nil && int64(len(b)) > from && strings.Contains(string(b[from:]), text) {
+			return true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
+}
+
+// another makes one more outboxd instance on the scenario's config (its own log).
+func (e *Env) another(n int) *Outboxd {
+	dir := filepath.Dir(e.outboxd.LogPath)
+	return &Outboxd{Binary: e.outboxd.Binary, Config: e.outboxd.Config,
+		LogPath: filepath.Join(dir, fmt.Sprintf("outboxd-%d.log", n))}
+}
+
+// threeInstancesFault: three outboxd instances on one outbox; every 1.5-4 s a random one is SIGKILLed
+// and restarted (the leader or a standby: whoever it hits).
+func threeInstancesFault(ctx context.Context, e *Env) {
+	e.paused.Store(true)
+	defer e.paused.Store(false)
+	ods := []*Outboxd{e.outboxd, e.another(2), e.another(3)}
+	for _, o := range ods[1:] {
+		if err := o.Start(); err != nil {
+			e.r.fail("start instance: %v", err)
+			return
+		}
+	}
+	defer func() {
+		for _, o := range ods[1:] {
+			if err := o.Stop(30 * time.Second); err != nil {
+				e.r.fail("%v", err)
+			}
+		}
+	}()
+	for {
+		sleepCtx(ctx, 1500*time.Millisecond+time.Duration(e.rnd.Int63n(int64(2500*time.Millisecond))))
+		if ctx.Err() != nil {
+			break
+		}
+		i := e.rnd.Intn(len(ods))
+		ods[i].Kill()
+		e.fault("SIGKILL instance %d", i+1)
+		time.Sleep(time.Duration(e.rnd.Int63n(int64(500 * time.Millisecond))))
+		if err := ods[i].Start(); err != nil {
+			e.r.fail("restart instance %d: %v", i+1, err)
+			return
+		}
+	}
+	for i, o := range ods {
+		if !o.Alive() {
+			if err := o.Start(); err != nil {
+				e.r.fail("restart instance %d: %v", i+1, err)
+			}
+		}
+	}
+}
+
+// zombieFault: the leader is frozen (SIGSTOP) until a standby takes the outbox, then thawed
+// (SIGCONT). The thawed instance must notice that it lost the outbox (its PostgreSQL session is
+// gone, its producer is fenced) and publish nothing: any record it committed would be a duplicate
+// for the read_committed witness. Repeated while the writers write.
+func zombieFault(ctx context.Context, e *Env) {
+	e.paused.Store(true)
+	defer e.paused.Store(false)
+	extra := e.another(2)
+	a, b := e.outboxd, extra
+	if !waitLog(ctx, a.LogPath, 0, "leading the outbox", 60*time.Second) {
+		e.r.fail("outboxd never led")
+		return
+	}
+	if err := extra.Start(); err != nil {
+		e.r.fail("start the standby: %v", err)
+		return
+	}
+	defer func() {
+		// Whichever is frozen now is thawed first, then the extra instance stops (the supervised
+		// one stays and drains).
+		_ = a.Signal(syscall.SIGCONT)
+		if err := extra.Stop(30 * time.Second); err != nil {
+			e.r.fail("%v", err)
+		}
+	}()
+	for round := 0; ctx.Err() == nil; round++ {
+		sleepCtx(ctx, 2*time.Second)
+		if ctx.Err() != nil {
+			return
+		}
+		// a leads here (the first round, and after each swap below).
+		fromB := logSize(b.LogPath)
+		if err := a.Signal(syscall.SIGSTOP); err != nil {
+			e.r.fail("SIGSTOP: %v", err)
+			return
+		}
+		e.fault("SIGSTOP the leader (round %d)", round+1)
+		took := waitLog(ctx, b.LogPath, fromB, "leading the outbox", 60*time.Second)
+		fromA := logSize(a.LogPath)
+		if err := a.Signal(syscall.SIGCONT); err != nil {
+			e.r.fail("SIGCONT: %v", err)
+			return
+		}
+		e.fault("SIGCONT the old leader")
+		if !took {
+			if ctx.Err() == nil {
+				e.r.fail("the standby did not take over within 60 s of SIGSTOP")
+			}
+			return
+		}
+		if !waitLog(ctx, a.LogPath, fromA, "stopped delivering", 30*time.Second) {
+			e.r.fail("the thawed old leader did not give up the outbox within 30 s")
+			return
+		}
+		e.r.note("round %d: standby took over, the thawed leader stood down", round+1)
+		a, b = b, a
+	}
+}
+
+// fiftyKillsFault: 50 SIGKILLs of outboxd spread evenly over the writing time, each restarted at once.
+func fiftyKillsFault(ctx context.Context, e *Env) {
+	e.paused.Store(true)
+	defer e.paused.Store(false)
+	writeFor := e.h.longOr(60*time.Second, 360*time.Second)
+	every := writeFor / 51
+	from := int64(0)
+	for i := 0; i < 50; i++ {
+		sleepCtx(ctx, every)
+		if ctx.Err() != nil {
+			break
+		}
+		// Each kill hits a process that delivers (its transactions are initialized).
+		if !waitLog(ctx, e.outboxd.LogPath, from, "exactly-once: transactions ready", 60*time.Second) {
+			if ctx.Err() == nil {
+				e.r.fail("outboxd not ready to deliver within 60 s of its start")
+			}
+			break
+		}
+		from = logSize(e.outboxd.LogPath)
+		e.outboxd.Kill()
+		e.fault("SIGKILL outboxd (%d of 50, %d messages committed so far)", i+1, e.writers.Written.Load())
+		if err := e.outboxd.Start(); err != nil {
+			e.r.fail("restart outboxd: %v", err)
+			return
+		}
+	}
+	if !e.outboxd.Alive() {
+		if err := e.outboxd.Start(); err != nil {
+			e.r.fail("restart outboxd: %v", err)
+		}
+	}
+}
+
+// eoKillFault: as kill-outboxd, but each kill lands 0.3-3 s after the new process is ready to
+// deliver ("exactly-once: transactions ready" in its log: InitTransactions done, the checkpoint
+// applied), so every kill hits a stream of transactions, not a process still starting.
+func eoKillFault(ctx context.Context, e *Env) {
+	e.paused.Store(true)
+	defer e.paused.Store(false)
+	from := int64(0)
+	for ctx.Err() == nil {
+		if !waitLog(ctx, e.outboxd.LogPath, from, "exactly-once: transactions ready", 60*time.Second) {
+			if ctx.Err() == nil {
+				e.r.fail("outboxd not ready to deliver within 60 s of its start")
+			}
+			break
+		}
+		sleepCtx(ctx, 300*time.Millisecond+time.Duration(e.rnd.Int63n(int64(2700*time.Millisecond))))
+		if ctx.Err() != nil {
+			break
+		}
+		from = logSize(e.outboxd.LogPath)
+		e.outboxd.Kill()
+		e.fault("SIGKILL outboxd (%d messages committed so far)", e.writers.Written.Load())
+		if err := e.outboxd.Start(); err != nil {
+			e.r.fail("restart outboxd: %v", err)
+			return
+		}
+	}
+	if !e.outboxd.Alive() {
+		if err := e.outboxd.Start(); err != nil {
+			e.r.fail("restart outboxd: %v", err)
+		}
+	}
+}
+
+// exactlyOnceScenarios: appended to allScenarios.
+func exactlyOnceScenarios() []Scenario {
+	return []Scenario{
+		{name: "eo-kill", about: "exactly-once: outboxd SIGKILLed 0.3-3 s after each restart is ready to deliver; 0 duplicates for read_committed",
+			eo: true, topics: 6, partitions: 6, replicas: 1, short: 16 * time.Second, long: 240 * time.Second, fault: eoKillFault},
+		{name: "eo-three", about: "exactly-once: three instances, a random one SIGKILLed every 1.5-4 s",
+			eo: true, topics: 4, partitions: 6, replicas: 1, short: 14 * time.Second, long: 120 * time.Second, fault: threeInstancesFault},
+		{name: "eo-zombie", about: "exactly-once: the leader SIGSTOPped until a standby leads, then SIGCONTed: fenced, publishes nothing",
+			eo: true, topics: 4, partitions: 6, replicas: 1, short: 25 * time.Second, long: 120 * time.Second, fault: zombieFault},
+		{name: "eo-million", about: "exactly-once, long form only: a bulk stream for 6 minutes (about 1,000,000 messages on a quiet machine) with outboxd SIGKILLed 50 times at even intervals",
+			longOnly: true, eo: true, bulk: true, topics: 6, partitions: 6, replicas: 1, short: 60 * time.Second, long: 360 * time.Second,
+			fault: fiftyKillsFault},
+		{name: "eo-pg-crash", about: "exactly-once: PostgreSQL crashed and restarted (long form only)",
+			longOnly: true, eo: true, topics: 6, partitions: 6, replicas: 1, short: 25 * time.Second, long: 120 * time.Second,
+			fault: pgCrashFault},
+		{name: "eo-broker-kill", about: "exactly-once: each broker of the 3-broker cluster SIGKILLed in turn, transaction coordinators included (long form only)",
+			longOnly: true, eo: true, cluster: true, topics: 6, partitions: 6, replicas: 3, short: 20 * time.Second,
+			long: 60 * time.Second, fault: brokerKillFault},
+		{name: "eo-broker-outage", about: "exactly-once: the single broker down for 70 s while writing (long form only)",
+			longOnly: true, eo: true, topics: 4, partitions: 6, replicas: 1, short: 90 * time.Second, long: 90 * time.Second,
+			fault: brokerOutageFault},
+	}
+}
