@@ -358,6 +358,50 @@ TEST_F(ExactlyOnceMock, TransactionNotAcknowledgedInTimeIsAbortedAndSentAgain) {
             << s.transactions_aborted << ", producer rebuilds " << s.producer_rebuilds << "\n";
 }
 
+// A row the broker refuses (MSG_SIZE_TOO_LARGE, twice: in its batch's transaction, then alone in
+// its own) is dead-lettered to the table and, inside a committed transaction, to the dead-letter
+// topic; the other rows flow, each once.
+TEST_F(ExactlyOnceMock, PoisonRowIsDeadLetteredThroughATransactionWhileTheRestFlow) {
+  constexpr int16_t kProduceApi = 0;
+  const std::string dlq = topic_ + ".dlq";
+  cluster_.CreateTopic(dlq);
+  Config c = EoConfig();
+  c.relay.dead_letter_topic = dlq;
+  // The rows on broker 2, the checkpoint record on broker 1, the dead-letter copies on broker 3:
+  // the injected refusals (broker 2's next two ProduceRequests) hit row 301 and nothing else.
+  for (int32_t p = 0; p < kPartitions; ++p) {
+    rd_kafka_mock_partition_set_leader(cluster_.get(), topic_.c_str(), p, 2);
+    rd_kafka_mock_partition_set_leader(cluster_.get(), dlq.c_str(), p, 3);
+  }
+  rd_kafka_mock_partition_set_leader(cluster_.get(), c.relay.checkpoint_topic.c_str(), 0, 1);
+  AddRows(1, 300);
+  RunningRelay relay(c, store_);
+  ASSERT_TRUE(AllRemoved());
+  rd_kafka_mock_broker_push_request_error_rtts(cluster_.get(), 2, kProduceApi, 2,
+                                               RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, 0,
+                                               RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, 0);
+  AddRows(301, 301);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  AddRows(302, 600);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  Relay::Stats s = relay.Stop();
+  auto dead = store_.DeadLetters();
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead.begin()->first, 301);
+  auto copies = CopiesIn(cluster_, dlq);
+  EXPECT_EQ(copies.size(), 1u);
+  EXPECT_EQ(copies.count(301), 1u);
+  std::map<std::string, std::vector<int64_t>> per_key;
+  auto delivered = CopiesIn(cluster_, topic_, &per_key);
+  for (int64_t id = 1; id <= 600; ++id) {
+    if (id != 301) {
+      EXPECT_EQ(delivered.count(id), 1u) << "row " << id;
+    }
+  }
+  std::cout << "[ eo-poison ] committed " << s.transactions_committed << ", aborted "
+            << s.transactions_aborted << ", dead-lettered " << s.dead_lettered << "\n";
+}
+
 // The coordinator answers a commit with PRODUCER_FENCED (a newer producer of the transactional.id
 // exists; librdkafka 2.0.2's mock cluster does not fence by epoch itself, so the answer is
 // injected): the relay gives up the outbox, takes it again only through the lock, with a new
