@@ -6,6 +6,7 @@
 //   wait-topic   wait until a topic holds N records; prints the time the last one was appended
 //   paced        commit single-message transactions at a fixed rate; records commit times
 //   latency      match a topic's records to the commit times: p50 / p99 / max
+//   visible      run beside paced: a live read_committed consumer; commit -> the record reached it
 // Every command prints one JSON object on stdout.
 #include <librdkafka/rdkafka.h>
 
@@ -355,6 +356,79 @@ int Latency(std::map<std::string, std::string>& a) {
   return ms.size() == commit_at.size() ? 0 : 1;
 }
 
+// Runs while `paced` commits: consumes the topic live with isolation.level=read_committed and
+// notes when each record reached it (wall clock), so an exactly-once transaction counts from the
+// commit until its consumers can see it (append times would count only to the append). Once
+// paced has written the commits file, matches and prints p50 / p99 / max like `latency`.
+int Visible(std::map<std::string, std::string>& a) {
+  std::string topic = Get(a, "topic");
+  std::string commits_path = Get(a, "commits");
+  int partitions = std::stoi(Get(a, "partitions", "6"));
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  for (const auto& [k, v] :
+       std::map<std::string, std::string>{{"bootstrap.servers", Get(a, "bootstrap")},
+                                          {"group.id", "outboxd-bench-visible"},
+                                          {"enable.auto.commit", "false"},
+                                          {"fetch.wait.max.ms", "10"},
+                                          {"isolation.level", "read_committed"}}) {
+    rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof(err));
+  }
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+  if (!rk) Die(err);
+  rd_kafka_poll_set_consumer(rk);
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(partitions);
+  for (int p = 0; p < partitions; ++p)
+    rd_kafka_topic_partition_list_add(list, topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  rd_kafka_assign(rk, list);
+  rd_kafka_topic_partition_list_destroy(list);
+  std::map<long, int64_t> received;  // seq -> first receipt (wall clock, microseconds)
+  std::map<long, std::pair<int64_t, int64_t>> commit_at;
+  auto last_new = Clock::now();
+  for (;;) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 50);
+    if (m) {
+      if (!m->err && m->payload) {
+        int64_t now_us = WallMicros();
+        std::string v(static_cast<const char*>(m->payload), m->len);
+        auto pos = v.find("\"seq\":");
+        if (pos != std::string::npos) {
+          long seq = std::atol(v.c_str() + v.find(':', pos) + 1);
+          if (received.emplace(seq, now_us).second) last_new = Clock::now();
+        }
+      }
+      rd_kafka_message_destroy(m);
+      continue;
+    }
+    if (commit_at.empty()) {
+      std::ifstream in(commits_path);
+      long seq;
+      int64_t sent, returned;
+      while (in >> seq >> sent >> returned) commit_at[seq] = {sent, returned};
+      if (commit_at.empty()) continue;  // paced still runs
+    }
+    size_t matched = 0;
+    for (const auto& [seq, at] : commit_at) matched += received.count(seq);
+    if (matched == commit_at.size() || Seconds(last_new, Clock::now()) > 30) break;
+  }
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
+  std::vector<double> ms;
+  for (const auto& [seq, at] : commit_at) {
+    auto r = received.find(seq);
+    if (r != received.end()) ms.push_back((r->second - at.first) / 1000.0);
+  }
+  std::sort(ms.begin(), ms.end());
+  auto pct = [&](double p) {
+    return ms.empty() ? -1 : ms[std::min(ms.size() - 1, static_cast<size_t>(p * ms.size()))];
+  };
+  std::printf(
+      "{\"matched\": %zu, \"expected\": %zu, \"visible_p50_ms\": %.1f, \"visible_p99_ms\": %.1f, "
+      "\"visible_max_ms\": %.1f}\n",
+      ms.size(), commit_at.size(), pct(0.50), pct(0.99), ms.empty() ? -1 : ms.back());
+  return ms.size() == commit_at.size() ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -371,5 +445,6 @@ int main(int argc, char** argv) {
   if (cmd == "wait-topic") return WaitTopic(a);
   if (cmd == "paced") return Paced(a);
   if (cmd == "latency") return Latency(a);
+  if (cmd == "visible") return Visible(a);
   Die("unknown command " + cmd);
 }

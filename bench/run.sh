@@ -3,7 +3,7 @@
 # fixed rates, the cost to the application's commits, outboxd's peak RSS, and the Debezium peer on
 # the same workload. Prints a table; writes bench/results/latest.json (and a dated copy).
 #   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
-#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
+#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer,eo, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
 #   not latest.json). A 10M drain: BENCH_MESSAGES=10000000 BENCH_ONLY=drain make bench
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -46,11 +46,13 @@ bootstrap_servers = "$K"
 $KAFKA_EXTRA
 [relay]
 notify = $2
+$RELAY_EXTRA
 [log]
 level = "warn"
 TOML
 }
 KAFKA_EXTRA=  # extra [kafka.properties] lines for a variant run
+RELAY_EXTRA=  # extra [relay] lines for a variant run
 OPID=
 start_outboxd() {
   "$OUTBOXD" run --config "$W/outboxd.toml" >>"$W/outboxd.log" 2>&1 &
@@ -179,6 +181,68 @@ if [[ $PEER == 1 ]] && want peer; then
     record "debezium_latency_$rate" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$lat'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
   done
   "$D" cleanup --pg-port "$PGPORT" --db "$DB" --slot dbz_bench --offsets-dir "$W/dbz-offsets" >&2 || true
+fi
+
+# 5. Exactly-once (relay.delivery = "exactly_once") beside at-least-once, in the same run: the
+# backlog drain at each batch size (one transaction per batch) next to at-least-once's drain, the
+# smallest batch that keeps exactly-once within 0.7 of it, and live latency measured the same way
+# for both modes: commit -> the record reached a live read_committed consumer (`visible`).
+#   BENCH_EO_BATCHES ("1000 2000 5000")
+if want eo; then
+  EO_BATCHES=${BENCH_EO_BATCHES:-"1000 2000 5000"}
+  # Each run has its own transactional.id: a fresh database must not meet an earlier run's checkpoint.
+  eo_relay() { # eo_relay BATCH NAME
+    RELAY_EXTRA=$(printf 'delivery = "exactly_once"\nbatch_size = %s\nmax_in_flight = %s\ntransactional_id = "bench-%s-%s"' \
+      "$1" "$(($1 > 20000 ? $1 : 20000))" "$2" "$RUN")
+  }
+  run_visible() { # run_visible RATE NAME
+    local rate=$1 name=$2 vpid
+    fresh_db
+    "$B" topic --bootstrap "$K" --topic "$name-$RUN" --partitions 6 >/dev/null
+    start_outboxd
+    sleep 2
+    rm -f "$W/visible-commits.txt"
+    "$B" visible --bootstrap "$K" --topic "$name-$RUN" --commits "$W/visible-commits.txt" >"$W/visible.out" &
+    vpid=$!
+    paced=$("$B" paced --conninfo "$CONN" --topic "$name-$RUN" --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/visible-commits.tmp")
+    mv "$W/visible-commits.tmp" "$W/visible-commits.txt"  # whole, so `visible` reads it complete
+    wait "$vpid" || true
+    rss=$(stop_outboxd)
+    record "$name" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$(cat "$W/visible.out")'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
+  }
+  RELAY_EXTRA=
+  run_drain eo_alo_drain
+  for bs in $EO_BATCHES; do
+    eo_relay "$bs" "drain$bs"
+    run_drain "eo_drain_batch$bs"
+  done
+  for rate in $RATES; do
+    RELAY_EXTRA=
+    run_visible "$rate" "eo_alo_visible_$rate"
+    eo_relay 1000 "visible$rate"
+    run_visible "$rate" "eo_visible_$rate"
+  done
+  RELAY_EXTRA=
+  python3 - "$RESULTS" "$EO_BATCHES" "$RATES" <<'PY' >&2
+import json, sys
+r = {}
+for line in open(sys.argv[1]):
+    row = json.loads(line); r[row["name"]] = row["result"]
+alo = r["eo_alo_drain"]["msgs_per_s"]
+print("exactly-once vs at-least-once, same run (a loaded machine: the ratios are the figures)")
+print(f"  drain at-least-once (batch 1000): {alo:,.0f} msgs/s")
+within = None
+for bs in sys.argv[2].split():
+    eo = r[f"eo_drain_batch{bs}"]["msgs_per_s"]
+    print(f"  drain exactly-once, batch {bs}: {eo:,.0f} msgs/s, ratio {eo / alo:.2f}")
+    if within is None and eo / alo >= 0.7:
+        within = bs
+print(f"  smallest batch within 0.7 of at-least-once: {within or 'none of ' + sys.argv[2]}")
+for rate in sys.argv[3].split():
+    a, e = r[f"eo_alo_visible_{rate}"], r[f"eo_visible_{rate}"]
+    print(f"  live {rate}/s, commit -> read_committed consumer: at-least-once p50 {a['visible_p50_ms']} / p99 "
+          f"{a['visible_p99_ms']} ms; exactly-once p50 {e['visible_p50_ms']} / p99 {e['visible_p99_ms']} ms")
+PY
 fi
 
 python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results" "${ONLY:+$ONLY-$N}"
