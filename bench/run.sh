@@ -197,7 +197,6 @@ if [[ $PEER == 1 ]] && want peer; then
   "$D" cleanup --pg-port "$PGPORT" --db "$DB" --slot dbz_bench --offsets-dir "$W/dbz-offsets" >&2 || true
 fi
 
-python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results" "${ONLY:+$ONLY-$N}"
 
 # 5. Cost per message without any relay (issue 12): the same paced load into each outbox table with
 # nothing reading it, so that the WAL bytes and PostgreSQL CPU per message of the application's own
@@ -311,3 +310,5 @@ if want profile; then
   sleep 3; profile live 10; wait $!
   stop_outboxd >/dev/null
 fi
+
+python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results" "${ONLY:+$ONLY-$N}"
