@@ -35,7 +35,7 @@ cost_mark() { # cost_mark FILE
     echo "load $(cut -d' ' -f1 /proc/loadavg)"
     echo "machine $(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat)"
     # (only while alive: a finished run's pid may be reused by another process)
-    [[ -n ${OPID:-} && $(cat "/proc/$OPID/comm" 2>/dev/null) == outboxd ]] && echo "outboxd $OPID $(proc_ticks "$OPID")"
+    [[ -n ${OPID:-} && $(cat "/proc/$OPID/comm" 2>/dev/null) == outboxd* ]] && echo "outboxd $OPID $(proc_ticks "$OPID")"
     [[ -n ${PPID_:-} && $(cat "/proc/$PPID_/comm" 2>/dev/null) == java ]] && echo "peer $PPID_ $(proc_ticks "$PPID_")"
     psql_db -F ' ' -c "SELECT CASE WHEN application_name LIKE 'outboxd host=%' THEN 'relay_pg'
         ELSE 'peer_pg' END, pid

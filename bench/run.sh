@@ -221,15 +221,20 @@ fi
 
 # 6. A/B of two outboxd builds or settings, interleaved (A, B, A, B, ...) so that the machine's load
 # falls on both alike: BENCH_AB_BIN (B's binary; default the same), BENCH_AB_RELAY (extra [relay]
-# lines for B), BENCH_AB_ROUNDS (2), BENCH_AB_RUNS ("drain latency"). Every run records its cost
+# lines for B; BENCH_AB_A_BIN and BENCH_AB_A_RELAY the same for A), BENCH_AB_KAFKA (extra [kafka.properties] lines for B), BENCH_AB_ROUNDS (2), BENCH_AB_RUNS ("drain latency"). Every run records its cost
 # (CPU and WAL per message) and its rate or latency, named ab_<A|B>_<round>_<run>. BENCH_ONLY=ab
 if want ab; then
   for round in $(seq 1 "${BENCH_AB_ROUNDS:-2}"); do
     for v in A B; do
       BASE_OUTBOXD=$OUTBOXD
+      if [[ $v == A ]]; then
+        OUTBOXD=${BENCH_AB_A_BIN:-$OUTBOXD}
+        RELAY_EXTRA=${BENCH_AB_A_RELAY:-}
+      fi
       if [[ $v == B ]]; then
         OUTBOXD=${BENCH_AB_BIN:-$OUTBOXD}
         RELAY_EXTRA=${BENCH_AB_RELAY:-}
+        KAFKA_EXTRA=${BENCH_AB_KAFKA:-}
       fi
       for what in ${BENCH_AB_RUNS:-drain latency}; do
         if [[ $what == drain ]]; then
@@ -238,7 +243,7 @@ if want ab; then
           for rate in $RATES; do run_latency "$rate" "ab_${v}_${round}_latency_$rate"; done
         fi
       done
-      OUTBOXD=$BASE_OUTBOXD; RELAY_EXTRA=
+      OUTBOXD=$BASE_OUTBOXD; RELAY_EXTRA=; KAFKA_EXTRA=
     done
   done
 fi
