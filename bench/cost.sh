@@ -1,6 +1,6 @@
 # Cost of a run, sourced by bench/run.sh: CPU seconds (user + sys, from /proc/<pid>/stat) of each
 # party and the WAL PostgreSQL wrote, between two marks. Robust to a loaded machine, unlike rates.
-#   cost_mark FILE        writes the current counters to FILE
+#   cost_mark FILE [checkpoint]  writes the current counters to FILE
 #   cost_json A B N       JSON of what happened between marks A and B, per million of N messages
 # Parties: "outboxd" (the process $OPID), "relay_pg" (backends whose application_name is
 # outboxd's "outboxd host=H pid=P"), "peer" (the Debezium JVM $PPID_), "peer_pg" (the walsender of
@@ -26,9 +26,11 @@ postmaster_pid() { # the parent of the checkpointer, which lives as long as the 
   echo "$PG_POSTMASTER_PID"
 }
 
-cost_mark() { # cost_mark FILE
+cost_mark() { # cost_mark FILE [checkpoint]: with "checkpoint", a CHECKPOINT first, so that every
+  # run starts alike (the first change of each page after a checkpoint writes a full-page image)
   local f=$1 pm pid
   pm=$(postmaster_pid)
+  [[ ${2:-} == checkpoint ]] && psql_db -c "CHECKPOINT"
   {
     echo "time $(date +%s.%N)"
     echo "wal $(psql_db -c "SELECT pg_current_wal_lsn() - '0/0'")"

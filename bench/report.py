@@ -118,7 +118,7 @@ import re
 import statistics
 ab = {}
 for name, r in results.items():
-    m = re.fullmatch(r"ab_([AB])_(\d+)_(.+?)(_cost)?", name)
+    m = re.fullmatch(r"ab_([A-Z])_(\d+)_(.+?)(_cost)?", name)
     if m:
         ab.setdefault(m.group(3), {}).setdefault(m.group(1), {}).setdefault(m.group(2), {}).update(
             {("cost_" + k if m.group(4) else k): v for k, v in r.items()})
@@ -126,14 +126,19 @@ if ab:
     keys = [("msgs_per_s", "msgs/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("achieved_per_s", "achieved/s"),
             ("cost_outboxd_cpu_s_per_M", "outboxd CPU s/M"), ("cost_relay_pg_cpu_s_per_M", "backend CPU s/M"),
             ("cost_pg_all_cpu_s_per_M", "all PG CPU s/M"), ("cost_wal_bytes_per_msg", "WAL B/msg"),
-            ("cost_load_start", "load avg")]
-    lines = ["| run | figure | A (each round) | B (each round) | B / A (medians) |", "|---|---|---|---|---|"]
+            ("tps", "tps"), ("cost_load_start", "load avg")]
+    variants = sorted({v for by_v in ab.values() for v in by_v})
+    lines = ["| run | figure | " + " | ".join(f"{v} (each round)" for v in variants) + " | "
+             + " | ".join(f"{v} / {variants[0]} (medians)" for v in variants[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(variants) - 1)]
     for run, by_v in sorted(ab.items()):
         for k, label in keys:
-            a = [by_v.get("A", {})[i][k] for i in sorted(by_v.get("A", {})) if k in by_v["A"][i]]
-            b = [by_v.get("B", {})[i][k] for i in sorted(by_v.get("B", {})) if k in by_v["B"][i]]
-            if not a and not b:
+            vals = {v: [by_v.get(v, {})[i][k] for i in sorted(by_v.get(v, {})) if k in by_v[v][i]] for v in variants}
+            if not any(vals.values()):
                 continue
-            ratio = f"{statistics.median(b) / statistics.median(a):.2f}" if a and b and statistics.median(a) else ""
-            lines.append(f"| {run} | {label} | {' / '.join(f'{x:g}' for x in a)} | {' / '.join(f'{x:g}' for x in b)} | {ratio} |")
+            base = vals[variants[0]]
+            ratios = [f"{statistics.median(vals[v]) / statistics.median(base):.2f}" if vals[v] and base and statistics.median(base) else ""
+                      for v in variants[1:]]
+            lines.append(f"| {run} | {label} | " + " | ".join(" / ".join(f"{x:g}" for x in vals[v]) for v in variants)
+                         + " | " + " | ".join(ratios) + " |")
     print("\nA/B, interleaved (A, B, A, B, ...)\n\n" + "\n".join(lines))

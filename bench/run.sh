@@ -74,7 +74,7 @@ fresh_db
 "$B" load --conninfo "$CONN" --count "$N" --topic "$1-$RUN" >/dev/null
 psql_db -c "VACUUM ANALYZE outbox.messages"
 first=$(psql_db -c "SELECT min(id) FROM outbox.messages")
-OPID=; cost_mark "$W/cost-a"
+OPID=; cost_mark "$W/cost-a" checkpoint
 t0=$(now)
 start_outboxd
 # Progress = lowest id left; the first and last 10% give the rate at both ends of the backlog.
@@ -116,7 +116,7 @@ run_latency() {
   "$B" topic --bootstrap "$K" --topic "$name-$RUN" --partitions 6 >/dev/null
   start_outboxd
   sleep 1
-  cost_mark "$W/cost-a"
+  cost_mark "$W/cost-a" checkpoint
   paced=$("$B" paced --conninfo "$CONN" --topic "$name-$RUN" --rate "$rate" --seconds "$SECS" --connections 16 --out "$W/commits-$rate.txt")
   cost_mark "$W/cost-b"
   record "${name}_cost" "$(cost_json "$W/cost-a" "$W/cost-b" "$(wc -l <"$W/commits-$rate.txt")")"
@@ -219,33 +219,47 @@ if want norelay; then
   done
 fi
 
-# 6. A/B of two outboxd builds or settings, interleaved (A, B, A, B, ...) so that the machine's load
-# falls on both alike: BENCH_AB_BIN (B's binary; default the same), BENCH_AB_RELAY (extra [relay]
-# lines for B; BENCH_AB_A_BIN and BENCH_AB_A_RELAY the same for A), BENCH_AB_KAFKA (extra [kafka.properties] lines for B), BENCH_AB_ROUNDS (2), BENCH_AB_RUNS ("drain latency"). Every run records its cost
-# (CPU and WAL per message) and its rate or latency, named ab_<A|B>_<round>_<run>. BENCH_ONLY=ab
+# 6. A/B of outboxd builds or settings, interleaved (A, B, A, B, ...) so that the machine's load
+# falls on all alike. BENCH_AB_VARIANTS ("A B"); for each variant V: BENCH_AB_V_BIN (its binary,
+# default build/outboxd; "none": no relay, for an appcost baseline), BENCH_AB_V_RELAY (extra
+# [relay] lines), BENCH_AB_V_KAFKA (extra [kafka.properties] lines); BENCH_AB_BIN, BENCH_AB_RELAY,
+# BENCH_AB_KAFKA are B's too. BENCH_AB_ROUNDS (2), BENCH_AB_RUNS ("drain latency"; also
+# "appcost": 20 s of pgbench, 8 clients, with the variant running). Every run records its cost
+# (CPU and WAL per message) and its rate, latency or tps, named ab_<V>_<round>_<run>. BENCH_ONLY=ab
 if want ab; then
+  BENCH_AB_B_BIN=${BENCH_AB_B_BIN:-${BENCH_AB_BIN:-}}
+  BENCH_AB_B_RELAY=${BENCH_AB_B_RELAY:-${BENCH_AB_RELAY:-}}
+  BENCH_AB_B_KAFKA=${BENCH_AB_B_KAFKA:-${BENCH_AB_KAFKA:-}}
+  echo "SELECT outbox.publish('ab-appcost-$RUN', 'key-' || (random() * 1000)::int, repeat('x', 200));" >"$W/ab-publish.sql"
+  BASE_OUTBOXD=$OUTBOXD
   for round in $(seq 1 "${BENCH_AB_ROUNDS:-2}"); do
-    for v in A B; do
-      BASE_OUTBOXD=$OUTBOXD
-      if [[ $v == A ]]; then
-        OUTBOXD=${BENCH_AB_A_BIN:-$OUTBOXD}
-        RELAY_EXTRA=${BENCH_AB_A_RELAY:-}
-      fi
-      if [[ $v == B ]]; then
-        OUTBOXD=${BENCH_AB_BIN:-$OUTBOXD}
-        RELAY_EXTRA=${BENCH_AB_RELAY:-}
-        KAFKA_EXTRA=${BENCH_AB_KAFKA:-}
-      fi
+    for v in ${BENCH_AB_VARIANTS:-A B}; do
+      bin=BENCH_AB_${v}_BIN relay=BENCH_AB_${v}_RELAY kafka=BENCH_AB_${v}_KAFKA
+      OUTBOXD=${!bin:-$BASE_OUTBOXD}; RELAY_EXTRA=${!relay:-}; KAFKA_EXTRA=${!kafka:-}
       for what in ${BENCH_AB_RUNS:-drain latency}; do
-        if [[ $what == drain ]]; then
+        if [[ $what == appcost ]]; then
+          fresh_db
+          "$B" topic --bootstrap "$K" --topic "ab-appcost-$RUN" --partitions 6 >/dev/null 2>&1 || true
+          OPID=
+          [[ $OUTBOXD != none ]] && { start_outboxd; sleep 1; }
+          cost_mark "$W/cost-a" checkpoint
+          out=$(/usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -c 8 -j 2 -T 20 -f "$W/ab-publish.sql" "$DB" 2>/dev/null)
+          cost_mark "$W/cost-b"
+          [[ $OUTBOXD != none ]] && stop_outboxd >/dev/null
+          tx=$(awk '/number of transactions actually processed/ {print $NF}' <<<"$out" | cut -d/ -f1)
+          record "ab_${v}_${round}_appcost_cost" "$(cost_json "$W/cost-a" "$W/cost-b" "$tx")"
+          record "ab_${v}_${round}_appcost" "{\"tps\": $(awk '/tps = / {print int($3); exit}' <<<"$out")}"
+        elif [[ $OUTBOXD == none ]]; then
+          continue
+        elif [[ $what == drain ]]; then
           run_drain "ab_${v}_${round}_drain"
         else
           for rate in $RATES; do run_latency "$rate" "ab_${v}_${round}_latency_$rate"; done
         fi
       done
-      OUTBOXD=$BASE_OUTBOXD; RELAY_EXTRA=; KAFKA_EXTRA=
     done
   done
+  OUTBOXD=$BASE_OUTBOXD; RELAY_EXTRA=; KAFKA_EXTRA=
 fi
 
 # 7. The application's cost with each relay, side by side (issue 12): pgbench (8 clients, 20 s, one
