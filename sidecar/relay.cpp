@@ -104,7 +104,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     if (auto reason = publisher_->FatalError()) HandleFatal(*reason);
   }
   if (!MoveDeadLetters()) return false;
-  if (rewind_to_ || fatal_) return Recover(stop);
+  if (ledger_.rewind_to() || fatal_) return Recover(stop);
 
   auto now = Clock::now();
   if (config_.relay.on_sent == OnSent::kRetain && now >= next_cleanup_) {
@@ -113,12 +113,12 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     if (!StoreOk(removed.status())) return false;
     if (*removed > 0) spdlog::info("removed {} sent rows older than the retention", *removed);
   }
-  if (isolated_in_flight_) {
+  if (ledger_.isolated_in_flight()) {
     ServeReports(Millis(1));  // a suspect travels alone: nothing else until its report
     return FlushMarks(false);
   }
   if (!ProduceDeadLetterCopies()) return false;
-  if (static_cast<int>(in_flight_.size() + pending_rows_.size()) + config_.relay.batch_size >
+  if (static_cast<int>(ledger_.size() + pending_rows_.size()) + config_.relay.batch_size >
       config_.relay.max_in_flight) {
     if (!pending_rows_.empty()) return ProducePending();
     ServeReports(Millis(1));
@@ -126,8 +126,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   }
   // One round trip removes what was acknowledged and fetches the next rows; the previous batch is
   // produced and reports are served while PostgreSQL works on it.
-  std::vector<int64_t> marks;
-  marks.swap(to_mark_);
+  std::vector<int64_t> marks = ledger_.TakeMarks();
   const size_t marked = marks.size();
   if (!StoreOk(store_.StartRound(std::move(marks)))) return false;
   if (!ProducePending()) return false;
@@ -194,8 +193,9 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
   for (size_t i = 0; i < rows.size(); ++i) {
     OutboxRow& row = rows[i];
     if (!leading_) return false;
-    if (rewind_to_ || fatal_ || isolated_in_flight_) {
-      Failure(row.id);  // this row and the rest of the batch are fetched again after recovery
+    if (ledger_.rewind_to() || fatal_ || ledger_.isolated_in_flight()) {
+      ledger_.Rewind(
+          row.id);  // this row and the rest of the batch are fetched again after recovery
       break;
     }
     if (dead_letters_.count(row.id)) continue;  // on its way to the dead-letter topic
@@ -205,33 +205,31 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
       Poison(row.id, headers.status().message());
       continue;
     }
-    bool isolate = suspects_.count(row.id) > 0;
-    if (isolate && !in_flight_.empty()) {
-      Failure(row.id);  // a suspect goes alone: wait until nothing else is in flight
+    bool isolate = ledger_.IsSuspect(row.id);
+    if (isolate && !ledger_.empty()) {
+      ledger_.Rewind(row.id);  // a suspect goes alone: wait until nothing else is in flight
       break;
     }
     OutgoingMessage m{&row.topic, &row.key, &row.payload, &*headers};
-    Status s = ProduceOne(m, InFlight{row.id, row.key, false, isolate});
+    Status s = ProduceOne(m, InFlightLedger::Entry{row.id, row.key, false, isolate});
     if (s.code() == Status::Code::kPermanent) {
       Poison(row.id, s.message());  // refused by the producer itself: certainly this row
     } else if (!s.ok()) {
-      if (leading_) Failure(row.id);  // (leadership lost meanwhile: nothing to rewind)
+      if (leading_) ledger_.Rewind(row.id);  // (leadership lost meanwhile: nothing to rewind)
       break;
-    } else if (isolate) {
-      isolated_in_flight_ = true;
     }
   }
   return leading_;
 }
 
-Status Relay::ProduceOne(const OutgoingMessage& m, InFlight entry) {
-  const uint64_t token = next_token_++;
+Status Relay::ProduceOne(const OutgoingMessage& m, InFlightLedger::Entry entry) {
+  const uint64_t token = ledger_.NextToken();
   for (;;) {
     if (!leading_ || !publisher_) return Status::Unavailable("not leading");
     Status s = publisher_->Produce(m, token);
     switch (s.code()) {
       case Status::Code::kOk:
-        in_flight_.emplace(token, std::move(entry));
+        ledger_.Add(token, std::move(entry));
         ++stats_.produced;
         return s;
       case Status::Code::kQueueFull:
@@ -258,13 +256,12 @@ void Relay::ServeReports(Millis timeout) {
 }
 
 void Relay::OnReport(const DeliveryReport& report) {
-  auto it = in_flight_.find(report.token);
-  if (it == in_flight_.end()) {
+  auto taken = ledger_.Take(report.token);
+  if (!taken) {
     spdlog::error("delivery report for an unknown message (token {})", report.token);
     return;
   }
-  InFlight e = std::move(it->second);
-  in_flight_.erase(it);
+  const InFlightLedger::Entry& e = *taken;
   using Outcome = DeliveryReport::Outcome;
 
   // Only proof removes a row: a "persisted" report must also carry the offset the broker wrote
@@ -277,7 +274,6 @@ void Relay::OnReport(const DeliveryReport& report) {
     r.error = "a persisted report without an offset";
   }
 
-  if (e.isolated) isolated_in_flight_ = false;
   if (e.dead_letter_copy) {
     auto pending = dead_letters_.find(e.id);
     std::string error = pending == dead_letters_.end() ? "" : pending->second.error;
@@ -296,33 +292,23 @@ void Relay::OnReport(const DeliveryReport& report) {
       kafka_log_.Recovered();
       backoff_.Reset();
     }
-    suspects_.erase(e.id);
-    if (e.key) {
-      auto failed = failed_keys_.find(*e.key);
-      if (failed != failed_keys_.end() && failed->second < e.id) {
-        Failure(e.id);  // an earlier row of this key failed: this one goes again after it
-        return;
-      }
-    }
-    if (to_mark_.empty()) first_unmarked_ = Clock::now();
-    to_mark_.push_back(e.id);
+    ledger_.Acknowledge(e, Clock::now());  // or held back behind a failed row of its key
     return;
   }
   if (abandoning_) return;  // the row stays in the outbox
   if (r.outcome == Outcome::kPermanent && e.isolated) {
-    suspects_.erase(e.id);
+    ledger_.ClearSuspect(e.id);
     Poison(e.id, r.error);  // refused while alone in its request: it is the poison
     return;
   }
   if (r.outcome == Outcome::kPermanent) {
     // The broker refuses whole requests: this row may only have shared one with the poison.
-    if (suspects_.insert(e.id).second) {
+    if (ledger_.AddSuspect(e.id)) {
       spdlog::info("message {} refused by the broker ({}): sending it again alone", e.id, r.error);
     }
   }
   last_failure_ = r.error;
-  Failure(e.id);
-  if (e.key) failed_keys_.try_emplace(*e.key, e.id);
+  ledger_.Fail(e);
 }
 
 void Relay::Poison(int64_t id, const std::string& error) {
@@ -352,7 +338,8 @@ bool Relay::ProduceDeadLetterCopies() {
     headers.emplace_back("outbox-error", pending.error);
     headers.emplace_back("outbox-topic", (*row)->topic);
     OutgoingMessage m{&topic, &(*row)->key, &(*row)->payload, &headers};
-    Status s = ProduceOne(m, InFlight{id, (*row)->key, /*dead_letter_copy=*/true, false});
+    Status s =
+        ProduceOne(m, InFlightLedger::Entry{id, (*row)->key, /*dead_letter_copy=*/true, false});
     if (s.ok()) {
       pending.in_flight = true;
     } else if (s.code() == Status::Code::kPermanent) {
@@ -376,14 +363,13 @@ void Relay::DeadLetterRow(int64_t id, const std::string& error) {
 }
 
 bool Relay::FlushMarks(bool force) {
-  if (to_mark_.empty()) return true;
-  if (!force && static_cast<int>(to_mark_.size()) < config_.relay.batch_size &&
-      !in_flight_.empty() && Clock::now() - first_unmarked_ < Millis(5)) {
+  if (ledger_.marks().empty()) return true;
+  if (!force &&
+      !ledger_.MarksDue(static_cast<size_t>(config_.relay.batch_size), Clock::now(), Millis(5))) {
     return true;
   }
-  if (!StoreOk(store_.MarkSent(to_mark_))) return false;
-  stats_.marked_sent += static_cast<int64_t>(to_mark_.size());
-  to_mark_.clear();
+  if (!StoreOk(store_.MarkSent(ledger_.marks()))) return false;
+  stats_.marked_sent += static_cast<int64_t>(ledger_.TakeMarks().size());
   return true;
 }
 
@@ -398,10 +384,11 @@ void Relay::HandleFatal(const std::string& reason) {
 
 bool Relay::Recover(const std::atomic<bool>& stop) {
   if (!pending_rows_.empty()) {
-    Failure(pending_rows_.front().id);  // fetched, not produced: fetched again after the rewind
+    ledger_.Rewind(
+        pending_rows_.front().id);  // fetched, not produced: fetched again after the rewind
     pending_rows_.clear();
   }
-  if (!in_flight_.empty()) {
+  if (!ledger_.empty()) {
     ServeReports(Millis(10));  // every report must be in before the rows are fetched again
     return leading_;
   }
@@ -411,24 +398,23 @@ bool Relay::Recover(const std::atomic<bool>& stop) {
     fatal_ = false;
     ++stats_.producer_rebuilds;
   }
-  if (rewind_to_) {
+  if (auto rewind_to = ledger_.rewind_to()) {
     kafka_log_.Failure(last_failure_);
-    store_.Rewind(*rewind_to_);
+    store_.Rewind(*rewind_to);
     ++stats_.rewinds;
-    spdlog::debug("re-fetching from id {}", *rewind_to_);
+    spdlog::debug("re-fetching from id {}", *rewind_to);
   }
-  rewind_to_.reset();
-  failed_keys_.clear();
+  ledger_.StartAttempt();
   WaitInterruptibly(backoff_.Next(), stop);
   return true;
 }
 
 void Relay::Abandon() {
-  if (publisher_ && !in_flight_.empty()) {
+  if (publisher_ && !ledger_.empty()) {
     publisher_->PurgeAll();
     abandoning_ = true;
     auto deadline = Clock::now() + std::chrono::seconds(5);
-    while (!in_flight_.empty() && Clock::now() < deadline) {
+    while (!ledger_.empty() && Clock::now() < deadline) {
       std::vector<DeliveryReport> reports;
       publisher_->Poll(Millis(10), &reports);
       for (const DeliveryReport& r : reports) OnReport(r);
@@ -438,11 +424,8 @@ void Relay::Abandon() {
     publisher_.reset();
     ++stats_.producer_rebuilds;
   }
-  in_flight_.clear();
-  rewind_to_.reset();
-  failed_keys_.clear();
+  ledger_.Forget();
   fatal_ = false;
-  isolated_in_flight_ = false;
   for (auto& [id, pending] : dead_letters_) pending.in_flight = false;
 }
 
@@ -452,12 +435,12 @@ void Relay::LoseLeadership(const Status& why) {
   PublishLeadership(false);
   spdlog::warn("stopped delivering: {}", why.message());
   Abandon();
-  to_mark_.clear();  // acknowledged but not removed: sent again by the next leader (duplicates)
+  ledger_.DropMarks();  // acknowledged but not removed: sent again by the next leader (duplicates)
   pending_rows_.clear();
   to_dead_letter_.clear();
   dead_letters_.clear();
   set_aside_.clear();  // the next term tries them once more
-  suspects_.clear();
+  ledger_.ClearSuspects();
   store_.Disconnect();
   idle_since_.reset();
   asleep_ = false;  // the next leader clears the flag when it takes over
@@ -466,8 +449,9 @@ void Relay::LoseLeadership(const Status& why) {
 bool Relay::IdleWait(const std::atomic<bool>& stop) {
   auto now = Clock::now();
   if (!idle_since_) idle_since_ = now;
-  if (!in_flight_.empty() || !to_mark_.empty() || now - *idle_since_ < config_.relay.idle_grace) {
-    if (in_flight_.empty()) {
+  if (!ledger_.empty() || !ledger_.marks().empty() ||
+      now - *idle_since_ < config_.relay.idle_grace) {
+    if (ledger_.empty()) {
       WaitInterruptibly(config_.relay.idle_poll_interval, stop);
     } else {
       ServeReports(config_.relay.idle_poll_interval);
@@ -505,17 +489,17 @@ bool Relay::Wake() {
 
 void Relay::Drain() {
   auto deadline = Clock::now() + config_.relay.shutdown_timeout;
-  if (!in_flight_.empty()) {
+  if (!ledger_.empty()) {
     spdlog::info("stopping: waiting up to {} for {} unacknowledged messages",
-                 FormatDuration(config_.relay.shutdown_timeout), in_flight_.size());
+                 FormatDuration(config_.relay.shutdown_timeout), ledger_.size());
   }
-  while (leading_ && publisher_ && !in_flight_.empty() && Clock::now() < deadline) {
+  while (leading_ && publisher_ && !ledger_.empty() && Clock::now() < deadline) {
     ServeReports(Millis(10));
     FlushMarks(false);
     KeepLeading();
   }
   if (!leading_) return;
-  size_t left = in_flight_.size();
+  size_t left = ledger_.size();
   pending_rows_.clear();  // fetched, not produced: they stay in the outbox
   Abandon();              // persisted reports that arrive while purging are still removed below
   FlushMarks(true);

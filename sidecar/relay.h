@@ -20,6 +20,7 @@
 #include "backoff.h"
 #include "config.h"
 #include "headers.h"
+#include "inflight.h"
 #include "log.h"
 #include "outbox_store.h"
 #include "publisher.h"
@@ -58,12 +59,6 @@ class Relay {
   std::optional<LeaderSession> leader_session() const;
 
  private:
-  struct InFlight {
-    int64_t id;
-    std::optional<std::string> key;
-    bool dead_letter_copy = false;  // a copy on the dead-letter topic
-    bool isolated = false;          // a suspect, sent with nothing else in flight
-  };
   struct PendingDeadLetter {
     std::string error;
     bool in_flight = false;  // its copy is on the way to the dead-letter topic
@@ -79,7 +74,7 @@ class Relay {
   bool MoveDeadLetters();
   // Produces one message, waiting out a full local queue. On Permanent (poison) and on any other
   // failure the caller decides; a Fatal one has already started HandleFatal.
-  Status ProduceOne(const OutgoingMessage& m, InFlight entry);
+  Status ProduceOne(const OutgoingMessage& m, InFlightLedger::Entry entry);
   void ServeReports(Millis timeout);
   void OnReport(const DeliveryReport& report);
   // A row that can never be delivered: to the table now, or (dead_letter_topic set) queued for
@@ -103,7 +98,6 @@ class Relay {
   // While leading: keeps the session alive (OutboxStore::KeepLeading); false if leadership is lost.
   bool KeepLeading();
   void PublishLeadership(bool leading);
-  void Failure(int64_t id) { rewind_to_ = std::min(rewind_to_.value_or(id), id); }
   bool StoreOk(const Status& s);
 
   // Constant after construction.
@@ -115,20 +109,10 @@ class Relay {
   bool leading_ = false;
   mutable std::mutex session_mu_;
   std::optional<LeaderSession> session_;  // GUARDED_BY(session_mu_): published for other threads
-  uint64_t next_token_ = 1;
-  std::unordered_map<uint64_t, InFlight> in_flight_;
-  std::vector<int64_t> to_mark_;  // acknowledged, not yet removed
-  std::chrono::steady_clock::time_point first_unmarked_;
-  // The current attempt's failures: the first unacknowledged id, and per key the lowest failed id
-  // (a later row of that key is not removed even if it was acknowledged: it goes again, in order).
-  std::optional<int64_t> rewind_to_;
-  std::unordered_map<std::string, int64_t> failed_keys_;
+  InFlightLedger ledger_;  // tokens, reports awaited, per-key barriers, marks, rewind, suspects
   std::string last_failure_;
   bool fatal_ = false;
-  bool abandoning_ = false;  // reports only count as acks, nothing else
-  // Rows the broker refused in a request with others: each is sent again alone to tell.
-  std::set<int64_t> suspects_;
-  bool isolated_in_flight_ = false;
+  bool abandoning_ = false;                            // reports only count as acks, nothing else
   std::map<int64_t, PendingDeadLetter> dead_letters_;  // poison rows awaiting their topic copy
   std::deque<std::pair<int64_t, std::string>> to_dead_letter_;  // to move at the next safe point
   std::set<int64_t> set_aside_;          // poison rows that could not be dead-lettered in this term

@@ -1,0 +1,63 @@
+#include "inflight.h"
+
+#include <algorithm>
+
+namespace outboxd {
+
+void InFlightLedger::Add(uint64_t token, Entry entry) {
+  if (entry.isolated) isolated_in_flight_ = true;
+  in_flight_.emplace(token, std::move(entry));
+}
+
+std::optional<InFlightLedger::Entry> InFlightLedger::Take(uint64_t token) {
+  auto it = in_flight_.find(token);
+  if (it == in_flight_.end()) return std::nullopt;
+  Entry e = std::move(it->second);
+  in_flight_.erase(it);
+  if (e.isolated) isolated_in_flight_ = false;
+  return e;
+}
+
+bool InFlightLedger::Acknowledge(const Entry& entry, Clock::time_point now) {
+  suspects_.erase(entry.id);
+  if (entry.key) {
+    auto failed = failed_keys_.find(*entry.key);
+    if (failed != failed_keys_.end() && failed->second < entry.id) {
+      Rewind(entry.id);  // an earlier row of this key failed: this one goes again after it
+      return false;
+    }
+  }
+  if (to_mark_.empty()) first_unmarked_ = now;
+  to_mark_.push_back(entry.id);
+  return true;
+}
+
+void InFlightLedger::Fail(const Entry& entry) {
+  Rewind(entry.id);
+  if (entry.key) failed_keys_.try_emplace(*entry.key, entry.id);
+}
+
+void InFlightLedger::StartAttempt() {
+  rewind_to_.reset();
+  failed_keys_.clear();
+}
+
+std::vector<int64_t> InFlightLedger::TakeMarks() {
+  std::vector<int64_t> out;
+  out.swap(to_mark_);
+  return out;
+}
+
+bool InFlightLedger::MarksDue(size_t batch_size, Clock::time_point now,
+                              Clock::duration max_wait) const {
+  if (to_mark_.empty()) return false;
+  return to_mark_.size() >= batch_size || in_flight_.empty() || now - first_unmarked_ >= max_wait;
+}
+
+void InFlightLedger::Forget() {
+  in_flight_.clear();
+  isolated_in_flight_ = false;
+  StartAttempt();
+}
+
+}  // namespace outboxd
