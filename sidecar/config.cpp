@@ -285,10 +285,10 @@ Config Build(const toml::value& root, const std::string& file) {
 
   const toml::value& relay = r.Table(root, "relay");
   const std::string p = "relay.";
-  r.OnlyKnownKeys(
-      relay, p,
-      {"batch_size", "max_in_flight", "poll_interval", "idle_poll_interval", "idle_grace", "notify",
-       "on_sent", "retention", "cleanup_interval", "shutdown_timeout", "dead_letter_topic"});
+  r.OnlyKnownKeys(relay, p,
+                  {"batch_size", "max_in_flight", "poll_interval", "idle_poll_interval",
+                   "idle_grace", "notify", "on_sent", "retention", "cleanup_interval",
+                   "shutdown_timeout", "dead_letter_topic", "remove_interval"});
   RelayConfig& rc = c.relay;
   r.MaybeInt(relay, p, "batch_size", 1, 100'000, &rc.batch_size);
   r.MaybeInt(relay, p, "max_in_flight", 1, 1'000'000, &rc.max_in_flight);
@@ -315,6 +315,7 @@ Config Build(const toml::value& root, const std::string& file) {
   r.MaybeDuration(relay, p, "cleanup_interval", Millis(1000), &rc.cleanup_interval);
   r.MaybeDuration(relay, p, "shutdown_timeout", Millis(0), &rc.shutdown_timeout);
   r.MaybeString(relay, p, "dead_letter_topic", &rc.dead_letter_topic);
+  r.MaybeDuration(relay, p, "remove_interval", Millis(0), &rc.remove_interval);
 
   const toml::value& backoff = r.Table(root, "backoff");
   r.OnlyKnownKeys(backoff, "backoff.", {"initial", "max"});

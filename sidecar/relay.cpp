@@ -125,8 +125,15 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     return FlushMarks(false);
   }
   // One round trip removes what was acknowledged and fetches the next rows; the previous batch is
-  // produced and reports are served while PostgreSQL works on it.
-  std::vector<int64_t> marks = ledger_.TakeMarks();
+  // produced and reports are served while PostgreSQL works on it. The removal is decoupled from
+  // the fetch: it rides along once batch_size rows are acknowledged or the oldest waited
+  // remove_interval, so that short rounds (low latency) are reads, not write transactions.
+  std::vector<int64_t> marks;
+  if (static_cast<int>(ledger_.marks().size()) >= config_.relay.batch_size ||
+      (!ledger_.marks().empty() &&
+       ledger_.MarksAge(Clock::now()) >= config_.relay.remove_interval)) {
+    marks = ledger_.TakeMarks();
+  }
   const size_t marked = marks.size();
   if (!StoreOk(store_.StartRound(std::move(marks)))) return false;
   if (!ProducePending()) return false;

@@ -156,6 +156,15 @@ class FakeStore : public OutboxStore {
     std::lock_guard l(mu_);
     return dead_letter_attempts_;
   }
+  // Calls of MarkSent with ids (the statements PostgreSQL would run) and of FetchBatch so far.
+  int removal_statements() {
+    std::lock_guard l(mu_);
+    return removal_statements_;
+  }
+  int fetches() {
+    std::lock_guard l(mu_);
+    return fetches_;
+  }
 
   Status Lead() override {
     std::lock_guard l(mu_);
@@ -181,6 +190,7 @@ class FakeStore : public OutboxStore {
   LeaderSession Session() const override { return LeaderSession{1, 1, "fake"}; }
   Status FetchBatch(std::vector<OutboxRow>* rows) override {
     std::lock_guard l(mu_);
+    ++fetches_;
     rows->clear();
     if (Status s = Inject(); !s.ok()) return s;
     if (Status s = InjectMidStream(); !s.ok()) return s;
@@ -198,6 +208,7 @@ class FakeStore : public OutboxStore {
   }
   Status MarkSent(const std::vector<int64_t>& ids) override {
     std::lock_guard l(mu_);
+    if (!ids.empty()) ++removal_statements_;
     if (Status s = Inject(); !s.ok()) return s;
     if (Status s = InjectMidStream(); !s.ok()) return s;
     std::vector<int64_t> unproven;
@@ -288,6 +299,8 @@ class FakeStore : public OutboxStore {
   std::map<int64_t, std::string> dead_;
   std::set<int64_t> refused_dead_letters_;
   int dead_letter_attempts_ = 0;
+  int removal_statements_ = 0;  // GUARDED_BY(mu_)
+  int fetches_ = 0;             // GUARDED_BY(mu_)
   int fail_next_ = 0;
   Status failure_;
   bool leader_ = false;
