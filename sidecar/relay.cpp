@@ -153,7 +153,8 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     if (!ProducePending()) return false;
     auto until = Clock::now() + config_.relay.idle_poll_interval;
     while (leading_ && Clock::now() < until) {
-      ServeReports(std::chrono::duration_cast<Millis>(until - Clock::now()));
+      // Rounded up: the last fraction of a millisecond is a wait too, not a spin of Poll(0).
+      ServeReports(std::chrono::ceil<Millis>(until - Clock::now()));
     }
   }
   return leading_;
@@ -522,7 +523,7 @@ void Relay::Drain() {
 void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {
   auto until = Clock::now() + d;
   while (!stop && Clock::now() < until) {
-    auto left = std::chrono::duration_cast<Millis>(until - Clock::now());
+    auto left = std::chrono::ceil<Millis>(until - Clock::now());
     std::this_thread::sleep_for(std::min(left, Millis(50)));
     if (leading_ && !KeepLeading()) return;
   }

@@ -353,6 +353,7 @@ class FakeBroker {
     return out;
   }
   std::atomic<int> producers_built{0};
+  std::atomic<int> zero_timeout_polls{0};  // Poll calls that may not wait (a spinning caller)
   std::mutex mu_;
   std::vector<Sent> log_;
 };
@@ -377,6 +378,7 @@ class FakePublisher : public Publisher {
     return Status::Ok();
   }
   void Poll(Millis timeout, std::vector<DeliveryReport>* reports) override {
+    if (timeout.count() == 0) ++broker_.zero_timeout_polls;
     bool any = false;
     {
       std::lock_guard l(broker_.mu_);

@@ -521,5 +521,25 @@ TEST(Relay, ATrickleIsRemovedInFewStatementsNotOnePerRound) {
   EXPECT_LE(store.removal_statements(), 6);
 }
 
+// Issue 12: the pause between caught-up rounds waits; its last fraction of a millisecond used to
+// be a spin of Poll(0) (the remaining time was truncated to whole milliseconds).
+TEST(Relay, ThePauseBetweenCaughtUpRoundsWaitsInsteadOfSpinning) {
+  FakeStore store;
+  FakeBroker broker;
+  Config c = TestConfig();
+  c.relay.idle_poll_interval = Millis(5);
+  c.relay.idle_grace = Millis(1000);  // stays in the polling state throughout
+  RunningRelay relay(c, store, broker);
+  const int n = 20;
+  for (int i = 1; i <= n; ++i) {
+    store.Add(i, "t", "k", "v");
+    ASSERT_TRUE(Eventually([&] { return relay.stats().acknowledged >= i; }));
+  }
+  relay.Stop();
+  // Each round serves reports without waiting once or twice (before it starts, and while the
+  // store works); a spin adds hundreds per pause.
+  EXPECT_LE(broker.zero_timeout_polls.load(), 4 * store.fetches()) << store.fetches() << " fetches";
+}
+
 }  // namespace
 }  // namespace outboxd
