@@ -3,7 +3,7 @@
 # fixed rates, the cost to the application's commits, outboxd's peak RSS, and the Debezium peer on
 # the same workload. Prints a table; writes bench/results/latest.json (and a dated copy).
 #   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
-#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer,norelay,ab,peerapp,profile, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
+#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer,norelay,ab,peerapp,profile,logcost, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
 #   not latest.json). A 10M drain: BENCH_MESSAGES=10000000 BENCH_ONLY=drain make bench
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -94,6 +94,9 @@ t1=$(now)
 cost_mark "$W/cost-b"
 rss=$(stop_outboxd)
 record "$1_cost" "$(cost_json "$W/cost-a" "$W/cost-b" "$N")"
+# What the removals leave to VACUUM (the dead rows), per message: WAL and PostgreSQL CPU.
+OPID=; cost_mark "$W/cost-a"; psql_db -c "VACUUM outbox.messages"; cost_mark "$W/cost-b"
+record "$1_vacuum_cost" "$(cost_json "$W/cost-a" "$W/cost-b" "$N")"
 record "$1" "$(python3 -c "
 n=$N; t0=$t0; t1=$t1; tg=${t_go:-$t0}; tf=${t_first:-$t1}; tl=${t_last_start:-$t0}
 print('{\"messages\": %d, \"seconds\": %.2f, \"msgs_per_s\": %.0f, \"startup_s\": %.2f, \"first_tenth_msgs_per_s\": %.0f, \"last_tenth_msgs_per_s\": %.0f, \"peak_rss_kib\": $rss}' % (n, t1-t0, n/(t1-t0), tg-t0, n/10/max(1e-3, tf-tg), n/10/max(1e-3, t1-tl)))")"
@@ -328,6 +331,30 @@ if want profile; then
   "$B" paced --conninfo "$CONN" --topic "profile-live-$RUN" --rate "$rate" --seconds 15 --connections 16 --out "$W/profile-commits.txt" >/dev/null &
   sleep 3; profile live 10; wait $!
   stop_outboxd >/dev/null
+fi
+
+# 9. What removing rows one by one costs (issue 12, "the outbox as a log"): the relay's own rounds
+# without Kafka (outboxd_bench db-ceiling) over the same backlog with the DELETE and without it
+# (fetch only, as a log that is never deleted from), and the VACUUM that the DELETE leaves;
+# CPU of all of PostgreSQL and WAL per message. BENCH_AB_ROUNDS (2) rounds. BENCH_ONLY=logcost
+if want logcost; then
+  OPID=
+  for round in $(seq 1 "${BENCH_AB_ROUNDS:-2}"); do
+    for remove in 1 0; do
+      fresh_db
+      "$B" load --conninfo "$CONN" --count "$N" --topic x >/dev/null
+      psql_db -c "VACUUM ANALYZE outbox.messages"
+      cost_mark "$W/cost-a" checkpoint
+      r=$("$B" db-ceiling --conninfo "$CONN" --remove "$remove")
+      cost_mark "$W/cost-b"
+      record "logcost_${round}_remove${remove}" "$r"
+      record "logcost_${round}_remove${remove}_cost" "$(cost_json "$W/cost-a" "$W/cost-b" "$N")"
+      if [[ $remove == 1 ]]; then
+        cost_mark "$W/cost-a"; psql_db -c "VACUUM outbox.messages"; cost_mark "$W/cost-b"
+        record "logcost_${round}_vacuum_cost" "$(cost_json "$W/cost-a" "$W/cost-b" "$N")"
+      fi
+    done
+  done
 fi
 
 python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results" "${ONLY:+$ONLY-$N}"
