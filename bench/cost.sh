@@ -6,7 +6,7 @@
 # outboxd's "outboxd host=H pid=P"), "peer" (the Debezium JVM $PPID_), "peer_pg" (the walsender of
 # its slot and its JDBC sessions), "pg_all" (the whole PostgreSQL server: every live process plus
 # what the postmaster reaped, so exited backends and autovacuum workers count too), "machine"
-# (every core, from /proc/stat). A process present at B and not at A counts from its start.
+# (every core, from /proc/stat), "kafka" (the single broker's JVM). A process present at B and not at A counts from its start.
 
 CLK_TCK=$(getconf CLK_TCK)
 PG_POSTMASTER_PID=""
@@ -39,6 +39,10 @@ cost_mark() { # cost_mark FILE [checkpoint]: with "checkpoint", a CHECKPOINT fir
     # (only while alive: a finished run's pid may be reused by another process)
     [[ -n ${OPID:-} && $(cat "/proc/$OPID/comm" 2>/dev/null) == outboxd* ]] && echo "outboxd $OPID $(proc_ticks "$OPID")"
     [[ -n ${PPID_:-} && $(cat "/proc/$PPID_/comm" 2>/dev/null) == java ]] && echo "peer $PPID_ $(proc_ticks "$PPID_")"
+    # the Kafka broker (single mode): both relays' requests cost it CPU too
+    local kpid
+    kpid=$(cat "$CACHE"/kafka/single/node*/kafka.pid 2>/dev/null | head -1)
+    [[ -n $kpid ]] && echo "kafka $kpid $(proc_ticks "$kpid")"
     psql_db -F ' ' -c "SELECT CASE WHEN application_name LIKE 'outboxd host=%' THEN 'relay_pg'
         ELSE 'peer_pg' END, pid
       FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (application_name LIKE 'outboxd host=%'

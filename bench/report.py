@@ -97,12 +97,12 @@ for name, c in results.items():
              f"p50 {run['p50_ms']:.1f} / p99 {run['p99_ms']:.1f} ms" if "p50_ms" in run else
              f"{c['tps']:,} tps" if "tps" in c else "")
     cost_rows.append(f"| {name[:-5]} | {c['messages']:,} | {speed} | {fmt(c, 'outboxd')} | {fmt(c, 'relay_pg')} | "
-                     f"{fmt(c, 'peer')} | {fmt(c, 'peer_pg')} | {fmt(c, 'pg_all')} | {c['wal_bytes_per_msg']:,.0f} | "
+                     f"{fmt(c, 'peer')} | {fmt(c, 'peer_pg')} | {fmt(c, 'pg_all')} | {fmt(c, 'kafka')} | {c['wal_bytes_per_msg']:,.0f} | "
                      f"{c['load_start']:.1f}-{c['load_end']:.1f} / {c['machine_busy_cores']:.2f} |")
 if cost_rows:
     text += ("\n\nCost per message: CPU seconds per million messages (user + sys) and WAL bytes per message\n\n"
              "| run | messages | rate / latency | outboxd | its backend | Debezium JVM | its walsender + sessions | "
-             "all of PostgreSQL | WAL B/msg | load avg / busy cores |\n|---|---|---|---|---|---|---|---|---|---|\n"
+             "all of PostgreSQL | Kafka broker | WAL B/msg | load avg / busy cores |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
              + "\n".join(cost_rows))
 print(text)
 os.makedirs(outdir, exist_ok=True)
@@ -125,7 +125,7 @@ for name, r in results.items():
 if ab:
     keys = [("msgs_per_s", "msgs/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("achieved_per_s", "achieved/s"),
             ("cost_outboxd_cpu_s_per_M", "outboxd CPU s/M"), ("cost_relay_pg_cpu_s_per_M", "backend CPU s/M"),
-            ("cost_pg_all_cpu_s_per_M", "all PG CPU s/M"), ("cost_wal_bytes_per_msg", "WAL B/msg"),
+            ("cost_pg_all_cpu_s_per_M", "all PG CPU s/M"), ("cost_kafka_cpu_s_per_M", "Kafka broker CPU s/M"), ("cost_wal_bytes_per_msg", "WAL B/msg"),
             ("tps", "tps"), ("cost_load_start", "load avg")]
     variants = sorted({v for by_v in ab.values() for v in by_v})
     lines = ["| run | figure | " + " | ".join(f"{v} (each round)" for v in variants) + " | "
