@@ -1,6 +1,7 @@
 // outboxd_bench: the measuring side of bench/run.sh.
 //   load         put N messages into an outbox (outboxd's, or the Debezium peer's table)
-//   db-ceiling   the relay's own fetch + remove loop (PgOutboxStore) without Kafka
+//   db-ceiling   the relay's own fetch + remove loop (PgOutboxStore) without Kafka (--remove 0:
+//                fetch only)
 //   kafka-ceiling the same messages through KafkaPublisher without the database
 //   topic        create a topic (LogAppendTime, so record timestamps are broker append times)
 //   wait-topic   wait until a topic holds N records; prints the time the last one was appended
@@ -107,6 +108,8 @@ int DbCeiling(std::map<std::string, std::string>& a) {
   Config config;
   config.postgres.conninfo = Get(a, "conninfo");
   config.relay.batch_size = std::stoi(Get(a, "batch", "1000"));
+  // --remove 0: fetch only, nothing removed (what the outbox as a log would cost: no DELETE)
+  const bool remove = Get(a, "remove", "1") != "0";
   PgOutboxStore store(config);
   if (Status s = store.Lead(); !s.ok()) Die(s.message());
   long total = 0;
@@ -122,7 +125,9 @@ int DbCeiling(std::map<std::string, std::string>& a) {
     if (Status s = store.FinishRound(&rows); !s.ok()) Die(s.message());
     ids.clear();
     if (rows.empty()) break;
-    for (const auto& r : rows) ids.push_back(r.id);
+    if (remove) {
+      for (const auto& r : rows) ids.push_back(r.id);
+    }
     total += static_cast<long>(rows.size());
   }
   double secs = Seconds(t0, Clock::now());

@@ -52,14 +52,14 @@ if d5 and d:
     add("drain with 5 requests in flight per broker (the former default)", f"{d5['msgs_per_s']:,.0f} msgs/s",
         f"1 in flight (default): {d['msgs_per_s']:,.0f} msgs/s", f"default / former = {d['msgs_per_s'] / d5['msgs_per_s']:.2f}")
 for name, r in sorted(results.items()):
-    if name.startswith("inflight5_latency_"):
+    if name.startswith("inflight5_latency_") and not name.endswith("_cost"):
         base = results.get(name[len("inflight5_"):])
         add(f"live latency at {r['offered_per_s']:,}/s with 5 requests in flight (former default)",
             f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} / max {r['max_ms']:.0f} ms",
             f"1 in flight (default): p50 {base['p50_ms']:.1f} / p99 {base['p99_ms']:.1f} / max {base['max_ms']:.0f} ms" if base else "",
             f"{r['achieved_per_s']:,}/s achieved")
 for name, r in sorted(results.items()):
-    if name.startswith("latency_"):
+    if name.startswith("latency_") and not name.endswith("_cost"):
         peer = results.get("debezium_" + name)
         base = (f"Debezium p50 {peer['p50_ms']:.1f} / p99 {peer['p99_ms']:.1f} / max {peer['max_ms']:.0f} ms"
                 if peer else "")
@@ -81,6 +81,29 @@ if a:
 table = ["| measurement | outboxd | same-run baseline | ratio / note |", "|---|---|---|---|"]
 table += [f"| {w} | {v} | {b} | {n} |" for w, v, b, n in rows]
 text = f"Machine: {machine}. Date: {now}. Commit: {commit}. Command: `make bench`.\n\n" + "\n".join(table)
+
+# Cost per message (issue 12): CPU seconds per million messages of each party and WAL bytes per
+# message, from every run that recorded a "<name>_cost" beside it; the load average says how busy
+# the machine was (the figures hold up under load better than rates, but not perfectly).
+def fmt(c, key):
+    v = c.get(key + "_cpu_s_per_M")
+    return "" if v is None else f"{v:.1f}"
+cost_rows = []
+for name, c in results.items():
+    if not name.endswith("_cost"):
+        continue
+    run = results.get(name[: -len("_cost")], {})
+    speed = (f"{run['msgs_per_s']:,.0f} msgs/s" if "msgs_per_s" in run else
+             f"p50 {run['p50_ms']:.1f} / p99 {run['p99_ms']:.1f} ms" if "p50_ms" in run else
+             f"{c['tps']:,} tps" if "tps" in c else "")
+    cost_rows.append(f"| {name[:-5]} | {c['messages']:,} | {speed} | {fmt(c, 'outboxd')} | {fmt(c, 'relay_pg')} | "
+                     f"{fmt(c, 'peer')} | {fmt(c, 'peer_pg')} | {fmt(c, 'pg_all')} | {fmt(c, 'kafka')} | {c['wal_bytes_per_msg']:,.0f} | "
+                     f"{c['load_start']:.1f}-{c['load_end']:.1f} / {c['machine_busy_cores']:.2f} |")
+if cost_rows:
+    text += ("\n\nCost per message: CPU seconds per million messages (user + sys) and WAL bytes per message\n\n"
+             "| run | messages | rate / latency | outboxd | its backend | Debezium JVM | its walsender + sessions | "
+             "all of PostgreSQL | Kafka broker | WAL B/msg | load avg / busy cores |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+             + "\n".join(cost_rows))
 print(text)
 os.makedirs(outdir, exist_ok=True)
 doc = {"date": now, "machine": machine, "commit": commit, "command": "make bench", "results": results,
@@ -89,3 +112,33 @@ stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")  
 for name in ((f"{stamp}-{subset}.json",) if subset else ("latest.json", f"{stamp}.json")):
     with open(os.path.join(outdir, name), "w") as f:
         json.dump(doc, f, indent=2)
+
+# A/B (bench/run.sh part "ab"): each run of A and B interleaved, then the medians side by side.
+import re
+import statistics
+ab = {}
+for name, r in results.items():
+    m = re.fullmatch(r"ab_([A-Z])_(\d+)_(.+?)(_cost)?", name)
+    if m:
+        ab.setdefault(m.group(3), {}).setdefault(m.group(1), {}).setdefault(m.group(2), {}).update(
+            {("cost_" + k if m.group(4) else k): v for k, v in r.items()})
+if ab:
+    keys = [("msgs_per_s", "msgs/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("achieved_per_s", "achieved/s"),
+            ("cost_outboxd_cpu_s_per_M", "outboxd CPU s/M"), ("cost_relay_pg_cpu_s_per_M", "backend CPU s/M"),
+            ("cost_pg_all_cpu_s_per_M", "all PG CPU s/M"), ("cost_kafka_cpu_s_per_M", "Kafka broker CPU s/M"), ("cost_wal_bytes_per_msg", "WAL B/msg"),
+            ("tps", "tps"), ("cost_load_start", "load avg")]
+    variants = sorted({v for by_v in ab.values() for v in by_v})
+    lines = ["| run | figure | " + " | ".join(f"{v} (each round)" for v in variants) + " | "
+             + " | ".join(f"{v} / {variants[0]} (medians)" for v in variants[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(variants) - 1)]
+    for run, by_v in sorted(ab.items()):
+        for k, label in keys:
+            vals = {v: [by_v.get(v, {})[i][k] for i in sorted(by_v.get(v, {})) if k in by_v[v][i]] for v in variants}
+            if not any(vals.values()):
+                continue
+            base = vals[variants[0]]
+            ratios = [f"{statistics.median(vals[v]) / statistics.median(base):.2f}" if vals[v] and base and statistics.median(base) else ""
+                      for v in variants[1:]]
+            lines.append(f"| {run} | {label} | " + " | ".join(" / ".join(f"{x:g}" for x in vals[v]) for v in variants)
+                         + " | " + " | ".join(ratios) + " |")
+    print("\nA/B, interleaved (A, B, A, B, ...)\n\n" + "\n".join(lines))

@@ -289,7 +289,7 @@ Config Build(const toml::value& root, const std::string& file) {
       relay, p,
       {"batch_size", "max_in_flight", "poll_interval", "idle_poll_interval", "idle_grace", "notify",
        "on_sent", "retention", "cleanup_interval", "shutdown_timeout", "dead_letter_topic",
-       "delivery", "checkpoint_topic", "transactional_id"});
+       "delivery", "checkpoint_topic", "transactional_id", "remove_interval"});
   RelayConfig& rc = c.relay;
   r.MaybeInt(relay, p, "batch_size", 1, 100'000, &rc.batch_size);
   r.MaybeInt(relay, p, "max_in_flight", 1, 1'000'000, &rc.max_in_flight);
@@ -332,6 +332,7 @@ Config Build(const toml::value& root, const std::string& file) {
     r.Fail(*r.Find(relay, "checkpoint_topic"), "relay.checkpoint_topic", "must not be empty");
   }
   r.MaybeString(relay, p, "transactional_id", &rc.transactional_id);
+  r.MaybeDuration(relay, p, "remove_interval", Millis(0), &rc.remove_interval);
 
   const toml::value& backoff = r.Table(root, "backoff");
   r.OnlyKnownKeys(backoff, "backoff.", {"initial", "max"});

@@ -39,6 +39,8 @@ struct RelayConfig {
   Delivery delivery = Delivery::kAtLeastOnce;
   std::string checkpoint_topic = "outboxd.checkpoints";  // compacted; key: the transactional.id
   std::string transactional_id;                          // empty: "outboxd-<leadership.lock_id>"
+  // Acknowledged rows are removed together once this old, or once batch_size of them gathered.
+  Millis remove_interval{100};
 };
 
 struct BackoffConfig {

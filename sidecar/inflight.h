@@ -59,6 +59,10 @@ class InFlightLedger {
   // Whether the marks are worth a statement now: a batch of them, nothing left in flight, or the
   // oldest waited `max_wait`.
   bool MarksDue(size_t batch_size, Clock::time_point now, Clock::duration max_wait) const;
+  // How long the oldest mark has waited (zero without marks).
+  Clock::duration MarksAge(Clock::time_point now) const {
+    return to_mark_.empty() ? Clock::duration::zero() : now - first_unmarked_;
+  }
   // Forgets the marks (leadership lost: the rows stay, the next leader sends them again).
   void DropMarks() { to_mark_.clear(); }
 

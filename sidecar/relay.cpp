@@ -136,8 +136,15 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     return FlushMarks(false);
   }
   // One round trip removes what was acknowledged and fetches the next rows; the previous batch is
-  // produced and reports are served while PostgreSQL works on it.
-  std::vector<int64_t> marks = ledger_.TakeMarks();
+  // produced and reports are served while PostgreSQL works on it. The removal is decoupled from
+  // the fetch: it rides along once batch_size rows are acknowledged or the oldest waited
+  // remove_interval, so that short rounds (low latency) are reads, not write transactions.
+  std::vector<int64_t> marks;
+  if (static_cast<int>(ledger_.marks().size()) >= config_.relay.batch_size ||
+      (!ledger_.marks().empty() &&
+       ledger_.MarksAge(Clock::now()) >= config_.relay.remove_interval)) {
+    marks = ledger_.TakeMarks();
+  }
   const size_t marked = marks.size();
   if (!StoreOk(store_.StartRound(std::move(marks)))) return false;
   if (!ProducePending()) return false;
@@ -157,7 +164,8 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     if (!ProducePending()) return false;
     auto until = Clock::now() + config_.relay.idle_poll_interval;
     while (leading_ && Clock::now() < until) {
-      ServeReports(std::chrono::duration_cast<Millis>(until - Clock::now()));
+      // Rounded up: the last fraction of a millisecond is a wait too, not a spin of Poll(0).
+      ServeReports(std::chrono::ceil<Millis>(until - Clock::now()));
     }
   }
   return leading_;
@@ -557,7 +565,7 @@ void Relay::Drain() {
 void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {
   auto until = Clock::now() + d;
   while (!stop && Clock::now() < until) {
-    auto left = std::chrono::duration_cast<Millis>(until - Clock::now());
+    auto left = std::chrono::ceil<Millis>(until - Clock::now());
     std::this_thread::sleep_for(std::min(left, Millis(50)));
     if (leading_ && !KeepLeading()) return;
   }

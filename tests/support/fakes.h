@@ -202,6 +202,15 @@ class FakeStore : public OutboxStore {
     std::lock_guard l(mu_);
     return dead_letter_attempts_;
   }
+  // Calls of MarkSent with ids (the statements PostgreSQL would run) and of FetchBatch so far.
+  int removal_statements() {
+    std::lock_guard l(mu_);
+    return removal_statements_;
+  }
+  int fetches() {
+    std::lock_guard l(mu_);
+    return fetches_;
+  }
 
   Status Lead() override {
     std::lock_guard l(mu_);
@@ -227,6 +236,7 @@ class FakeStore : public OutboxStore {
   LeaderSession Session() const override { return LeaderSession{1, 1, "fake"}; }
   Status FetchBatch(std::vector<OutboxRow>* rows) override {
     std::lock_guard l(mu_);
+    ++fetches_;
     rows->clear();
     if (Status s = Inject(); !s.ok()) return s;
     if (Status s = InjectMidStream(); !s.ok()) return s;
@@ -244,6 +254,7 @@ class FakeStore : public OutboxStore {
   }
   Status MarkSent(const std::vector<int64_t>& ids) override {
     std::lock_guard l(mu_);
+    if (!ids.empty()) ++removal_statements_;
     if (Status s = Inject(); !s.ok()) return s;
     if (Status s = InjectMidStream(); !s.ok()) return s;
     if (!ids.empty() && fail_removals_ > 0 && removed_.size() >= fail_removals_after_) {
@@ -342,6 +353,8 @@ class FakeStore : public OutboxStore {
   std::map<int64_t, std::string> dead_;
   std::set<int64_t> refused_dead_letters_;
   int dead_letter_attempts_ = 0;
+  int removal_statements_ = 0;  // GUARDED_BY(mu_)
+  int fetches_ = 0;             // GUARDED_BY(mu_)
   int fail_next_ = 0;
   Status failure_;
   bool leader_ = false;
@@ -394,6 +407,7 @@ class FakeBroker {
     return out;
   }
   std::atomic<int> producers_built{0};
+  std::atomic<int> zero_timeout_polls{0};  // Poll calls that may not wait (a spinning caller)
   std::mutex mu_;
   std::vector<Sent> log_;
 };
@@ -418,6 +432,7 @@ class FakePublisher : public Publisher {
     return Status::Ok();
   }
   void Poll(Millis timeout, std::vector<DeliveryReport>* reports) override {
+    if (timeout.count() == 0) ++broker_.zero_timeout_polls;
     bool any = false;
     {
       std::lock_guard l(broker_.mu_);
