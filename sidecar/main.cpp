@@ -20,6 +20,7 @@
 #include "pg/connection.h"
 #include "prepared_store.h"
 #include "relay.h"
+#include "scheduler.h"
 #include "status_report.h"
 
 namespace {
@@ -74,7 +75,11 @@ int Run(const outboxd::Config& config) {
                       [&relay] { return relay.leader_session(); });
     checkback->Start(g_stop);
   }
+  // Delayed messages and inbox retention: their own thread and connection, while the relay leads.
+  outboxd::Scheduler scheduler(config, [&relay] { return relay.leader_session(); });
+  scheduler.Start(g_stop);
   outboxd::Status s = relay.Run(g_stop);
+  scheduler.Stop();
   if (checkback) checkback->Stop();
   if (!s.ok()) {
     spdlog::error("{}", s.message());
