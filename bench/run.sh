@@ -3,7 +3,7 @@
 # fixed rates, the cost to the application's commits, outboxd's peak RSS, and the Debezium peer on
 # the same workload. Prints a table; writes bench/results/latest.json (and a dated copy).
 #   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
-#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
+#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer (and delay, run only when named), e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
 #   not latest.json). A 10M drain: BENCH_MESSAGES=10000000 BENCH_ONLY=drain make bench
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -179,6 +179,42 @@ if [[ $PEER == 1 ]] && want peer; then
     record "debezium_latency_$rate" "$(python3 -c "import json; a=json.loads('$paced'); b=json.loads('$lat'); a.update(b); a['offered_per_s']=$rate; a['peak_rss_kib']=$rss; print(json.dumps(a))")"
   done
   "$D" cleanup --pg-port "$PGPORT" --db "$DB" --slot dbz_bench --offsets-dir "$W/dbz-offsets" >&2 || true
+fi
+
+# 5. Delayed delivery (BENCH_ONLY=delay): BENCH_DELAY_DUE messages due now, drained by outboxd
+# (release into the outbox, then the relay) while BENCH_DELAY_WAITING future-dated ones wait, beside
+# the same drain with none waiting; and the cost of one release statement in both. The waiting rows
+# must cost nothing: they are never in outbox.messages, and the release reads the due index only.
+run_delay() { # run_delay NAME WAITING DUE
+  local name=$1 waiting=$2 due=$3 topic="$1-$RUN" t0 t1 rss release_ms
+  fresh_db
+  "$B" topic --bootstrap "$K" --topic "$topic" --partitions 6 >/dev/null
+  psql_db -c "INSERT INTO outbox.delayed (id, topic, key, payload, deliver_at, due_at)
+    SELECT nextval('outbox.messages_id_seq'), '$topic', 'wait-' || (i % 1000), convert_to(repeat('x', 200), 'UTF8'),
+           now() + interval '1 day' + i * interval '1 ms', now() + interval '1 day' + i * interval '1 ms'
+      FROM generate_series(1, $waiting) i" \
+    -c "INSERT INTO outbox.delayed (id, topic, key, payload, deliver_at, due_at)
+    SELECT nextval('outbox.messages_id_seq'), '$topic', 'due-' || (i % 1000), convert_to(repeat('x', 200), 'UTF8'),
+           now() - interval '1 s', now() - interval '1 s' FROM generate_series(1, $due) i" \
+    -c "VACUUM ANALYZE outbox.delayed"
+  # One release of 1,000 rows and its rollback: the statement's own cost, without outboxd.
+  release_ms=$(psql_db -c "BEGIN" -c "\\timing on" -c "SELECT outbox.release_due(1000)" -c "ROLLBACK" |
+    awk '/^Time:/ {print $2}')
+  t0=$(now)
+  start_outboxd
+  wait_until 1800 bash -c "[[ \$(psql -h 127.0.0.1 -p $PGPORT -U postgres -d $DB -qtAX -c \
+    \"SELECT (SELECT count(*) FROM outbox.delayed WHERE due_at <= now()) + (SELECT count(*) FROM outbox.messages)\") == 0 ]]" ||
+    die "delay bench: the due messages were not delivered"
+  t1=$(now)
+  rss=$(stop_outboxd)
+  [[ $(psql_db -c "SELECT count(*) FROM outbox.delayed") == "$waiting" ]] || die "delay bench: waiting rows changed"
+  record "$name" "$(python3 -c "
+print('{\"waiting\": %d, \"due\": %d, \"seconds\": %.2f, \"msgs_per_s\": %.0f, \"release_1000_ms\": %s, \"peak_rss_kib\": $rss}' % ($waiting, $due, $t1-$t0, $due/($t1-$t0), '$release_ms' or 'null'))")"
+}
+if [[ $ONLY == *delay* ]]; then
+  log "delay: the machine may be loaded (other work shares the cores): compare the two runs, not absolutes"
+  run_delay delay_none_waiting 0 "${BENCH_DELAY_DUE:-100000}"
+  run_delay delay_waiting "${BENCH_DELAY_WAITING:-1000000}" "${BENCH_DELAY_DUE:-100000}"
 fi
 
 python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results" "${ONLY:+$ONLY-$N}"

@@ -125,11 +125,16 @@ CREATE FUNCTION outbox.release_due(max_rows integer) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, outbox AS $$
 DECLARE
   n integer;
+  cutoff timestamptz;
 BEGIN
   PERFORM pg_advisory_xact_lock(8294706103617400005);
+  -- One cutoff for the whole statement: clock_timestamp() in the WHERE clause would be read per
+  -- row, so a scan could take a later message of a key (due at the same time as the one before
+  -- it) and leave the earlier one; it would also stop the index scan from ending at the cutoff.
+  cutoff := clock_timestamp();
   WITH due AS (
     SELECT d.seq FROM outbox.delayed d
-     WHERE d.due_at <= clock_timestamp()
+     WHERE d.due_at <= cutoff
      ORDER BY d.due_at, d.seq
      LIMIT max_rows),
   moved AS (
