@@ -37,6 +37,7 @@ void OnSignal(int) { g_stop = 1; }
 
 struct Options {
   std::string bootstrap, topic, group, conninfo, name, dead_letter;
+  std::string instance_id;  // static group membership: a restart takes its partitions back at once
   int commit_every = 100;
   int retries = 3;
   bool use_inbox = true;  // --no-inbox: for the test that shows what the inbox prevents
@@ -46,7 +47,7 @@ struct Options {
   std::fprintf(stderr,
                "inbox_consumer: %s\nusage: inbox_consumer --bootstrap HOST:PORT --topic T "
                "--group G --conninfo STR [--name N] [--commit-every N] [--retries N] "
-               "[--dead-letter TOPIC] [--no-inbox]\n",
+               "[--dead-letter TOPIC] [--instance-id ID] [--no-inbox]\n",
                why);
   std::exit(2);
 }
@@ -54,8 +55,9 @@ struct Options {
 Options Parse(int argc, char** argv) {
   Options o;
   std::map<std::string, std::string*> text = {
-      {"--bootstrap", &o.bootstrap}, {"--topic", &o.topic}, {"--group", &o.group},
-      {"--conninfo", &o.conninfo},   {"--name", &o.name},   {"--dead-letter", &o.dead_letter}};
+      {"--bootstrap", &o.bootstrap},    {"--topic", &o.topic}, {"--group", &o.group},
+      {"--conninfo", &o.conninfo},      {"--name", &o.name},   {"--dead-letter", &o.dead_letter},
+      {"--instance-id", &o.instance_id}};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--no-inbox") {
@@ -189,6 +191,9 @@ rd_kafka_t* NewClient(rd_kafka_type_t type, const Options& o) {
   set("bootstrap.servers", o.bootstrap);
   if (type == RD_KAFKA_CONSUMER) {
     set("group.id", o.group);
+    // A restarted member with the same id gets its partitions back without waiting for the
+    // group to notice that the old one died (session.timeout.ms).
+    if (!o.instance_id.empty()) set("group.instance.id", o.instance_id);
     set("auto.offset.reset", "earliest");
     // Offsets are stored by hand after the database commit, and committed by hand.
     set("enable.auto.commit", "false");
