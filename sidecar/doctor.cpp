@@ -147,7 +147,7 @@ std::map<std::string, ConfigMap> DescribeConfigs(
 }
 
 void CheckKafka(const Config& config, const std::set<std::string>& topics,
-                std::vector<Finding>* out) {
+                const std::atomic<bool>* stop, std::vector<Finding>* out) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   // The user's client properties (security and the like) apply; outboxd's own producer settings
@@ -166,10 +166,15 @@ void CheckKafka(const Config& config, const std::set<std::string>& topics,
                         "cannot create a Kafka client", "check [kafka] in the configuration"));
     return;
   }
-  const int timeout_ms = static_cast<int>(config.doctor.kafka_timeout.count());
   const rd_kafka_metadata_t* md = nullptr;
-  // All topics: asking for one by name could create it.
-  if (rd_kafka_resp_err_t e = rd_kafka_metadata(rk.get(), 1, nullptr, &md, timeout_ms)) {
+  // All topics: asking for one by name could create it. In slices, so that `stop` is heard.
+  rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+  for (Millis waited{0}; waited < config.doctor.kafka_timeout && !(stop && *stop);
+       waited += Millis(500)) {
+    e = rd_kafka_metadata(rk.get(), 1, nullptr, &md, 500);
+    if (e != RD_KAFKA_RESP_ERR__TIMED_OUT && e != RD_KAFKA_RESP_ERR__TRANSPORT) break;
+  }
+  if (e) {
     out->push_back(Make("kafka", config.kafka.bootstrap_servers, "reachable", rd_kafka_err2str(e),
                         Health::kRisk, "the cluster did not answer: nothing is delivered",
                         "check kafka.bootstrap_servers and that the brokers run"));
@@ -549,20 +554,28 @@ std::string DoctorReport::Json() const {
   return j.dump(2) + "\n";
 }
 
-DoctorReport RunDoctor(const Config& config, const std::vector<std::string>& extra_topics) {
+DoctorReport RunDoctor(const Config& config, const std::vector<std::string>& extra_topics,
+                       const std::atomic<bool>* stop) {
   DoctorReport report;
   std::vector<Finding> pg_findings;
   std::set<std::string> topics(extra_topics.begin(), extra_topics.end());
   CheckPostgres(config, &pg_findings, &topics);
   if (!config.relay.dead_letter_topic.empty()) topics.insert(config.relay.dead_letter_topic);
   if (!config.checkback.final_topic.empty()) topics.insert(config.checkback.final_topic);
-  CheckKafka(config, topics, &report.findings);
+  CheckKafka(config, topics, stop, &report.findings);
   report.findings.insert(report.findings.end(), pg_findings.begin(), pg_findings.end());
   return report;
 }
 
-void LogDoctorFindings(const Config& config) {
-  DoctorReport report = RunDoctor(config);
+void LogDoctorFindings(const Config& config, const std::atomic<bool>& stop) {
+  DoctorReport report = RunDoctor(config, {}, &stop);
+  for (const Finding& f : report.findings) {
+    if (f.check == "reachable" || f.check == "connect") {
+      spdlog::debug("start-up doctor skipped: {} {}: {}", f.area, f.subject, f.value);
+      return;
+    }
+  }
+  if (stop) return;
   for (const Finding& f : report.findings) {
     if (f.verdict != Health::kRisk && f.verdict != Health::kWarn) continue;
     spdlog::warn("doctor: {} {}: {} = {}: {}{}{}", f.area, f.subject, f.check, f.value, f.detail,

@@ -11,6 +11,7 @@
 // never creates a topic (metadata for all topics, allow.auto.create.topics=false) or writes a row.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -39,9 +40,12 @@ struct DoctorReport {
 };
 
 // `extra_topics`: topics to check beyond those found in the outbox (e.g. from the command line).
-DoctorReport RunDoctor(const Config& config, const std::vector<std::string>& extra_topics = {});
+// `stop`, when given and set, cuts the wait for the Kafka cluster short.
+DoctorReport RunDoctor(const Config& config, const std::vector<std::string>& extra_topics = {},
+                       const std::atomic<bool>* stop = nullptr);
 
-// The start-up check: runs RunDoctor and logs each warning and risk (one line each).
-void LogDoctorFindings(const Config& config);
+// The start-up check: runs RunDoctor and logs each warning and risk (one line each). When
+// PostgreSQL or Kafka does not answer it logs nothing (the relay reports outages itself).
+void LogDoctorFindings(const Config& config, const std::atomic<bool>& stop);
 
 }  // namespace outboxd

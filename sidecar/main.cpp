@@ -66,7 +66,7 @@ int Run(const outboxd::Config& config) {
   // The durability check (outboxd doctor) once, on its own thread: each risk is a warning.
   std::thread doctor;
   if (config.doctor.startup_check)
-    doctor = std::thread([&config] { outboxd::LogDoctorFindings(config); });
+    doctor = std::thread([&config] { outboxd::LogDoctorFindings(config, g_stop); });
   outboxd::PgOutboxStore store(config);
   outboxd::Relay relay(config, store,
                        [&config] { return outboxd::KafkaPublisher::Create(config.kafka); });
