@@ -199,7 +199,7 @@ run_delay() { # run_delay NAME WAITING DUE
     -c "VACUUM ANALYZE outbox.delayed"
   # One release of 1,000 rows and its rollback: the statement's own cost, without outboxd.
   release_ms=$(psql_db -c "BEGIN" -c "\\timing on" -c "SELECT outbox.release_due(1000)" -c "ROLLBACK" |
-    awk '/^Time:/ {print $2}')
+    awk '/^Time:/ {print $2; exit}')
   t0=$(now)
   start_outboxd
   wait_until 1800 bash -c "[[ \$(psql -h 127.0.0.1 -p $PGPORT -U postgres -d $DB -qtAX -c \
