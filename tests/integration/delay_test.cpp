@@ -240,8 +240,8 @@ TEST_F(DelayIntegration, ConcurrentWritersAndReleasesKeepKeyOrder) {
   if (!OrderBreaks(w).empty()) {
     for (const Record& r : consumer.records()) {
       std::cout << r.key.value_or("") << " p" << r.partition << "@" << r.offset << " id "
-                << r.outbox_id() << " published " << PublishedId(r) << " "
-                << r.value.value_or("") << "\n";
+                << r.outbox_id() << " published " << PublishedId(r) << " " << r.value.value_or("")
+                << "\n";
     }
   }
   EXPECT_EQ(w.arrived.size(), all.size());

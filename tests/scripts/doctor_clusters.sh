@@ -18,9 +18,9 @@ tmp=$(mktemp -d)
 db="doctor_$$"
 cluster_started=false
 cleanup() {
-  [[ -n "${OPID:-}" ]] && kill "$OPID" 2>/dev/null || true
+  if [[ -n "${OPID:-}" ]]; then kill "$OPID" 2>/dev/null || true; fi
   psql_admin -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  [[ $cluster_started == true ]] && "$ROOT/scripts/kafka.sh" stop cluster >/dev/null 2>&1 || true
+  if [[ $cluster_started == true ]]; then "$ROOT/scripts/kafka.sh" stop cluster >/dev/null 2>&1 || true; fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
