@@ -3,7 +3,8 @@
 # fixed rates, the cost to the application's commits, outboxd's peak RSS, and the Debezium peer on
 # the same workload. Prints a table; writes bench/results/latest.json (and a dated copy).
 #   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
-#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer,eo,norelay,ab,peerapp,profile,logcost, e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
+#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer,eo,norelay,ab,peerapp,profile,logcost
+#   (and delay, run only when named), e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
 #   not latest.json). A 10M drain: BENCH_MESSAGES=10000000 BENCH_ONLY=drain make bench
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -260,8 +261,9 @@ for rate in sys.argv[3].split():
     print(f"  live {rate}/s, commit -> read_committed consumer: at-least-once p50 {a['visible_p50_ms']} / p99 "
           f"{a['visible_p99_ms']} ms; exactly-once p50 {e['visible_p50_ms']} / p99 {e['visible_p99_ms']} ms")
 PY
+fi
 
-# 5. Cost per message without any relay (issue 12): the same paced load into each outbox table with
+# 6. Cost per message without any relay (issue 12): the same paced load into each outbox table with
 # nothing reading it, so that the WAL bytes and PostgreSQL CPU per message of the application's own
 # insert can be subtracted from the runs above. BENCH_ONLY=norelay
 if want norelay; then
@@ -282,7 +284,7 @@ if want norelay; then
   done
 fi
 
-# 6. A/B of outboxd builds or settings, interleaved (A, B, A, B, ...) so that the machine's load
+# 7. A/B of outboxd builds or settings, interleaved (A, B, A, B, ...) so that the machine's load
 # falls on all alike. BENCH_AB_VARIANTS ("A B"); for each variant V: BENCH_AB_V_BIN (its binary,
 # default build/outboxd; "none": no relay, for an appcost baseline), BENCH_AB_V_RELAY (extra
 # [relay] lines), BENCH_AB_V_KAFKA (extra [kafka.properties] lines); BENCH_AB_BIN, BENCH_AB_RELAY,
@@ -325,7 +327,7 @@ if want ab; then
   OUTBOXD=$BASE_OUTBOXD; RELAY_EXTRA=; KAFKA_EXTRA=
 fi
 
-# 7. The application's cost with each relay, side by side (issue 12): pgbench (8 clients, 20 s, one
+# 8. The application's cost with each relay, side by side (issue 12): pgbench (8 clients, 20 s, one
 # message per transaction) without a relay and with it, for outboxd (outbox.publish, notify on) and
 # for the Debezium peer (an INSERT into its outbox table, the slot streaming), with the CPU and WAL
 # per transaction of each run. BENCH_AB_ROUNDS (2) rounds, interleaved. BENCH_ONLY=peerapp
@@ -359,7 +361,7 @@ if [[ $PEER == 1 ]] && want peerapp; then
   "$D" cleanup --pg-port "$PGPORT" --db "$DB" --slot dbz_bench --offsets-dir "$W/dbz-offsets" >&2 || true
 fi
 
-# 8. A CPU profile (perf, cpu-clock samples with call graphs) of outboxd and of its PostgreSQL
+# 9. A CPU profile (perf, cpu-clock samples with call graphs) of outboxd and of its PostgreSQL
 # backend during the drain and during a live run at the first rate of BENCH_RATES; the reports go to
 # $W/profile-{drain,live}.txt (sorted by process, library and function). BENCH_ONLY=profile
 if want profile; then
@@ -393,7 +395,7 @@ if want profile; then
   stop_outboxd >/dev/null
 fi
 
-# 9. What removing rows one by one costs (issue 12, "the outbox as a log"): the relay's own rounds
+# 10. What removing rows one by one costs (issue 12, "the outbox as a log"): the relay's own rounds
 # without Kafka (outboxd_bench db-ceiling) over the same backlog with the DELETE and without it
 # (fetch only, as a log that is never deleted from), and the VACUUM that the DELETE leaves;
 # CPU of all of PostgreSQL and WAL per message. BENCH_AB_ROUNDS (2) rounds. BENCH_ONLY=logcost
@@ -415,6 +417,42 @@ if want logcost; then
       fi
     done
   done
+fi
+
+# 11. Delayed delivery (BENCH_ONLY=delay): BENCH_DELAY_DUE messages due now, drained by outboxd
+# (release into the outbox, then the relay) while BENCH_DELAY_WAITING future-dated ones wait, beside
+# the same drain with none waiting; and the cost of one release statement in both. The waiting rows
+# must cost nothing: they are never in outbox.messages, and the release reads the due index only.
+run_delay() { # run_delay NAME WAITING DUE
+  local name=$1 waiting=$2 due=$3 topic="$1-$RUN" t0 t1 rss release_ms
+  fresh_db
+  "$B" topic --bootstrap "$K" --topic "$topic" --partitions 6 >/dev/null
+  psql_db -c "INSERT INTO outbox.delayed (id, topic, key, payload, deliver_at, due_at)
+    SELECT nextval('outbox.messages_id_seq'), '$topic', 'wait-' || (i % 1000), convert_to(repeat('x', 200), 'UTF8'),
+           now() + interval '1 day' + i * interval '1 ms', now() + interval '1 day' + i * interval '1 ms'
+      FROM generate_series(1, $waiting) i" \
+    -c "INSERT INTO outbox.delayed (id, topic, key, payload, deliver_at, due_at)
+    SELECT nextval('outbox.messages_id_seq'), '$topic', 'due-' || (i % 1000), convert_to(repeat('x', 200), 'UTF8'),
+           now() - interval '1 s', now() - interval '1 s' FROM generate_series(1, $due) i" \
+    -c "VACUUM ANALYZE outbox.delayed"
+  # One release of 1,000 rows and its rollback: the statement's own cost, without outboxd.
+  release_ms=$(psql_db -c "BEGIN" -c "\\timing on" -c "SELECT outbox.release_due(1000)" -c "ROLLBACK" |
+    awk '/^Time:/ {print $2; exit}')
+  t0=$(now)
+  start_outboxd
+  wait_until 1800 bash -c "[[ \$(psql -h 127.0.0.1 -p $PGPORT -U postgres -d $DB -qtAX -c \
+    \"SELECT (SELECT count(*) FROM outbox.delayed WHERE due_at <= now()) + (SELECT count(*) FROM outbox.messages)\") == 0 ]]" ||
+    die "delay bench: the due messages were not delivered"
+  t1=$(now)
+  rss=$(stop_outboxd)
+  [[ $(psql_db -c "SELECT count(*) FROM outbox.delayed") == "$waiting" ]] || die "delay bench: waiting rows changed"
+  record "$name" "$(python3 -c "
+print('{\"waiting\": %d, \"due\": %d, \"seconds\": %.2f, \"msgs_per_s\": %.0f, \"release_1000_ms\": %s, \"peak_rss_kib\": $rss}' % ($waiting, $due, $t1-$t0, $due/($t1-$t0), '$release_ms' or 'null'))")"
+}
+if [[ $ONLY == *delay* ]]; then
+  log "delay: the machine may be loaded (other work shares the cores): compare the two runs, not absolutes"
+  run_delay delay_none_waiting 0 "${BENCH_DELAY_DUE:-100000}"
+  run_delay delay_waiting "${BENCH_DELAY_WAITING:-1000000}" "${BENCH_DELAY_DUE:-100000}"
 fi
 
 python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results" "${ONLY:+$ONLY-$N}"

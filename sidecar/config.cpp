@@ -251,12 +251,34 @@ void ReadCheckback(Reader& r, const toml::value& table, CheckbackConfig* out) {
   r.MaybeDuration(table, p, "settled_retention", Millis(0), &cb.settled_retention);
 }
 
+void ReadDelayInboxDoctor(Reader& r, const toml::value& root, Config* c) {
+  const toml::value& delay = r.Table(root, "delay");
+  r.OnlyKnownKeys(delay, "delay.", {"enabled", "poll_interval", "batch_size"});
+  r.MaybeBool(delay, "delay.", "enabled", &c->delay.enabled);
+  r.MaybeDuration(delay, "delay.", "poll_interval", Millis(1), &c->delay.poll_interval);
+  r.MaybeInt(delay, "delay.", "batch_size", 1, 100'000, &c->delay.batch_size);
+
+  const toml::value& inbox = r.Table(root, "inbox");
+  r.OnlyKnownKeys(inbox, "inbox.", {"retention", "cleanup_interval"});
+  r.MaybeDuration(inbox, "inbox.", "retention", Millis(0), &c->inbox.retention);
+  r.MaybeDuration(inbox, "inbox.", "cleanup_interval", Millis(1000), &c->inbox.cleanup_interval);
+
+  const toml::value& doctor = r.Table(root, "doctor");
+  r.OnlyKnownKeys(doctor, "doctor.",
+                  {"startup_check", "max_unsent_age", "long_transaction", "kafka_timeout"});
+  r.MaybeBool(doctor, "doctor.", "startup_check", &c->doctor.startup_check);
+  r.MaybeDuration(doctor, "doctor.", "max_unsent_age", Millis(1000), &c->doctor.max_unsent_age);
+  r.MaybeDuration(doctor, "doctor.", "long_transaction", Millis(1000), &c->doctor.long_transaction);
+  r.MaybeDuration(doctor, "doctor.", "kafka_timeout", Millis(100), &c->doctor.kafka_timeout);
+}
+
 Config Build(const toml::value& root, const std::string& file) {
   Reader r(file);
   Config c;
   c.path = file;
   r.OnlyKnownKeys(root, "",
-                  {"postgres", "kafka", "relay", "backoff", "leadership", "checkback", "log"});
+                  {"postgres", "kafka", "relay", "backoff", "leadership", "checkback", "log",
+                   "delay", "inbox", "doctor"});
 
   const toml::value& pg = r.Table(root, "postgres");
   r.OnlyKnownKeys(pg, "postgres.", {"conninfo"});
@@ -362,6 +384,7 @@ Config Build(const toml::value& root, const std::string& file) {
   }
 
   ReadCheckback(r, r.Table(root, "checkback"), &c.checkback);
+  ReadDelayInboxDoctor(r, root, &c);
 
   const toml::value& log = r.Table(root, "log");
   r.OnlyKnownKeys(log, "log.", {"level"});

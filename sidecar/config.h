@@ -87,6 +87,28 @@ struct CheckbackConfig {
   Millis settled_retention{86'400'000};  // committed / rolled back rows are kept this long
 };
 
+// Delayed delivery (outbox.publish(..., deliver_at)): the leader releases due messages into the
+// outbox (sidecar/scheduler.h).
+struct DelayConfig {
+  bool enabled = true;         // release delayed messages (on the leading instance only)
+  Millis poll_interval{1000};  // longest wait between releases: a due message waits at most this
+  int batch_size = 1000;       // messages moved per release statement
+};
+
+// The consumer's inbox (outbox.consume_once, docs/consuming.md): the leader removes old rows.
+struct InboxConfig {
+  Millis retention{7 * 86'400'000LL};  // rows processed longer ago are removed (0: never)
+  Millis cleanup_interval{3'600'000};  // how often that removal runs
+};
+
+// `outboxd doctor` and the start-up check (sidecar/doctor.h).
+struct DoctorConfig {
+  bool startup_check = true;         // run the checks at start-up, log each risk at warn
+  Millis max_unsent_age{300'000};    // an unsent message older than this is a risk
+  Millis long_transaction{300'000};  // an open transaction older than this is reported
+  Millis kafka_timeout{10'000};      // how long to wait for the cluster's answers
+};
+
 struct LogConfig {
   std::string level = "info";
 };
@@ -100,6 +122,9 @@ struct Config {
   LeadershipConfig leadership;
   CheckbackConfig checkback;
   LogConfig log;
+  DelayConfig delay;
+  InboxConfig inbox;
+  DoctorConfig doctor;
 };
 
 // The producer's transactional.id: relay.transactional_id, or "outboxd-<leadership.lock_id>";

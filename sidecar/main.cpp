@@ -14,6 +14,7 @@
 #include "checker.h"
 #include "config.h"
 #include "kafka/checkpoint_topic.h"
+#include "doctor.h"
 #include "kafka/producer.h"
 #include "log.h"
 #include "migrate.h"
@@ -21,6 +22,7 @@
 #include "pg/connection.h"
 #include "prepared_store.h"
 #include "relay.h"
+#include "scheduler.h"
 #include "status_report.h"
 
 namespace {
@@ -62,6 +64,10 @@ int Run(const outboxd::Config& config) {
     spdlog::warn("{}: {}", config.path, w);
   }
   InstallSignalHandlers();
+  // The durability check (outboxd doctor) once, on its own thread: each risk is a warning.
+  std::thread doctor;
+  if (config.doctor.startup_check)
+    doctor = std::thread([&config] { outboxd::LogDoctorFindings(config, g_stop); });
   outboxd::PgOutboxStore store(config);
   outboxd::Relay relay(
       config, store,
@@ -79,13 +85,25 @@ int Run(const outboxd::Config& config) {
                       [&relay] { return relay.leader_session(); });
     checkback->Start(g_stop);
   }
+  // Delayed messages and inbox retention: their own thread and connection, while the relay leads.
+  outboxd::Scheduler scheduler(config, [&relay] { return relay.leader_session(); });
+  scheduler.Start(g_stop);
   outboxd::Status s = relay.Run(g_stop);
+  scheduler.Stop();
   if (checkback) checkback->Stop();
+  if (doctor.joinable()) doctor.join();
   if (!s.ok()) {
     spdlog::error("{}", s.message());
     return s.code() == outboxd::Status::Code::kInvalid ? kExitConfig : kExitRuntime;
   }
   return kExitOk;
+}
+
+// `outboxd doctor`: exit 0 when nothing is at risk, 1 otherwise.
+int Doctor(const outboxd::Config& config, bool json, const std::vector<std::string>& topics) {
+  outboxd::DoctorReport report = outboxd::RunDoctor(config, topics);
+  std::cout << (json ? report.Json() : report.Text());
+  return report.at_risk() ? kExitRuntime : kExitOk;
 }
 
 int PrintStatus(const outboxd::Config& config) {
@@ -161,13 +179,20 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand(
       "status", "show the backlog, dead letters and prepared (half) messages, then exit");
   auto* version = app.add_subcommand("version", "print the version");
+  auto* doctor = app.add_subcommand(
+      "doctor", "check the durability of Kafka, PostgreSQL and the outbox (exit 1: at risk)");
+  bool doctor_json = false;
+  std::vector<std::string> doctor_topics;
+  doctor->add_flag("--json", doctor_json, "print the findings as JSON");
+  doctor->add_option("--topic", doctor_topics,
+                     "also check this topic (besides those in the outbox); repeatable");
   app.add_flag("-V,--version", show_version, "print the version");
   std::string wait_text = "0s";
   migrate
       ->add_flag("--wait{60s}", wait_text,
                  "retry until PostgreSQL answers, for at most this long (--wait: 60s)")
       ->capture_default_str();
-  for (auto* sub : {run, migrate, check, status}) {
+  for (auto* sub : {run, migrate, check, status, doctor}) {
     sub->add_option("-c,--config", config_path, "configuration file")->envname("OUTBOXD_CONFIG");
   }
   try {
@@ -207,5 +232,6 @@ int main(int argc, char** argv) {
     return Migrate(*config, *wait);
   }
   if (*status) return PrintStatus(*config);
+  if (*doctor) return Doctor(*config, doctor_json, doctor_topics);
   return Run(*config);
 }

@@ -301,5 +301,28 @@ TEST(Config, DeliveryModes) {
   EXPECT_NE(e.find("relay.checkpoint_topic: must not be empty"), std::string::npos) << e;
 }
 
+// The sections of issue 13 ([delay], [inbox], [doctor]): the example file shows the defaults.
+TEST(Config, ExampleFileMatchesDelayInboxDoctorDefaults) {
+  setenv("OUTBOXD_PG_PORT", "55432", 1);
+  setenv("OUTBOXD_KAFKA_PORT", "59092", 1);
+  auto c = LoadConfig(std::string(OUTBOXD_SOURCE_DIR) + "/config/outboxd.toml");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  Config d;
+  EXPECT_EQ(c->delay.enabled, d.delay.enabled);
+  EXPECT_EQ(c->delay.poll_interval, d.delay.poll_interval);
+  EXPECT_EQ(c->delay.batch_size, d.delay.batch_size);
+  EXPECT_EQ(c->inbox.retention, d.inbox.retention);
+  EXPECT_EQ(c->inbox.cleanup_interval, d.inbox.cleanup_interval);
+  EXPECT_EQ(c->doctor.startup_check, d.doctor.startup_check);
+  EXPECT_EQ(c->doctor.max_unsent_age, d.doctor.max_unsent_age);
+  EXPECT_EQ(c->doctor.long_transaction, d.doctor.long_transaction);
+  EXPECT_EQ(c->doctor.kafka_timeout, d.doctor.kafka_timeout);
+  auto zero = ParseConfig(std::string(kMinimal) + "[inbox]\nretention = \"0s\"\n", "t");
+  ASSERT_TRUE(zero.ok()) << zero.status().message();
+  EXPECT_EQ(zero->inbox.retention, Millis(0));
+  EXPECT_NE(ErrorOf(std::string(kMinimal) + "[delay]\nbatch_size = 0\n").find("delay.batch_size"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace outboxd
