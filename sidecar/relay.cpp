@@ -761,6 +761,10 @@ bool Relay::EndTransaction(bool commit, const std::atomic<bool>& stop) {
     if (s.ok()) break;
     if (s.code() == Status::Code::kUnavailable) {  // retriable (a timeout): it goes on
       last_failure_ = s.message();
+      // The producer finishes a commit or an abort only once the reports of the messages it
+      // flushes or purges are served, which only this thread does: serve them before trying again
+      // (without this an abort with messages in flight timed out until the producer was given up).
+      ServeReports(Millis(10));
       if (!KeepLeading()) return false;
       continue;
     }
