@@ -34,8 +34,9 @@ struct RelayConfig {
   Millis cleanup_interval{60'000};   // on_sent = "retain": how often old sent rows are removed
   Millis shutdown_timeout{10'000};   // SIGTERM: longest wait for outstanding acknowledgements
   std::string dead_letter_topic;     // empty: poison rows go to outbox.dead_letters only
-  // Acknowledged rows are removed together once this old, or once batch_size of them gathered.
-  Millis remove_interval{100};
+  // Acknowledged rows are removed together once this old, or once batch_size of them gathered
+  // (0: in every round).
+  Millis remove_interval{0};
 };
 
 struct BackoffConfig {
