@@ -90,13 +90,13 @@ def fmt(c, key):
     return "" if v is None else f"{v:.1f}"
 cost_rows = []
 for name, c in results.items():
-    if not name.endswith("_cost"):
+    if "wal_bytes_per_msg" not in c:
         continue
-    run = results.get(name[: -len("_cost")], {})
+    run = results.get(name[: -len("_cost")], {}) if name.endswith("_cost") else {}
     speed = (f"{run['msgs_per_s']:,.0f} msgs/s" if "msgs_per_s" in run else
              f"p50 {run['p50_ms']:.1f} / p99 {run['p99_ms']:.1f} ms" if "p50_ms" in run else
              f"{c['tps']:,} tps" if "tps" in c else "")
-    cost_rows.append(f"| {name[:-5]} | {c['messages']:,} | {speed} | {fmt(c, 'outboxd')} | {fmt(c, 'relay_pg')} | "
+    cost_rows.append(f"| {name[:-5] if name.endswith('_cost') else name} | {c['messages']:,} | {speed} | {fmt(c, 'outboxd')} | {fmt(c, 'relay_pg')} | "
                      f"{fmt(c, 'peer')} | {fmt(c, 'peer_pg')} | {fmt(c, 'pg_all')} | {fmt(c, 'kafka')} | {c['wal_bytes_per_msg']:,.0f} | "
                      f"{c['load_start']:.1f}-{c['load_end']:.1f} / {c['machine_busy_cores']:.2f} |")
 if cost_rows:

@@ -39,8 +39,9 @@ struct RelayConfig {
   Delivery delivery = Delivery::kAtLeastOnce;
   std::string checkpoint_topic = "outboxd.checkpoints";  // compacted; key: the transactional.id
   std::string transactional_id;                          // empty: "outboxd-<leadership.lock_id>"
-  // Acknowledged rows are removed together once this old, or once batch_size of them gathered.
-  Millis remove_interval{100};
+  // Acknowledged rows are removed together once this old, or once batch_size of them gathered
+  // (0: in every round).
+  Millis remove_interval{0};
 };
 
 struct BackoffConfig {
