@@ -2,9 +2,11 @@
 //   exit 0: success · exit 2: bad configuration or usage · exit 1: runtime failure
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -140,15 +142,29 @@ int Migrate(const outboxd::Config& config, outboxd::Millis wait) {
   return kExitOk;
 }
 
+// Flags > environment > default: the path from --config in either position if given, else
+// $OUTBOXD_CONFIG if set and not empty, else the default.
+std::string ConfigPath(const std::vector<CLI::Option*>& options, const std::string& parsed) {
+  for (const CLI::Option* o : options) {
+    if (o->count() > 0) return parsed;
+  }
+  const char* env = std::getenv("OUTBOXD_CONFIG");
+  return env && *env ? std::string(env) : parsed;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"outboxd: a transactional outbox relay from PostgreSQL to Kafka"};
   std::string config_path = "/etc/outboxd/outboxd.toml";
   bool show_version = false;
-  app.add_option("-c,--config", config_path, "configuration file")
-      ->envname("OUTBOXD_CONFIG")
-      ->capture_default_str();
+  // --config beats OUTBOXD_CONFIG, which beats the default (ConfigPath below). No envname(): CLI11
+  // applies an option's environment variable when that option was not given, and the top-level
+  // and subcommand options share config_path, so the unused one would overwrite the flag.
+  std::vector<CLI::Option*> config_options;
+  config_options.push_back(
+      app.add_option("-c,--config", config_path, "configuration file (env OUTBOXD_CONFIG)")
+          ->capture_default_str());
   app.require_subcommand(0, 1);
   auto* run = app.add_subcommand("run", "deliver outbox messages to Kafka (the default)");
   auto* migrate = app.add_subcommand("migrate", "apply pending schema migrations, then exit");
@@ -163,7 +179,8 @@ int main(int argc, char** argv) {
                  "retry until PostgreSQL answers, for at most this long (--wait: 60s)")
       ->capture_default_str();
   for (auto* sub : {run, migrate, check, status}) {
-    sub->add_option("-c,--config", config_path, "configuration file")->envname("OUTBOXD_CONFIG");
+    config_options.push_back(
+        sub->add_option("-c,--config", config_path, "configuration file (env OUTBOXD_CONFIG)"));
   }
   try {
     app.parse(argc, argv);
@@ -180,6 +197,7 @@ int main(int argc, char** argv) {
     std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
     return kExitOk;
   }
+  config_path = ConfigPath(config_options, config_path);
   auto config = Load(config_path);
   if (!config.ok()) return kExitConfig;
   if (*check) {
