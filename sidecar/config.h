@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "duration.h"
@@ -12,6 +13,7 @@
 namespace outboxd {
 
 enum class OnSent { kDelete, kRetain };
+enum class LogFormat { kText, kJson };
 
 struct PostgresConfig {
   std::string conninfo;  // libpq connection string; required
@@ -82,6 +84,13 @@ struct CheckbackConfig {
 
 struct LogConfig {
   std::string level = "info";
+  LogFormat format = LogFormat::kText;  // "text" or "json" (one object per line)
+};
+
+// The admin HTTP listener (/metrics, /healthz, /readyz); docs/design.md, "The admin room".
+struct AdminConfig {
+  std::string listen = "127.0.0.1:9464";  // host:port; "" turns the listener off
+  Millis query_timeout{2000};             // statement_timeout of the database gauges' queries
 };
 
 struct Config {
@@ -93,7 +102,15 @@ struct Config {
   LeadershipConfig leadership;
   CheckbackConfig checkback;
   LogConfig log;
+  AdminConfig admin;
 };
+
+// "host:port" (or "[v6]:port") split; nullopt when malformed. Port 0: any free port.
+struct ListenAddress {
+  std::string host;
+  int port = 0;
+};
+std::optional<ListenAddress> ParseListenAddress(const std::string& text);
 
 // Reads and validates a configuration file. On failure the Status message names the file, the
 // line and the key, e.g. "outboxd.toml:12: relay.batch_size: expected an integer".

@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "log_json.h"
 #include "text.h"
 
 namespace outboxd {
@@ -34,13 +35,17 @@ Relay::Stats Relay::stats() const {
 }
 
 Status Relay::Run(const std::atomic<bool>& stop) {
+  using State = RelayMetrics::State;
+  auto set_state = [this](State st) { metrics_.state.store(static_cast<int>(st)); };
   while (!stop) {
+    metrics_.Beat();
     if (!leading_) {
       Status s = store_.Lead();
       if (s.ok()) {
         pg_log_.Recovered();
         backoff_.Reset();  // the next outage starts from backoff.initial again
         leading_ = true;
+        set_state(State::kLeading);
         PublishLeadership(true);
         standby_logged_ = false;
         ++stats_.leadership_terms;
@@ -51,16 +56,19 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       }
       if (s.code() == Status::Code::kNotLeader) {
         pg_log_.Recovered();
+        set_state(State::kStandby);
         if (!standby_logged_) spdlog::info("standing by: {}", s.message());
         standby_logged_ = true;
         WaitInterruptibly(config_.leadership.retry_interval, stop);
       } else {
+        set_state(State::kUnavailable);
         pg_log_.Failure(s.message());
         WaitInterruptibly(backoff_.Next(), stop);
       }
       continue;
     }
     if (!publisher_) {
+      metrics_.kafka_ok.store(false);
       auto p = make_publisher_();
       if (!p.ok()) {
         if (p.status().code() == Status::Code::kInvalid) return p.status();
@@ -96,6 +104,8 @@ bool Relay::KeepLeading() { return leading_ && StoreOk(store_.KeepLeading()); }
 
 bool Relay::Step(const std::atomic<bool>& stop) {
   ServeReports(Millis(0));
+  metrics_.kafka_ok.store(publisher_ != nullptr && !fatal_ && !kafka_log_.failing(),
+                          std::memory_order_relaxed);
   if (!leading_) return false;
   // Stalled on Kafka (max_in_flight reached, recovering, backing off) the relay may send nothing
   // for long: without a statement PostgreSQL would end the session (idle_session_timeout).
@@ -105,6 +115,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   }
   if (!MoveDeadLetters()) return false;
   if (rewind_to_ || fatal_) return Recover(stop);
+  if (rescan_from_) return Rescan();
 
   auto now = Clock::now();
   if (config_.relay.on_sent == OnSent::kRetain && now >= next_cleanup_) {
@@ -129,6 +140,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   std::vector<int64_t> marks;
   marks.swap(to_mark_);
   const size_t marked = marks.size();
+  const auto round_start = Clock::now();
   if (!StoreOk(store_.StartRound(std::move(marks)))) return false;
   if (!ProducePending()) return false;
   while (!store_.RoundReady(Millis(1))) {
@@ -137,7 +149,14 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   }
   std::vector<OutboxRow> rows;
   if (!StoreOk(store_.FinishRound(&rows))) return false;
+  metrics_.fetch_seconds.Observe(std::chrono::duration<double>(Clock::now() - round_start).count());
   stats_.marked_sent += static_cast<int64_t>(marked);
+  if (auto from = store_.TakeRescanRequest()) {
+    // Not produced now: the rescan fetches these again, after what is in flight.
+    rescan_from_ = rows.empty() ? *from : std::min(*from, rows.front().id);
+    if (!Wake()) return false;
+    return Rescan();
+  }
   if (rows.empty()) return IdleWait(stop);
   if (!Wake()) return false;
   pending_rows_ = std::move(rows);
@@ -171,6 +190,7 @@ bool Relay::MoveDeadLetters() {
                    id, s.message());
       s = store_.DeadLetter(id, AsciiEscaped(error));
       if (s.code() == Status::Code::kInvalid) {
+        ScopedLogFields fields({{"message_id", std::to_string(id)}, {"error", s.message()}});
         spdlog::error(
             "message {} cannot be moved to outbox.dead_letters ({}): it stays in the outbox and "
             "is skipped until the next leadership term; its error: {}",
@@ -185,7 +205,8 @@ bool Relay::MoveDeadLetters() {
     to_dead_letter_.pop_front();
     dead_letters_.erase(id);
     ++stats_.dead_lettered;
-    spdlog::warn("message {} moved to outbox.dead_letters: {}", id, error);
+    LogWith(spdlog::level::warn, {{"message_id", std::to_string(id)}, {"error", error}},
+            "message {} moved to outbox.dead_letters: {}", id, error);
   }
   return true;
 }
@@ -211,7 +232,7 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
       break;
     }
     OutgoingMessage m{&row.topic, &row.key, &row.payload, &*headers};
-    Status s = ProduceOne(m, InFlight{row.id, row.key, false, isolate});
+    Status s = ProduceOne(m, InFlight{row.id, row.key, false, isolate, row.created_at_us});
     if (s.code() == Status::Code::kPermanent) {
       Poison(row.id, s.message());  // refused by the producer itself: certainly this row
     } else if (!s.ok()) {
@@ -232,6 +253,8 @@ Status Relay::ProduceOne(const OutgoingMessage& m, InFlight entry) {
     switch (s.code()) {
       case Status::Code::kOk:
         in_flight_.emplace(token, std::move(entry));
+        metrics_.in_flight.store(static_cast<int64_t>(in_flight_.size()),
+                                 std::memory_order_relaxed);
         ++stats_.produced;
         return s;
       case Status::Code::kQueueFull:
@@ -251,6 +274,7 @@ Status Relay::ProduceOne(const OutgoingMessage& m, InFlight entry) {
 }
 
 void Relay::ServeReports(Millis timeout) {
+  metrics_.Beat();
   if (!publisher_) return;
   std::vector<DeliveryReport> reports;
   publisher_->Poll(timeout, &reports);
@@ -265,6 +289,7 @@ void Relay::OnReport(const DeliveryReport& report) {
   }
   InFlight e = std::move(it->second);
   in_flight_.erase(it);
+  metrics_.in_flight.store(static_cast<int64_t>(in_flight_.size()), std::memory_order_relaxed);
   using Outcome = DeliveryReport::Outcome;
 
   // Only proof removes a row: a "persisted" report must also carry the offset the broker wrote
@@ -272,7 +297,10 @@ void Relay::OnReport(const DeliveryReport& report) {
   DeliveryReport r = report;
   if (r.outcome == Outcome::kPersisted && !r.proven()) {
     ++stats_.unproven_reports;
-    spdlog::warn("broker report without an offset for message {}: sending it again", e.id);
+    if (!abandoning_) ++metrics_.resent;
+    LogWith(spdlog::level::warn,
+            {{"message_id", std::to_string(e.id)}, {"error", "persisted report without an offset"}},
+            "broker report without an offset for message {}: sending it again", e.id);
     r.outcome = Outcome::kRetriable;
     r.error = "a persisted report without an offset";
   }
@@ -290,8 +318,15 @@ void Relay::OnReport(const DeliveryReport& report) {
     }
     return;
   }
+  if (report.outcome != Outcome::kPersisted) metrics_.delivery_errors.Add(report.error_code);
   if (r.outcome == Outcome::kPersisted) {
     ++stats_.acknowledged;
+    if (e.created_at_us > 0) {
+      const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+      metrics_.commit_to_ack_seconds.Observe(static_cast<double>(now_us - e.created_at_us) / 1e6);
+    }
     if (kafka_log_.failing() && !abandoning_) {
       kafka_log_.Recovered();
       backoff_.Reset();
@@ -300,6 +335,7 @@ void Relay::OnReport(const DeliveryReport& report) {
     if (e.key) {
       auto failed = failed_keys_.find(*e.key);
       if (failed != failed_keys_.end() && failed->second < e.id) {
+        ++metrics_.resent;
         Failure(e.id);  // an earlier row of this key failed: this one goes again after it
         return;
       }
@@ -317,10 +353,12 @@ void Relay::OnReport(const DeliveryReport& report) {
   if (r.outcome == Outcome::kPermanent) {
     // The broker refuses whole requests: this row may only have shared one with the poison.
     if (suspects_.insert(e.id).second) {
-      spdlog::info("message {} refused by the broker ({}): sending it again alone", e.id, r.error);
+      LogWith(spdlog::level::info, {{"message_id", std::to_string(e.id)}, {"error", r.error}},
+              "message {} refused by the broker ({}): sending it again alone", e.id, r.error);
     }
   }
   last_failure_ = r.error;
+  if (report.outcome != Outcome::kPersisted) ++metrics_.resent;  // (unproven: counted above)
   Failure(e.id);
   if (e.key) failed_keys_.try_emplace(*e.key, e.id);
 }
@@ -381,7 +419,9 @@ bool Relay::FlushMarks(bool force) {
       !in_flight_.empty() && Clock::now() - first_unmarked_ < Millis(5)) {
     return true;
   }
+  const auto started = Clock::now();
   if (!StoreOk(store_.MarkSent(to_mark_))) return false;
+  metrics_.remove_seconds.Observe(std::chrono::duration<double>(Clock::now() - started).count());
   stats_.marked_sent += static_cast<int64_t>(to_mark_.size());
   to_mark_.clear();
   return true;
@@ -391,6 +431,7 @@ void Relay::HandleFatal(const std::string& reason) {
   if (fatal_) return;
   fatal_ = true;
   last_failure_ = "fatal producer error: " + reason;
+  ScopedLogFields fields({{"error", reason}});
   spdlog::error("kafka producer unusable ({}): rebuilding it and re-sending unacknowledged rows",
                 reason);
   publisher_->PurgeAll();  // their reports come back as failures; no row is removed for them
@@ -423,6 +464,21 @@ bool Relay::Recover(const std::atomic<bool>& stop) {
   return true;
 }
 
+bool Relay::Rescan() {
+  if (!in_flight_.empty()) {
+    ServeReports(Millis(10));  // every report first: nothing in flight may be fetched again
+    return leading_;
+  }
+  if (!FlushMarks(true) || !MoveDeadLetters()) return false;
+  if (rewind_to_) return true;  // a failure meanwhile: Recover rewinds first, then this
+  const int64_t from = *rescan_from_;
+  store_.Rewind(from);
+  if (!StoreOk(store_.ClearRescanRequest(from))) return false;
+  rescan_from_.reset();
+  spdlog::info("rescanning the outbox from id {}: rows were put back by an admin command", from);
+  return true;
+}
+
 void Relay::Abandon() {
   if (publisher_ && !in_flight_.empty()) {
     publisher_->PurgeAll();
@@ -439,6 +495,7 @@ void Relay::Abandon() {
     ++stats_.producer_rebuilds;
   }
   in_flight_.clear();
+  metrics_.in_flight.store(0, std::memory_order_relaxed);
   rewind_to_.reset();
   failed_keys_.clear();
   fatal_ = false;
@@ -449,11 +506,14 @@ void Relay::Abandon() {
 void Relay::LoseLeadership(const Status& why) {
   if (!leading_) return;
   leading_ = false;
+  ++metrics_.leadership_losses;
+  metrics_.state.store(static_cast<int>(RelayMetrics::State::kUnavailable));
   PublishLeadership(false);
-  spdlog::warn("stopped delivering: {}", why.message());
+  LogWith(spdlog::level::warn, {{"error", why.message()}}, "stopped delivering: {}", why.message());
   Abandon();
   to_mark_.clear();  // acknowledged but not removed: sent again by the next leader (duplicates)
   pending_rows_.clear();
+  rescan_from_.reset();  // the next term starts from the beginning anyway
   to_dead_letter_.clear();
   dead_letters_.clear();
   set_aside_.clear();  // the next term tries them once more
@@ -489,6 +549,7 @@ bool Relay::IdleWait(const std::atomic<bool>& stop) {
   while (!stop && Clock::now() < wake_at) {
     auto left = std::chrono::duration_cast<Millis>(wake_at - Clock::now());
     auto notified = store_.WaitForNotify(std::min(left, Millis(100)));
+    metrics_.Beat();
     if (!StoreOk(notified.status())) return false;
     if (*notified) break;
     if (!KeepLeading()) return false;
@@ -525,6 +586,7 @@ void Relay::Drain() {
     spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);
   }
   PublishLeadership(false);
+  metrics_.state.store(static_cast<int>(RelayMetrics::State::kStarting));
   spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent.load());
 }
 
@@ -533,6 +595,7 @@ void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {
   while (!stop && Clock::now() < until) {
     auto left = std::chrono::duration_cast<Millis>(until - Clock::now());
     std::this_thread::sleep_for(std::min(left, Millis(50)));
+    metrics_.Beat();
     if (leading_ && !KeepLeading()) return;
   }
 }

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "headers.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox_store.h"
 #include "publisher.h"
 
@@ -56,6 +57,8 @@ class Relay {
   // read from any thread. Check-back proves against it in PostgreSQL that the lock is still held:
   // this value changes only when a relay statement fails, which a stalled relay may not send.
   std::optional<LeaderSession> leader_session() const;
+  // Histograms, gauges and the relay's state for the admin listener; lock-free, any thread.
+  const RelayMetrics& metrics() const { return metrics_; }
 
  private:
   struct InFlight {
@@ -63,6 +66,7 @@ class Relay {
     std::optional<std::string> key;
     bool dead_letter_copy = false;  // a copy on the dead-letter topic
     bool isolated = false;          // a suspect, sent with nothing else in flight
+    int64_t created_at_us = 0;      // the row's created_at (commit-to-ack latency)
   };
   struct PendingDeadLetter {
     std::string error;
@@ -90,6 +94,9 @@ class Relay {
   bool FlushMarks(bool force);
   // After a retriable failure: wait for in-flight reports, remove what may be, fetch again.
   bool Recover(const std::atomic<bool>& stop);
+  // An admin command put rows back below the fetch position (OutboxStore::TakeRescanRequest):
+  // once nothing is in flight, fetch again from rescan_from_.
+  bool Rescan();
   void HandleFatal(const std::string& reason);
   // Fails everything in flight and waits for the reports; no row is removed afterwards.
   void Abandon();
@@ -122,6 +129,7 @@ class Relay {
   // The current attempt's failures: the first unacknowledged id, and per key the lowest failed id
   // (a later row of that key is not removed even if it was acknowledged: it goes again, in order).
   std::optional<int64_t> rewind_to_;
+  std::optional<int64_t> rescan_from_;  // requested by an admin command, not yet done
   std::unordered_map<std::string, int64_t> failed_keys_;
   std::string last_failure_;
   bool fatal_ = false;
@@ -141,6 +149,7 @@ class Relay {
   OnceLogger kafka_log_{"Kafka delivery"};
   bool standby_logged_ = false;
   Counters<std::atomic<int64_t>> stats_;  // written by the relay thread, read by any
+  RelayMetrics metrics_;                  // written by the relay thread, read by any
 };
 
 }  // namespace outboxd
