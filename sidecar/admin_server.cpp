@@ -10,7 +10,6 @@
 #include <nlohmann/json.hpp>
 
 #include "metrics.h"
-#include "status_report.h"
 
 namespace outboxd {
 namespace {
