@@ -263,8 +263,10 @@ TEST_F(AdminIntegrationTest, RequeuedDeadLettersArriveWhileALeaderRuns) {
 // flight. The rescan must wait for them: nothing is lost, nothing is sent twice, and every key
 // keeps its order; the requeued rows arrive too.
 TEST_F(AdminIntegrationTest, RequeueDuringADrainLosesAndDuplicatesNothing) {
+  // linger.ms keeps produced rows unacknowledged for a while: a rescan that did not wait for
+  // them would fetch and send them again.
   OutboxdProcess outboxd(services_, *db_, "batch_size = 200\nmax_in_flight = 2000",
-                         "[admin]\nlisten = \"\"\n");
+                         "[admin]\nlisten = \"\"\n[kafka.properties]\n\"linger.ms\" = 200\n");
   outboxd.Start();
   Consumer consumer(services_, topic_);
   std::set<int64_t> poison;
