@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "log_json.h"
+
 namespace outboxd {
 
 using Clock = std::chrono::steady_clock;
@@ -133,6 +135,8 @@ Status CheckBack::ProveLeading(const LeaderSession& leader) {
 }
 
 Status CheckBack::Handle(const PreparedMessage& m, const LeaderSession& leader) {
+  // [log] format = "json": this message's lines carry its id and topic.
+  ScopedLogFields fields({{"message_id", std::to_string(m.id)}, {"topic", m.topic}});
   if (m.check_count >= config_.max_checks) {
     spdlog::warn("half message {} (topic {}): no verdict after {} checks: {}", m.id, m.topic,
                  m.check_count,
@@ -153,8 +157,10 @@ Status CheckBack::Handle(const PreparedMessage& m, const LeaderSession& leader) 
   if (answer.verdict == Verdict::kUnknown) {
     ++counts_.unknown;
     if (!answer.detail.empty() && warned_.insert(m.id).second) {
-      spdlog::warn("half message {}: check failed, counted as unknown (said once per message): {}",
-                   m.id, answer.detail);
+      LogWith(spdlog::level::warn,
+              {{"message_id", std::to_string(m.id)}, {"topic", m.topic}, {"error", answer.detail}},
+              "half message {}: check failed, counted as unknown (said once per message): {}", m.id,
+              answer.detail);
     }
     auto counted = store_.RecordUnknown(m.id, config_.check_interval, leader);
     if (!counted.ok() && IsLockTimeout(counted.status())) {
