@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
@@ -116,6 +117,11 @@ Status AdminServer::Start() {
                                " (address in use, or not an address of this host)");
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // cpp-httplib's stop() does nothing before the loop runs: a Stop() right after Start() would
+  // leave the thread listening and the join waiting forever. Wait until it runs.
+  for (int i = 0; i < 5000 && !server_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   spdlog::info("admin listener on {}:{} (/metrics, /healthz, /readyz)", address->host, port_);
   return Status::Ok();
 }
