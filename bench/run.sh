@@ -48,6 +48,8 @@ $KAFKA_EXTRA
 notify = $2
 [log]
 level = "warn"
+[admin]
+listen = "127.0.0.1:0"
 TOML
 }
 KAFKA_EXTRA=  # extra [kafka.properties] lines for a variant run
