@@ -51,6 +51,8 @@ notify = $2
 $RELAY_EXTRA
 [log]
 level = "warn"
+[admin]
+listen = "127.0.0.1:0"
 TOML
 }
 KAFKA_EXTRA=  # extra [kafka.properties] lines for a variant run

@@ -23,6 +23,10 @@ PACKAGES=(
   nftables
   # docker-compose (v1) validates compose.yaml in a test; there is no Docker engine
   docker-compose
+  # Prometheus server and promtool: the admin listener's /metrics scraped in a test, deploy/ checked
+  prometheus
+  # tests/scripts/deploy_files_valid.sh parses deploy/*.yaml
+  python3-yaml
 )
 
 # Go builds the e2e harness (tests/e2e). A Go already on the machine (PATH or /usr/local/go) is used;

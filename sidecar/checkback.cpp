@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "log_json.h"
+
 namespace outboxd {
 
 using Clock = std::chrono::steady_clock;
@@ -133,6 +135,8 @@ Status CheckBack::ProveLeading(const LeaderSession& leader) {
 }
 
 Status CheckBack::Handle(const PreparedMessage& m, const LeaderSession& leader) {
+  // [log] format = "json": this message's lines carry its id and topic.
+  ScopedLogFields fields({{"message_id", std::to_string(m.id)}, {"topic", m.topic}});
   if (m.check_count >= config_.max_checks) {
     spdlog::warn("half message {} (topic {}): no verdict after {} checks: {}", m.id, m.topic,
                  m.check_count,
@@ -146,15 +150,17 @@ Status CheckBack::Handle(const PreparedMessage& m, const LeaderSession& leader) 
   }
   // A round may last long (a slow checker): ask only while still leading.
   if (Status s = ProveLeading(leader); !s.ok()) return s;
-  ++stats_.checks;
+  ++counts_.checks;
   CheckAnswer answer = checker_->Check(m);
   spdlog::debug("half message {}: check {} answered {}{}{}", m.id, m.check_count + 1,
                 VerdictName(answer.verdict), answer.detail.empty() ? "" : ": ", answer.detail);
   if (answer.verdict == Verdict::kUnknown) {
-    ++stats_.unknown;
+    ++counts_.unknown;
     if (!answer.detail.empty() && warned_.insert(m.id).second) {
-      spdlog::warn("half message {}: check failed, counted as unknown (said once per message): {}",
-                   m.id, answer.detail);
+      LogWith(spdlog::level::warn,
+              {{"message_id", std::to_string(m.id)}, {"topic", m.topic}, {"error", answer.detail}},
+              "half message {}: check failed, counted as unknown (said once per message): {}", m.id,
+              answer.detail);
     }
     auto counted = store_.RecordUnknown(m.id, config_.check_interval, leader);
     if (!counted.ok() && IsLockTimeout(counted.status())) {
@@ -163,7 +169,7 @@ Status CheckBack::Handle(const PreparedMessage& m, const LeaderSession& leader) 
     }
     if (!counted.ok()) return counted.status();
     if (!*counted) {
-      ++stats_.ignored;
+      ++counts_.ignored;
       spdlog::debug("half message {}: settled meanwhile; unknown answer ignored", m.id);
     }
     return Status::Ok();
@@ -187,17 +193,17 @@ Status CheckBack::Apply(const PreparedMessage& m, Settlement settlement, Settled
   }
   warned_.erase(m.id);
   if (!*settled) {
-    ++stats_.ignored;
+    ++counts_.ignored;
     spdlog::debug("half message {}: already settled; check-back verdict {} ignored", m.id,
                   SettlementWord(settlement));
     return Status::Ok();
   }
   if (by == SettledBy::kMaxChecks) {
-    ++stats_.final_actions;
+    ++counts_.final_actions;
   } else if (settlement == Settlement::kCommit) {
-    ++stats_.committed;
+    ++counts_.committed;
   } else {
-    ++stats_.rolled_back;
+    ++counts_.rolled_back;
   }
   spdlog::info("half message {} (topic {}) {} by {}", m.id, m.topic, SettlementWord(settlement),
                by == SettledBy::kCheck ? "check-back" : "the final action after max_checks");

@@ -57,7 +57,17 @@ class CheckBack {
   // One round on the caller's thread: cleanup when due, then up to batch_size due messages.
   // Returns how many messages it handled (checked or settled).
   Result<int> RunOnce();
-  const Stats& stats() const { return stats_; }
+  // A snapshot of the counters; safe to call from any thread (the admin listener reads it).
+  Stats stats() const {
+    Stats s;
+    s.checks = counts_.checks.load(std::memory_order_relaxed);
+    s.committed = counts_.committed.load(std::memory_order_relaxed);
+    s.rolled_back = counts_.rolled_back.load(std::memory_order_relaxed);
+    s.unknown = counts_.unknown.load(std::memory_order_relaxed);
+    s.final_actions = counts_.final_actions.load(std::memory_order_relaxed);
+    s.ignored = counts_.ignored.load(std::memory_order_relaxed);
+    return s;
+  }
 
  private:
   void Loop(const std::atomic<bool>& stop);
@@ -86,7 +96,11 @@ class CheckBack {
   std::set<int64_t> warned_;  // messages whose failed check was logged at warn already
   bool connected_ = false;
   bool warned_deposed_ = false;
-  Stats stats_;
+  struct AtomicStats {
+    std::atomic<int64_t> checks{0}, committed{0}, rolled_back{0}, unknown{0}, final_actions{0},
+        ignored{0};
+  };
+  AtomicStats counts_;  // written by the check-back thread, read by any
 };
 
 }  // namespace outboxd

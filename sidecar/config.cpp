@@ -278,7 +278,7 @@ Config Build(const toml::value& root, const std::string& file) {
   c.path = file;
   r.OnlyKnownKeys(root, "",
                   {"postgres", "kafka", "relay", "backoff", "leadership", "checkback", "log",
-                   "delay", "inbox", "doctor"});
+                   "delay", "inbox", "doctor", "admin"});
 
   const toml::value& pg = r.Table(root, "postgres");
   r.OnlyKnownKeys(pg, "postgres.", {"conninfo"});
@@ -387,7 +387,17 @@ Config Build(const toml::value& root, const std::string& file) {
   ReadDelayInboxDoctor(r, root, &c);
 
   const toml::value& log = r.Table(root, "log");
-  r.OnlyKnownKeys(log, "log.", {"level"});
+  r.OnlyKnownKeys(log, "log.", {"level", "format"});
+  if (const toml::value* v = r.Find(log, "format")) {
+    std::string format = r.String(*v, "log.format");
+    if (format == "text") {
+      c.log.format = LogFormat::kText;
+    } else if (format == "json") {
+      c.log.format = LogFormat::kJson;
+    } else {
+      r.Fail(*v, "log.format", "expected \"text\" or \"json\", got \"" + format + "\"");
+    }
+  }
   if (const toml::value* v = r.Find(log, "level")) {
     std::string level = r.String(*v, "log.level");
     static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
@@ -395,6 +405,15 @@ Config Build(const toml::value& root, const std::string& file) {
       r.Fail(*v, "log.level", "expected trace, debug, info, warn or error");
     c.log.level = level;
   }
+
+  const toml::value& admin = r.Table(root, "admin");
+  r.OnlyKnownKeys(admin, "admin.", {"listen", "query_timeout"});
+  r.MaybeString(admin, "admin.", "listen", &c.admin.listen);
+  if (!c.admin.listen.empty() && !ParseListenAddress(c.admin.listen)) {
+    r.Fail(*r.Find(admin, "listen"), "admin.listen",
+           "expected host:port (e.g. \"127.0.0.1:9464\", \"[::1]:9464\") or \"\" (off)");
+  }
+  r.MaybeDuration(admin, "admin.", "query_timeout", Millis(1), &c.admin.query_timeout);
   return c;
 }
 
@@ -406,6 +425,32 @@ std::string SyntaxMessage(const std::string& file, const std::exception& e,
 }
 
 }  // namespace
+
+std::optional<ListenAddress> ParseListenAddress(const std::string& text) {
+  ListenAddress a;
+  size_t colon;
+  if (!text.empty() && text[0] == '[') {
+    size_t close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return std::nullopt;
+    }
+    a.host = text.substr(1, close - 1);
+    colon = close + 1;
+  } else {
+    colon = text.rfind(':');
+    if (colon == std::string::npos) return std::nullopt;
+    a.host = text.substr(0, colon);
+    if (a.host.find(':') != std::string::npos) return std::nullopt;  // v6 needs brackets
+  }
+  const std::string port = text.substr(colon + 1);
+  if (a.host.empty() || port.empty() || port.size() > 5 ||
+      port.find_first_not_of("0123456789") != std::string::npos) {
+    return std::nullopt;
+  }
+  a.port = std::stoi(port);
+  if (a.port > 65535) return std::nullopt;
+  return a;
+}
 
 Result<Config> ParseConfig(const std::string& text, const std::string& name) {
   std::istringstream in(text);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "duration.h"
@@ -13,6 +14,7 @@ namespace outboxd {
 
 enum class OnSent { kDelete, kRetain };
 enum class Delivery { kAtLeastOnce, kExactlyOnce };
+enum class LogFormat { kText, kJson };
 
 struct PostgresConfig {
   std::string conninfo;  // libpq connection string; required
@@ -112,6 +114,13 @@ struct DoctorConfig {
 
 struct LogConfig {
   std::string level = "info";
+  LogFormat format = LogFormat::kText;  // "text" or "json" (one object per line)
+};
+
+// The admin HTTP listener (/metrics, /healthz, /readyz); docs/design.md, "The admin room".
+struct AdminConfig {
+  std::string listen = "127.0.0.1:9464";  // host:port; "" turns the listener off
+  Millis query_timeout{2000};             // statement_timeout of the database gauges' queries
 };
 
 struct Config {
@@ -126,11 +135,19 @@ struct Config {
   DelayConfig delay;
   InboxConfig inbox;
   DoctorConfig doctor;
+  AdminConfig admin;
 };
 
 // The producer's transactional.id: relay.transactional_id, or "outboxd-<leadership.lock_id>";
 // empty in at-least-once mode.
 std::string TransactionalId(const Config& config);
+
+// "host:port" (or "[v6]:port") split; nullopt when malformed. Port 0: any free port.
+struct ListenAddress {
+  std::string host;
+  int port = 0;
+};
+std::optional<ListenAddress> ParseListenAddress(const std::string& text);
 
 // Reads and validates a configuration file. On failure the Status message names the file, the
 // line and the key, e.g. "outboxd.toml:12: relay.batch_size: expected an integer".

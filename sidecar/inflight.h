@@ -28,6 +28,7 @@ class InFlightLedger {
     std::optional<std::string> key;
     bool dead_letter_copy = false;  // a copy on the dead-letter topic
     bool isolated = false;          // a suspect, sent with nothing else in flight
+    int64_t created_at_us = 0;      // the row's created_at (commit-to-ack latency)
   };
 
   // Tokens: one per Produce call, never reused; Add only for a message the producer accepted.

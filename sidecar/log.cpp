@@ -2,12 +2,19 @@
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#include "log_json.h"
+
 namespace outboxd {
 
-void InitLogging(const std::string& level) {
+void InitLogging(const std::string& level, bool json) {
+  spdlog::drop("outboxd");
   auto logger = spdlog::stderr_color_mt("outboxd");
   spdlog::set_default_logger(logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  if (json) {
+    logger->set_formatter(MakeJsonFormatter());
+  } else {
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  }
   spdlog::set_level(spdlog::level::from_str(level));
 }
 
@@ -32,14 +39,16 @@ void OnceLogger::Failure(const std::string& raw_detail) {
     since_ = now;
     last_logged_ = now;
     last_detail_ = detail;
-    spdlog::warn("{}: {}; retrying with back-off", what_, detail);
+    LogWith(spdlog::level::warn, {{"error", detail}}, "{}: {}; retrying with back-off", what_,
+            detail);
     return;
   }
   ++repeats_;
   if (detail != last_detail_ && now - last_logged_ > std::chrono::minutes(1)) {
     last_logged_ = now;
     last_detail_ = detail;
-    spdlog::warn("{}: still failing after {}: {}", what_, Retries(repeats_), detail);
+    LogWith(spdlog::level::warn, {{"error", detail}}, "{}: still failing after {}: {}", what_,
+            Retries(repeats_), detail);
   }
 }
 

@@ -8,8 +8,9 @@
 
 namespace outboxd {
 
-// Sets the level ("trace", "debug", "info", "warn", "error") and the line format.
-void InitLogging(const std::string& level);
+// Sets the level ("trace", "debug", "info", "warn", "error") and the line format: text, or with
+// `json` one JSON object per line (log_json.h).
+void InitLogging(const std::string& level, bool json = false);
 
 // Says a problem once when it starts, counts repeats silently, and says when it ends.
 // Used by the loops that retry: "PostgreSQL unavailable ..." once, then "... recovered after N".

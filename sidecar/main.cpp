@@ -2,13 +2,18 @@
 //   exit 0: success · exit 2: bad configuration or usage · exit 1: runtime failure
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "admin_commands.h"
+#include "admin_server.h"
 #include "backoff.h"
 #include "checkback.h"
 #include "checker.h"
@@ -51,7 +56,7 @@ outboxd::Result<outboxd::Config> Load(const std::string& path) {
 }
 
 int Run(const outboxd::Config& config) {
-  outboxd::InitLogging(config.log.level);
+  outboxd::InitLogging(config.log.level, config.log.format == outboxd::LogFormat::kJson);
   spdlog::info("outboxd {} starting: config {}, kafka {}", OUTBOXD_VERSION, config.path,
                config.kafka.bootstrap_servers);
   // What librdkafka refuses in the properties is a configuration error (checked without
@@ -85,11 +90,24 @@ int Run(const outboxd::Config& config) {
                       [&relay] { return relay.leader_session(); });
     checkback->Start(g_stop);
   }
+  // The admin listener: /metrics, /healthz, /readyz, on its own threads and connection.
+  std::optional<outboxd::AdminServer> admin;
+  if (!config.admin.listen.empty()) {
+    admin.emplace(config, relay, checkback ? &*checkback : nullptr);
+    if (outboxd::Status s = admin->Start(); !s.ok()) {
+      spdlog::error("{}", s.message());
+      g_stop.store(true);  // the start-up doctor's thread ends on it
+      if (checkback) checkback->Stop();
+      if (doctor.joinable()) doctor.join();
+      return kExitRuntime;
+    }
+  }
   // Delayed messages and inbox retention: their own thread and connection, while the relay leads.
   outboxd::Scheduler scheduler(config, [&relay] { return relay.leader_session(); });
   scheduler.Start(g_stop);
   outboxd::Status s = relay.Run(g_stop);
   scheduler.Stop();
+  if (admin) admin->Stop();
   if (checkback) checkback->Stop();
   if (doctor.joinable()) doctor.join();
   if (!s.ok()) {
@@ -106,17 +124,36 @@ int Doctor(const outboxd::Config& config, bool json, const std::vector<std::stri
   return report.at_risk() ? kExitRuntime : kExitOk;
 }
 
-int PrintStatus(const outboxd::Config& config) {
+int PrintStatus(const outboxd::Config& config, bool json) {
   auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd status",
                                             outboxd::SessionTcpSettings(config.leadership));
   if (!conn.ok()) {
     std::cerr << "outboxd: " << conn.status().message() << "\n";
     return kExitRuntime;
   }
-  outboxd::Status s = outboxd::WriteStatusReport(*conn, config, std::cout);
+  outboxd::Status s = json ? outboxd::WriteStatusJson(*conn, config, std::cout)
+                           : outboxd::WriteStatusReport(*conn, config, std::cout);
   if (!s.ok()) {
     std::cerr << "outboxd: " << s.message() << "\n";
     return kExitRuntime;
+  }
+  return kExitOk;
+}
+
+// An admin command (dead-letters, replay) on its own connection: exit 0, 1 (PostgreSQL or the
+// command failed) or 2 (the request itself is wrong: an unknown id, replay without retain).
+int AdminCommand(const outboxd::Config& config, const std::string& name,
+                 const std::function<outboxd::Status(outboxd::pg::Connection&)>& command) {
+  auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd " + name,
+                                            outboxd::SessionTcpSettings(config.leadership));
+  if (!conn.ok()) {
+    std::cerr << "outboxd: " << conn.status().message() << "\n";
+    return kExitRuntime;
+  }
+  outboxd::Status s = command(*conn);
+  if (!s.ok()) {
+    std::cerr << "outboxd " << name << ": " << s.message() << "\n";
+    return s.code() == outboxd::Status::Code::kInvalid ? kExitConfig : kExitRuntime;
   }
   return kExitOk;
 }
@@ -147,7 +184,7 @@ outboxd::Result<outboxd::pg::Connection> ConnectForMigrate(const outboxd::Config
 }
 
 int Migrate(const outboxd::Config& config, outboxd::Millis wait) {
-  outboxd::InitLogging(config.log.level);
+  outboxd::InitLogging(config.log.level, config.log.format == outboxd::LogFormat::kJson);
   auto conn = ConnectForMigrate(config, wait);
   if (!conn.ok()) {
     spdlog::error("{}", conn.status().message());
@@ -163,15 +200,29 @@ int Migrate(const outboxd::Config& config, outboxd::Millis wait) {
   return kExitOk;
 }
 
+// Flags > environment > default: the path from --config in either position if given, else
+// $OUTBOXD_CONFIG if set and not empty, else the default.
+std::string ConfigPath(const std::vector<CLI::Option*>& options, const std::string& parsed) {
+  for (const CLI::Option* o : options) {
+    if (o->count() > 0) return parsed;
+  }
+  const char* env = std::getenv("OUTBOXD_CONFIG");
+  return env && *env ? std::string(env) : parsed;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"outboxd: a transactional outbox relay from PostgreSQL to Kafka"};
   std::string config_path = "/etc/outboxd/outboxd.toml";
   bool show_version = false;
-  app.add_option("-c,--config", config_path, "configuration file")
-      ->envname("OUTBOXD_CONFIG")
-      ->capture_default_str();
+  // --config beats OUTBOXD_CONFIG, which beats the default (ConfigPath below). No envname(): CLI11
+  // applies an option's environment variable when that option was not given, and the top-level
+  // and subcommand options share config_path, so the unused one would overwrite the flag.
+  std::vector<CLI::Option*> config_options;
+  config_options.push_back(
+      app.add_option("-c,--config", config_path, "configuration file (env OUTBOXD_CONFIG)")
+          ->capture_default_str());
   app.require_subcommand(0, 1);
   auto* run = app.add_subcommand("run", "deliver outbox messages to Kafka (the default)");
   auto* migrate = app.add_subcommand("migrate", "apply pending schema migrations, then exit");
@@ -186,14 +237,46 @@ int main(int argc, char** argv) {
   doctor->add_flag("--json", doctor_json, "print the findings as JSON");
   doctor->add_option("--topic", doctor_topics,
                      "also check this topic (besides those in the outbox); repeatable");
+  bool json = false;
+  status->add_flag("--json", json, "one JSON object, for scripts");
+  auto* dead = app.add_subcommand("dead-letters", "list, requeue or drop dead letters");
+  dead->require_subcommand(1);
+  auto* dead_list = dead->add_subcommand("list", "list dead letters in id order");
+  int dead_limit = 100;
+  dead_list->add_option("--limit", dead_limit, "at most this many")
+      ->check(CLI::Range(1, 1'000'000))
+      ->capture_default_str();
+  auto* dead_requeue = dead->add_subcommand(
+      "requeue", "put dead letters back into the outbox (original id and outbox-id), in id order");
+  std::vector<int64_t> dead_ids;
+  bool dead_all = false;
+  dead_requeue->add_option("ids", dead_ids, "dead letter ids");
+  dead_requeue->add_flag("--all", dead_all, "every dead letter");
+  auto* dead_drop = dead->add_subcommand("drop", "delete dead letters");
+  dead_drop->add_option("ids", dead_ids, "dead letter ids")->required();
+  auto* replay = app.add_subcommand(
+      "replay", "send already-sent rows again (relay.on_sent = \"retain\" keeps them)");
+  std::string replay_since;
+  int64_t replay_from = 0, replay_to = 0;
+  auto* since_opt = replay->add_option(
+      "--since", replay_since, "rows created at or after this time (a timestamp, or e.g. 15m ago)");
+  auto* from_opt = replay->add_option("--from-id", replay_from, "first id");
+  auto* to_opt = replay->add_option("--to-id", replay_to, "last id (default: the newest)");
+  to_opt->needs(from_opt);
+  since_opt->excludes(from_opt);
+  for (auto* sub : {dead_list, dead_requeue, dead_drop, replay}) {
+    sub->add_flag("--json", json, "one JSON document, for scripts");
+  }
   app.add_flag("-V,--version", show_version, "print the version");
   std::string wait_text = "0s";
   migrate
       ->add_flag("--wait{60s}", wait_text,
                  "retry until PostgreSQL answers, for at most this long (--wait: 60s)")
       ->capture_default_str();
-  for (auto* sub : {run, migrate, check, status, doctor}) {
-    sub->add_option("-c,--config", config_path, "configuration file")->envname("OUTBOXD_CONFIG");
+  for (auto* sub :
+       {run, migrate, check, status, doctor, dead_list, dead_requeue, dead_drop, replay}) {
+    config_options.push_back(
+        sub->add_option("-c,--config", config_path, "configuration file (env OUTBOXD_CONFIG)"));
   }
   try {
     app.parse(argc, argv);
@@ -210,6 +293,7 @@ int main(int argc, char** argv) {
     std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
     return kExitOk;
   }
+  config_path = ConfigPath(config_options, config_path);
   auto config = Load(config_path);
   if (!config.ok()) return kExitConfig;
   if (*check) {
@@ -231,7 +315,40 @@ int main(int argc, char** argv) {
     }
     return Migrate(*config, *wait);
   }
-  if (*status) return PrintStatus(*config);
+  if (*status) return PrintStatus(*config, json);
   if (*doctor) return Doctor(*config, doctor_json, doctor_topics);
+  const outboxd::CommandOutput out{std::cout, json};
+  if (*dead_list) {
+    return AdminCommand(*config, "dead-letters list", [&](outboxd::pg::Connection& c) {
+      return outboxd::ListDeadLetters(c, dead_limit, out);
+    });
+  }
+  if (*dead_requeue) {
+    if (dead_all == !dead_ids.empty()) {
+      std::cerr << "outboxd dead-letters requeue: give ids or --all (not both)\n";
+      return kExitConfig;
+    }
+    return AdminCommand(*config, "dead-letters requeue", [&](outboxd::pg::Connection& c) {
+      return outboxd::RequeueDeadLetters(c, dead_ids, dead_all, out);
+    });
+  }
+  if (*dead_drop) {
+    return AdminCommand(*config, "dead-letters drop", [&](outboxd::pg::Connection& c) {
+      return outboxd::DropDeadLetters(c, dead_ids, out);
+    });
+  }
+  if (*replay) {
+    outboxd::ReplayRange range;
+    if (from_opt->count()) range.from_id = replay_from;
+    if (to_opt->count()) range.to_id = replay_to;
+    if (since_opt->count()) range.since = replay_since;
+    if (!range.from_id && !range.since) {
+      std::cerr << "outboxd replay: give --since TIME or --from-id N [--to-id M]\n";
+      return kExitConfig;
+    }
+    return AdminCommand(*config, "replay", [&](outboxd::pg::Connection& c) {
+      return outboxd::Replay(c, *config, range, out);
+    });
+  }
   return Run(*config);
 }

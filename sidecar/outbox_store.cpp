@@ -17,7 +17,10 @@ constexpr const char* kFetchSql = R"sql(
 SELECT 0 AS branch, NULL::bigint AS id, s::text AS topic,
        -- how far the next xid is past xmax; age() reads the next xid without assigning one
        age((pg_snapshot_xmax(s)::text::numeric % 4294967296)::text::xid)::text AS key,
-       NULL::bytea AS payload, NULL::text AS headers, NULL::timestamptz AS created_at
+       NULL::bytea AS payload,
+       -- an admin command's request to look again from this id (schema/007)
+       (SELECT rescan_from::text FROM outbox.relay_state) AS headers,
+       NULL::timestamptz AS created_at
   FROM pg_current_snapshot() AS s
 UNION ALL
 -- LATERAL: an index range scan per gap, also in the generic plan of the prepared statement
@@ -102,6 +105,7 @@ Status PgOutboxStore::Lead() {
   }
   leader_ = true;
   window_.Reset();
+  rescan_request_.reset();
   // A previous leader may have died asleep; until a relay sleeps again nobody needs a NOTIFY.
   return SetSleeping(false);
 }
@@ -192,6 +196,7 @@ Status PgOutboxStore::ReadFetch(const pg::PgResult& result, std::vector<OutboxRo
       // age() is 32-bit; outside a sane range, assume any xid above xmax may be an owner.
       long long ahead = std::atoll(std::string(r->Get(i, 3)).c_str());
       snap->next_xid = ahead >= 0 && ahead < (1LL << 30) ? snap->xmax + ahead : UINT64_MAX;
+      if (!r->IsNull(i, 5)) rescan_request_ = std::atoll(std::string(r->Get(i, 5)).c_str());
       continue;
     }
     OutboxRow row;
@@ -240,6 +245,17 @@ Status PgOutboxStore::DeadLetter(int64_t id, const std::string& error) {
   pg::Params p;
   p.Add(id).Add(error);
   return Failed(conn_->ExecPrepared("dead_letter", p).status());
+}
+
+Status PgOutboxStore::ClearRescanRequest(int64_t from) {
+  if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
+  pg::Params p;
+  p.Add(from);
+  // Only this request: a command that asked for a lower id meanwhile keeps its own.
+  return Failed(
+      conn_->Query("UPDATE outbox.relay_state SET rescan_from = NULL WHERE rescan_from = $1", p)
+          .status());
 }
 
 Status PgOutboxStore::SetSleeping(bool sleeping) {

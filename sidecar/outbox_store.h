@@ -72,6 +72,11 @@ class OutboxStore {
   virtual Status DeadLetter(int64_t id, const std::string& error) = 0;
   // One row by id (for its dead-letter copy); nullopt if it is gone.
   virtual Result<std::optional<OutboxRow>> FetchRow(int64_t id) = 0;
+  // An admin command's request (outbox.relay_state.rescan_from, read by the last fetch): rows
+  // from this id on were put back below the fetch position. Returns it once.
+  virtual std::optional<int64_t> TakeRescanRequest() { return std::nullopt; }
+  // After the rescan started: clears that request unless a command lowered it meanwhile.
+  virtual Status ClearRescanRequest(int64_t /*from*/) { return Status::Ok(); }
   // The wake-up flag that outbox.publish() reads: NOTIFY only while the relay sleeps.
   virtual Status SetSleeping(bool sleeping) = 0;
   // Waits for a NOTIFY or the timeout: true if notified; an error if the connection broke.
@@ -104,6 +109,12 @@ class PgOutboxStore : public OutboxStore {
   Status MarkSent(const std::vector<int64_t>& ids) override;
   Status DeadLetter(int64_t id, const std::string& error) override;
   Result<std::optional<OutboxRow>> FetchRow(int64_t id) override;
+  std::optional<int64_t> TakeRescanRequest() override {
+    auto r = rescan_request_;
+    rescan_request_.reset();
+    return r;
+  }
+  Status ClearRescanRequest(int64_t from) override;
   Status SetSleeping(bool sleeping) override;
   Result<bool> WaitForNotify(Millis timeout) override;
   Result<int64_t> RemoveSentBefore(Millis retention) override;
@@ -131,7 +142,8 @@ class PgOutboxStore : public OutboxStore {
   LeaderSession session_;
   std::chrono::steady_clock::time_point last_statement_;  // sent on conn_, for KeepLeading
   ScanWindow window_;
-  bool round_marks_ = false;  // the pipelined round includes a removal
+  bool round_marks_ = false;               // the pipelined round includes a removal
+  std::optional<int64_t> rescan_request_;  // seen by the last fetch, not yet taken
 };
 
 }  // namespace outboxd

@@ -34,6 +34,7 @@ struct DeliveryReport {
   uint64_t token = 0;
   Outcome outcome = Outcome::kRetriable;
   std::string error;
+  int error_code = 0;  // librdkafka's rd_kafka_resp_err_t of a failed report (metrics), else 0
   // Where the broker wrote it; kNoOffset when the report carries none. A kPersisted report without
   // an offset is no proof: librdkafka's idempotent producer "implicitly acks" messages of a batch
   // that failed (NOT_LEADER on a new partition) when a later batch of its partition succeeds.

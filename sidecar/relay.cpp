@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "log_json.h"
 #include "text.h"
 
 namespace outboxd {
@@ -47,13 +48,17 @@ Status Relay::Run(const std::atomic<bool>& stop) {
   if (exactly_once_ && !read_checkpoint_) {
     return Status::Invalid("relay.delivery = \"exactly_once\" needs a checkpoint reader");
   }
+  using State = RelayMetrics::State;
+  auto set_state = [this](State st) { metrics_.state.store(static_cast<int>(st)); };
   while (!stop) {
+    metrics_.Beat();
     if (!leading_) {
       Status s = store_.Lead();
       if (s.ok()) {
         pg_log_.Recovered();
         backoff_.Reset();  // the next outage starts from backoff.initial again
         leading_ = true;
+        set_state(State::kLeading);
         PublishLeadership(true);
         standby_logged_ = false;
         ++stats_.leadership_terms;
@@ -64,16 +69,19 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       }
       if (s.code() == Status::Code::kNotLeader) {
         pg_log_.Recovered();
+        set_state(State::kStandby);
         if (!standby_logged_) spdlog::info("standing by: {}", s.message());
         standby_logged_ = true;
         WaitInterruptibly(config_.leadership.retry_interval, stop);
       } else {
+        set_state(State::kUnavailable);
         pg_log_.Failure(s.message());
         WaitInterruptibly(backoff_.Next(), stop);
       }
       continue;
     }
     if (!publisher_) {
+      metrics_.kafka_ok.store(false);
       auto p = make_publisher_();
       if (!p.ok()) {
         if (p.status().code() == Status::Code::kInvalid) return p.status();
@@ -113,6 +121,8 @@ bool Relay::KeepLeading() { return leading_ && StoreOk(store_.KeepLeading()); }
 
 bool Relay::Step(const std::atomic<bool>& stop) {
   ServeReports(Millis(0));
+  metrics_.kafka_ok.store(publisher_ != nullptr && !fatal_ && !kafka_log_.failing(),
+                          std::memory_order_relaxed);
   if (!leading_) return false;
   // Stalled on Kafka (max_in_flight reached, recovering, backing off) the relay may send nothing
   // for long: without a statement PostgreSQL would end the session (idle_session_timeout).
@@ -122,6 +132,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   }
   if (!MoveDeadLetters()) return false;
   if (ledger_.rewind_to() || fatal_) return Recover(stop);
+  if (rescan_from_) return Rescan();
 
   if (!CleanUpRetained()) return false;
   if (ledger_.isolated_in_flight()) {
@@ -146,6 +157,7 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     marks = ledger_.TakeMarks();
   }
   const size_t marked = marks.size();
+  const auto round_start = Clock::now();
   if (!StoreOk(store_.StartRound(std::move(marks)))) return false;
   if (!ProducePending()) return false;
   while (!store_.RoundReady(Millis(1))) {
@@ -154,7 +166,14 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   }
   std::vector<OutboxRow> rows;
   if (!StoreOk(store_.FinishRound(&rows))) return false;
+  metrics_.fetch_seconds.Observe(std::chrono::duration<double>(Clock::now() - round_start).count());
   stats_.marked_sent += static_cast<int64_t>(marked);
+  if (auto from = store_.TakeRescanRequest()) {
+    // Not produced now: the rescan fetches these again, after what is in flight.
+    rescan_from_ = rows.empty() ? *from : std::min(*from, rows.front().id);
+    if (!Wake()) return false;
+    return Rescan();
+  }
   if (rows.empty()) return IdleWait(stop);
   if (!Wake()) return false;
   pending_rows_ = std::move(rows);
@@ -200,6 +219,7 @@ bool Relay::MoveDeadLetters() {
                    id, s.message());
       s = store_.DeadLetter(id, AsciiEscaped(error));
       if (s.code() == Status::Code::kInvalid) {
+        ScopedLogFields fields({{"message_id", std::to_string(id)}, {"error", s.message()}});
         spdlog::error(
             "message {} cannot be moved to outbox.dead_letters ({}): it stays in the outbox and "
             "is skipped until the next leadership term; its error: {}",
@@ -214,7 +234,8 @@ bool Relay::MoveDeadLetters() {
     to_dead_letter_.pop_front();
     dead_letters_.erase(id);
     ++stats_.dead_lettered;
-    spdlog::warn("message {} moved to outbox.dead_letters: {}", id, error);
+    LogWith(spdlog::level::warn, {{"message_id", std::to_string(id)}, {"error", error}},
+            "message {} moved to outbox.dead_letters: {}", id, error);
   }
   return true;
 }
@@ -241,7 +262,8 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
       break;
     }
     OutgoingMessage m{&row.topic, &row.key, &row.payload, &*headers};
-    Status s = ProduceOne(m, InFlightLedger::Entry{row.id, row.key, false, isolate});
+    Status s =
+        ProduceOne(m, InFlightLedger::Entry{row.id, row.key, false, isolate, row.created_at_us});
     if (s.code() == Status::Code::kPermanent) {
       Poison(row.id, s.message());  // refused by the producer itself: certainly this row
     } else if (!s.ok()) {
@@ -261,6 +283,7 @@ Status Relay::ProduceOne(const OutgoingMessage& m, InFlightLedger::Entry entry) 
       case Status::Code::kOk:
         if (exactly_once_) exactly_once_->Carried(entry);
         ledger_.Add(token, std::move(entry));
+        metrics_.in_flight.store(static_cast<int64_t>(ledger_.size()), std::memory_order_relaxed);
         ++stats_.produced;
         return s;
       case Status::Code::kQueueFull:
@@ -280,6 +303,7 @@ Status Relay::ProduceOne(const OutgoingMessage& m, InFlightLedger::Entry entry) 
 }
 
 void Relay::ServeReports(Millis timeout) {
+  metrics_.Beat();
   if (!publisher_) return;
   std::vector<DeliveryReport> reports;
   publisher_->Poll(timeout, &reports);
@@ -298,6 +322,7 @@ void Relay::OnReport(const DeliveryReport& report) {
     return;
   }
   const InFlightLedger::Entry& e = *taken;
+  metrics_.in_flight.store(static_cast<int64_t>(ledger_.size()), std::memory_order_relaxed);
   using Outcome = DeliveryReport::Outcome;
 
   // Only proof removes a row: a "persisted" report must also carry the offset the broker wrote
@@ -305,7 +330,10 @@ void Relay::OnReport(const DeliveryReport& report) {
   DeliveryReport r = report;
   if (r.outcome == Outcome::kPersisted && !r.proven()) {
     ++stats_.unproven_reports;
-    spdlog::warn("broker report without an offset for message {}: sending it again", e.id);
+    if (!abandoning_) ++metrics_.resent;
+    LogWith(spdlog::level::warn,
+            {{"message_id", std::to_string(e.id)}, {"error", "persisted report without an offset"}},
+            "broker report without an offset for message {}: sending it again", e.id);
     r.outcome = Outcome::kRetriable;
     r.error = "a persisted report without an offset";
   }
@@ -325,16 +353,23 @@ void Relay::OnReport(const DeliveryReport& report) {
     }
     return;
   }
+  if (report.outcome != Outcome::kPersisted) metrics_.delivery_errors.Add(report.error_code);
   if (r.outcome == Outcome::kPersisted) {
     ++stats_.acknowledged;
+    if (e.created_at_us > 0) {
+      const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+      metrics_.commit_to_ack_seconds.Observe(static_cast<double>(now_us - e.created_at_us) / 1e6);
+    }
     if (kafka_log_.failing() && !abandoning_) {
       kafka_log_.Recovered();
       backoff_.Reset();
     }
     if (exactly_once_) {
       exactly_once_->Held(e);  // delivered only if its transaction commits
-    } else {
-      ledger_.Acknowledge(e, Clock::now());  // or held back behind a failed row of its key
+    } else if (!ledger_.Acknowledge(e, Clock::now())) {
+      ++metrics_.resent;  // held back behind a failed row of its key: it goes again after it
     }
     return;
   }
@@ -348,10 +383,12 @@ void Relay::OnReport(const DeliveryReport& report) {
   if (r.outcome == Outcome::kPermanent) {
     // The broker refuses whole requests: this row may only have shared one with the poison.
     if (ledger_.AddSuspect(e.id)) {
-      spdlog::info("message {} refused by the broker ({}): sending it again alone", e.id, r.error);
+      LogWith(spdlog::level::info, {{"message_id", std::to_string(e.id)}, {"error", r.error}},
+              "message {} refused by the broker ({}): sending it again alone", e.id, r.error);
     }
   }
   last_failure_ = r.error;
+  if (report.outcome != Outcome::kPersisted) ++metrics_.resent;  // (unproven: counted above)
   ledger_.Fail(e);
 }
 
@@ -412,7 +449,9 @@ bool Relay::FlushMarks(bool force) {
       !ledger_.MarksDue(static_cast<size_t>(config_.relay.batch_size), Clock::now(), Millis(5))) {
     return true;
   }
+  const auto started = Clock::now();
   if (!StoreOk(store_.MarkSent(ledger_.marks()))) return false;
+  metrics_.remove_seconds.Observe(std::chrono::duration<double>(Clock::now() - started).count());
   stats_.marked_sent += static_cast<int64_t>(ledger_.TakeMarks().size());
   return true;
 }
@@ -421,6 +460,7 @@ void Relay::HandleFatal(const std::string& reason) {
   if (fatal_) return;
   fatal_ = true;
   last_failure_ = "fatal producer error: " + reason;
+  ScopedLogFields fields({{"error", reason}});
   spdlog::error("kafka producer unusable ({}): rebuilding it and re-sending unacknowledged rows",
                 reason);
   publisher_->PurgeAll();  // their reports come back as failures; no row is removed for them
@@ -454,6 +494,21 @@ bool Relay::Recover(const std::atomic<bool>& stop) {
   return true;
 }
 
+bool Relay::Rescan() {
+  if (!ledger_.empty()) {
+    ServeReports(Millis(10));  // every report first: nothing in flight may be fetched again
+    return leading_;
+  }
+  if (!FlushMarks(true) || !MoveDeadLetters()) return false;
+  if (ledger_.rewind_to()) return true;  // a failure meanwhile: Recover rewinds first, then this
+  const int64_t from = *rescan_from_;
+  store_.Rewind(from);
+  if (!StoreOk(store_.ClearRescanRequest(from))) return false;
+  rescan_from_.reset();
+  spdlog::info("rescanning the outbox from id {}: rows were put back by an admin command", from);
+  return true;
+}
+
 void Relay::Abandon() {
   if (publisher_ && !ledger_.empty()) {
     publisher_->PurgeAll();
@@ -470,6 +525,7 @@ void Relay::Abandon() {
     ++stats_.producer_rebuilds;
   }
   ledger_.Forget();
+  metrics_.in_flight.store(0, std::memory_order_relaxed);
   fatal_ = false;
   for (auto& [id, pending] : dead_letters_) pending.in_flight = false;
 }
@@ -477,8 +533,10 @@ void Relay::Abandon() {
 void Relay::LoseLeadership(const Status& why) {
   if (!leading_) return;
   leading_ = false;
+  ++metrics_.leadership_losses;
+  metrics_.state.store(static_cast<int>(RelayMetrics::State::kUnavailable));
   PublishLeadership(false);
-  spdlog::warn("stopped delivering: {}", why.message());
+  LogWith(spdlog::level::warn, {{"error", why.message()}}, "stopped delivering: {}", why.message());
   Abandon();
   if (exactly_once_) {
     // The next term starts with a new producer: InitTransactions settles any open transaction.
@@ -487,6 +545,7 @@ void Relay::LoseLeadership(const Status& why) {
   }
   ledger_.DropMarks();  // acknowledged but not removed: sent again by the next leader (duplicates)
   pending_rows_.clear();
+  rescan_from_.reset();  // the next term starts from the beginning anyway
   to_dead_letter_.clear();
   dead_letters_.clear();
   set_aside_.clear();  // the next term tries them once more
@@ -523,6 +582,7 @@ bool Relay::IdleWait(const std::atomic<bool>& stop) {
   while (!stop && Clock::now() < wake_at) {
     auto left = std::chrono::duration_cast<Millis>(wake_at - Clock::now());
     auto notified = store_.WaitForNotify(std::min(left, Millis(100)));
+    metrics_.Beat();
     if (!StoreOk(notified.status())) return false;
     if (*notified) break;
     if (!KeepLeading()) return false;
@@ -559,6 +619,7 @@ void Relay::Drain() {
     spdlog::warn("{} messages were not acknowledged in time; they stay in the outbox", left);
   }
   PublishLeadership(false);
+  metrics_.state.store(static_cast<int>(RelayMetrics::State::kStarting));
   spdlog::info("stopped: {} messages delivered in this run", stats_.marked_sent.load());
 }
 
@@ -567,6 +628,7 @@ void Relay::WaitInterruptibly(Millis d, const std::atomic<bool>& stop) {
   while (!stop && Clock::now() < until) {
     auto left = std::chrono::ceil<Millis>(until - Clock::now());
     std::this_thread::sleep_for(std::min(left, Millis(50)));
+    metrics_.Beat();
     if (leading_ && !KeepLeading()) return;
   }
 }

@@ -25,6 +25,7 @@
 #include "headers.h"
 #include "inflight.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox_store.h"
 #include "publisher.h"
 
@@ -66,6 +67,8 @@ class Relay {
   // read from any thread. Check-back proves against it in PostgreSQL that the lock is still held:
   // this value changes only when a relay statement fails, which a stalled relay may not send.
   std::optional<LeaderSession> leader_session() const;
+  // Histograms, gauges and the relay's state for the admin listener; lock-free, any thread.
+  const RelayMetrics& metrics() const { return metrics_; }
 
  private:
   struct PendingDeadLetter {
@@ -106,6 +109,9 @@ class Relay {
   bool FlushMarks(bool force);
   // After a retriable failure: wait for in-flight reports, remove what may be, fetch again.
   bool Recover(const std::atomic<bool>& stop);
+  // An admin command put rows back below the fetch position (OutboxStore::TakeRescanRequest):
+  // once nothing is in flight, fetch again from rescan_from_.
+  bool Rescan();
   void HandleFatal(const std::string& reason);
   // Fails everything in flight and waits for the reports; no row is removed afterwards.
   void Abandon();
@@ -135,6 +141,7 @@ class Relay {
   InFlightLedger ledger_;  // tokens, reports awaited, per-key barriers, marks, rewind, suspects
   std::unique_ptr<ExactlyOnce> exactly_once_;  // the strategy; null in at-least-once mode
   std::string incarnation_;                    // the outbox's, read at the start of each term
+  std::optional<int64_t> rescan_from_;         // requested by an admin command, not yet done
   std::string last_failure_;
   bool fatal_ = false;
   bool abandoning_ = false;                            // reports only count as acks, nothing else
@@ -150,6 +157,7 @@ class Relay {
   OnceLogger kafka_log_{"Kafka delivery"};
   bool standby_logged_ = false;
   Counters<std::atomic<int64_t>> stats_;  // written by the relay thread, read by any
+  RelayMetrics metrics_;                  // written by the relay thread, read by any
 };
 
 }  // namespace outboxd

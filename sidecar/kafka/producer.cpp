@@ -201,6 +201,7 @@ void KafkaPublisher::OnDelivery(rd_kafka_t*, const rd_kafka_message_t* msg, void
     r.outcome = DeliveryReport::Outcome::kRetriable;  // never remove what is not persisted
   }
   if (msg->err) r.error = rd_kafka_err2str(msg->err);
+  r.error_code = msg->err;
   r.offset = msg->offset >= 0 ? msg->offset : DeliveryReport::kNoOffset;
   r.partition = msg->partition;
   if (r.outcome == DeliveryReport::Outcome::kPersisted && !self->outage_errors_.empty()) {

@@ -245,6 +245,10 @@ func (h *Harness) writeConfig(path, db string, bootstrap []string, extraProps ma
 	if err := replace("bootstrap_servers", fmt.Sprintf("%q", strings.Join(bootstrap, ","))); err != nil {
 		return err
 	}
+	// Several outboxd instances run on this host: each admin listener takes a free port.
+	if err := replace("listen", `"127.0.0.1:0"`); err != nil {
+		return err
+	}
 	if _, debug := extraProps["debug"]; debug {
 		if err := replace("level", `"debug"`); err != nil { // librdkafka's debug lines log at debug
 			return err

@@ -486,7 +486,11 @@ OutboxdProcess::OutboxdProcess(const Services& s, const TestDatabase& db,
       << (sets(relay_toml, "idle_grace") ? "" : "idle_grace = \"50ms\"\n") << relay_toml << "\n"
       << (sets(extra_toml, "[backoff]") ? "" : "[backoff]\ninitial = \"50ms\"\nmax = \"1s\"\n")
       << (sets(extra_toml, "[leadership]") ? "" : "[leadership]\nretry_interval = \"200ms\"\n")
-      << extra_toml << "\n";
+      << extra_toml
+      << "\n"
+      // Several instances run on this host: each admin listener takes a free port. Last:
+      // extra_toml may begin with keys of the [leadership] section above.
+      << (sets(extra_toml, "[admin]") ? "" : "[admin]\nlisten = \"127.0.0.1:0\"\n");
 }
 
 OutboxdProcess::~OutboxdProcess() {

@@ -153,7 +153,8 @@ class OutboxdProcess {
  public:
   // `extra_toml` is appended to a config with [postgres] and [kafka] filled in; sections it names
   // must not repeat those two (use `relay_toml` for [relay] keys).
-  // The test defaults (relay.idle_grace 50 ms, [backoff], [leadership] retry_interval 200 ms)
+  // The test defaults (relay.idle_grace 50 ms, [backoff], [leadership] retry_interval 200 ms,
+  // [admin] listen on a free port)
   // are left out where `relay_toml` / `extra_toml` set them. `conninfo` replaces the database's.
   OutboxdProcess(const Services& s, const TestDatabase& db, const std::string& relay_toml = "",
                  const std::string& extra_toml = "", const std::string& conninfo = "");

@@ -50,6 +50,9 @@ TEST(Config, ExampleFileMatchesBuiltInDefaults) {
   bare.bootstrap_servers = "127.0.0.1:59092";
   EXPECT_EQ(ProducerProperties(c->kafka), ProducerProperties(bare));
   EXPECT_EQ(c->relay.batch_size, d.relay.batch_size);
+  EXPECT_EQ(c->log.format, d.log.format);
+  EXPECT_EQ(c->admin.listen, d.admin.listen);
+  EXPECT_EQ(c->admin.query_timeout, d.admin.query_timeout);
   EXPECT_EQ(c->relay.max_in_flight, d.relay.max_in_flight);
   EXPECT_EQ(c->relay.notify, d.relay.notify);
   EXPECT_EQ(c->relay.poll_interval, d.relay.poll_interval);
