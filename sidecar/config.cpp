@@ -11,6 +11,8 @@
 #include <librdkafka/rdkafka.h>
 #include <toml.hpp>
 
+#include "secrets.h"
+
 namespace outboxd {
 namespace {
 
@@ -193,6 +195,38 @@ void CheckKafkaProperty(Reader& r, const toml::value& at, const std::string& nam
   }
 }
 
+// libpq's own check of a connection string. Its message may quote a piece of the string, so it is
+// shown only when the string holds no password.
+void CheckConninfo(Reader& r, const toml::value& at, const std::string& key,
+                   const std::string& conninfo) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
+  if (opts != nullptr) {
+    PQconninfoFree(opts);
+    return;
+  }
+  std::string msg = err ? err : "invalid";
+  PQfreemem(err);
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  std::string lower = conninfo;
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (lower.find("password") != std::string::npos || lower.find("://") != std::string::npos) {
+    msg =
+        "not a valid libpq connection string (libpq's detail is not shown: the string may hold "
+        "a password)";
+  }
+  r.Fail(at, key, msg);
+}
+
+// A secret file named by the string value `v`; its contents join `secrets`.
+std::string ReadSecretFileOrFail(Reader& r, const toml::value& v, const std::string& key,
+                                 std::vector<std::string>* secrets) {
+  auto value = ReadSecretFile(r.String(v, key));
+  if (!value.ok()) r.Fail(v, key, value.status().message());
+  secrets->push_back(*value);
+  return *value;
+}
+
 void ReadCheckback(Reader& r, const toml::value& table, CheckbackConfig* out) {
   const std::string p = "checkback.";
   r.OnlyKnownKeys(table, p,
@@ -251,7 +285,8 @@ void ReadCheckback(Reader& r, const toml::value& table, CheckbackConfig* out) {
   r.MaybeDuration(table, p, "settled_retention", Millis(0), &cb.settled_retention);
 }
 
-Config Build(const toml::value& root, const std::string& file) {
+// `secrets` collects the secret values read so far, so that an error raised later can hide them.
+Config Build(const toml::value& root, const std::string& file, std::vector<std::string>* secrets) {
   Reader r(file);
   Config c;
   c.path = file;
@@ -259,26 +294,37 @@ Config Build(const toml::value& root, const std::string& file) {
                   {"postgres", "kafka", "relay", "backoff", "leadership", "checkback", "log"});
 
   const toml::value& pg = r.Table(root, "postgres");
-  r.OnlyKnownKeys(pg, "postgres.", {"conninfo"});
+  r.OnlyKnownKeys(pg, "postgres.", {"conninfo", "password_file"});
   r.MaybeString(pg, "postgres.", "conninfo", &c.postgres.conninfo);
   if (c.postgres.conninfo.empty()) r.FailNoLine("postgres.conninfo", "required (a libpq string)");
-  char* err = nullptr;
-  PQconninfoOption* opts = PQconninfoParse(c.postgres.conninfo.c_str(), &err);
-  if (opts == nullptr) {
-    std::string msg = err ? err : "invalid";
-    PQfreemem(err);
-    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-    r.Fail(*r.Find(pg, "conninfo"), "postgres.conninfo", msg);
+  CheckConninfo(r, *r.Find(pg, "conninfo"), "postgres.conninfo", c.postgres.conninfo);
+  secrets->push_back(ConninfoPassword(c.postgres.conninfo));
+  const toml::value* password_file = r.Find(pg, "password_file");
+  if (password_file != nullptr && !r.String(*password_file, "postgres.password_file").empty()) {
+    const toml::value* v = password_file;
+    const std::string password = ReadSecretFileOrFail(r, *v, "postgres.password_file", secrets);
+    auto with = ConninfoWithPassword(c.postgres.conninfo, password);
+    if (!with.ok()) r.Fail(*v, "postgres.password_file", with.status().message());
+    c.postgres.conninfo = *with;
   }
-  PQconninfoFree(opts);
 
   const toml::value& kafka = r.Table(root, "kafka");
-  r.OnlyKnownKeys(kafka, "kafka.", {"bootstrap_servers", "properties"});
+  r.OnlyKnownKeys(kafka, "kafka.", {"bootstrap_servers", "properties", "property_files"});
   r.MaybeString(kafka, "kafka.", "bootstrap_servers", &c.kafka.bootstrap_servers);
   if (c.kafka.bootstrap_servers.empty()) r.FailNoLine("kafka.bootstrap_servers", "required");
   const toml::value& props = r.Table(kafka, "properties");
   for (const auto& [name, value] : props.as_table()) {
     std::string text = r.PropertyValue(value, "kafka.properties.\"" + name + "\"");
+    if (IsSecretKafkaProperty(name)) secrets->push_back(text);
+    CheckKafkaProperty(r, value, name, text);
+    c.kafka.properties[name] = text;
+  }
+  // Properties whose values are read from files (Kubernetes Secrets), e.g. "sasl.password".
+  const toml::value& files = r.Table(kafka, "property_files");
+  for (const auto& [name, value] : files.as_table()) {
+    const std::string key = "kafka.property_files.\"" + name + "\"";
+    if (props.as_table().count(name)) r.Fail(value, key, "also set in [kafka.properties]");
+    std::string text = ReadSecretFileOrFail(r, value, key, secrets);
     CheckKafkaProperty(r, value, name, text);
     c.kafka.properties[name] = text;
   }
@@ -344,6 +390,12 @@ Config Build(const toml::value& root, const std::string& file) {
   }
 
   ReadCheckback(r, r.Table(root, "checkback"), &c.checkback);
+  if (!c.checkback.sql_conninfo.empty()) {
+    CheckConninfo(r, *r.Find(r.Table(root, "checkback"), "sql_conninfo"), "checkback.sql_conninfo",
+                  c.checkback.sql_conninfo);
+    secrets->push_back(ConninfoPassword(c.checkback.sql_conninfo));
+  }
+  secrets->push_back(UrlPassword(c.checkback.http_url));
 
   const toml::value& log = r.Table(root, "log");
   r.OnlyKnownKeys(log, "log.", {"level"});
@@ -353,6 +405,9 @@ Config Build(const toml::value& root, const std::string& file) {
     if (!kLevels.count(level))
       r.Fail(*v, "log.level", "expected trace, debug, info, warn or error");
     c.log.level = level;
+  }
+  for (const std::string& s : *secrets) {
+    if (!s.empty()) c.secrets.push_back(s);
   }
   return c;
 }
@@ -368,15 +423,18 @@ std::string SyntaxMessage(const std::string& file, const std::exception& e,
 
 Result<Config> ParseConfig(const std::string& text, const std::string& name) {
   std::istringstream in(text);
+  // Messages are Redact()ed: one may quote a source line holding a password (syntax errors) or a
+  // value read before the error.
+  std::vector<std::string> secrets;
   try {
     toml::value root = toml::parse(in, name);
-    return Build(root, name);
+    return Build(root, name, &secrets);
   } catch (const ConfigError& e) {
-    return Status::Invalid(e.message);
+    return Status::Invalid(RedactWith(e.message, secrets));
   } catch (const toml::syntax_error& e) {
-    return Status::Invalid(SyntaxMessage(name, e, e.location()));
+    return Status::Invalid(RedactWith(SyntaxMessage(name, e, e.location()), secrets));
   } catch (const toml::exception& e) {
-    return Status::Invalid(SyntaxMessage(name, e, e.location()));
+    return Status::Invalid(RedactWith(SyntaxMessage(name, e, e.location()), secrets));
   }
 }
 

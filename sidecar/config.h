@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "duration.h"
 #include "status.h"
@@ -14,7 +15,7 @@ namespace outboxd {
 enum class OnSent { kDelete, kRetain };
 
 struct PostgresConfig {
-  std::string conninfo;  // libpq connection string; required
+  std::string conninfo;  // libpq connection string; required (with password_file's password set)
 };
 
 struct KafkaConfig {
@@ -93,6 +94,9 @@ struct Config {
   LeadershipConfig leadership;
   CheckbackConfig checkback;
   LogConfig log;
+  // Every secret value read (passwords in conninfo strings and URLs, secret librdkafka
+  // properties, secret files): main hides them in everything outboxd prints (secrets.h).
+  std::vector<std::string> secrets;
 };
 
 // Reads and validates a configuration file. On failure the Status message names the file, the

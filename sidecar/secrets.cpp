@@ -1,0 +1,192 @@
+#include "secrets.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <regex>
+#include <sstream>
+
+#include <libpq-fe.h>
+#include <spdlog/sinks/sink.h>
+#include <spdlog/spdlog.h>
+
+namespace outboxd {
+namespace {
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// The registered secrets, longest first (so a secret that contains another is hidden whole).
+std::mutex g_mutex;
+std::vector<std::string> g_secrets;  // GUARDED_BY(g_mutex)
+
+void HideValues(std::string* text, const std::vector<std::string>& values) {
+  for (const std::string& v : values) {
+    if (v.empty()) continue;
+    for (size_t at = text->find(v); at != std::string::npos; at = text->find(v, at)) {
+      text->replace(at, v.size(), kRedacted);
+      at += kRedacted.size();
+    }
+  }
+}
+
+// Values after a key named like a secret, and the password of a URL's user info.
+void HidePatterns(std::string* text) {
+  const std::string lower = Lower(*text);
+  if (lower.find("pass") == std::string::npos && lower.find("secret") == std::string::npos &&
+      lower.find("pem") == std::string::npos && lower.find("oauthbearer") == std::string::npos &&
+      lower.find("://") == std::string::npos) {
+    return;  // the common case: nothing to look at
+  }
+  static const std::regex kKeyValue(
+      R"re(([A-Za-z0-9_.\-]*(?:password|passwd|secret|ssl\.key\.pem|oauthbearer\.config)[A-Za-z0-9_.\-]*["']?[ \t]*=[ \t]*))re"
+      R"re(("(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|[^\s"',;&}\]]+))re",
+      std::regex::ECMAScript | std::regex::icase);
+  static const std::regex kUrlUserInfo(R"re(([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]*@)re");
+  *text = std::regex_replace(*text, kKeyValue, "$1" + std::string(kRedacted));
+  *text = std::regex_replace(*text, kUrlUserInfo, "$1" + std::string(kRedacted) + "@");
+}
+
+std::string QuoteConninfoValue(const std::string& v) {
+  std::string out = "'";
+  for (char c : v) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+using ConninfoOptionsPtr = std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)>;
+
+// Parsed conninfo, or the libpq message (which may quote a piece of the string: the caller
+// decides whether it may be shown).
+Result<ConninfoOptionsPtr> ParseConninfo(const std::string& conninfo) {
+  char* err = nullptr;
+  ConninfoOptionsPtr opts(PQconninfoParse(conninfo.c_str(), &err), &PQconninfoFree);
+  if (!opts) {
+    std::string msg = err ? err : "invalid";
+    PQfreemem(err);
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    return Status::Invalid(msg);
+  }
+  return opts;
+}
+
+// A sink that hides secrets in each line, then hands it to the sink it wraps (whose level and
+// format stay in charge).
+class RedactingSink : public spdlog::sinks::sink {
+ public:
+  explicit RedactingSink(spdlog::sink_ptr inner) : inner_(std::move(inner)) {}
+
+  void log(const spdlog::details::log_msg& msg) override {
+    if (!inner_->should_log(msg.level)) return;
+    const std::string redacted = Redact(std::string_view(msg.payload.data(), msg.payload.size()));
+    spdlog::details::log_msg copy(msg);
+    copy.payload = spdlog::string_view_t(redacted.data(), redacted.size());
+    inner_->log(copy);
+  }
+  void flush() override { inner_->flush(); }
+  void set_pattern(const std::string& pattern) override { inner_->set_pattern(pattern); }
+  void set_formatter(std::unique_ptr<spdlog::formatter> formatter) override {
+    inner_->set_formatter(std::move(formatter));
+  }
+
+ private:
+  const spdlog::sink_ptr inner_;
+};
+
+}  // namespace
+
+Result<std::string> ReadSecretFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::Invalid("cannot read " + path + ": " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::string value = text.str();
+  if (!value.empty() && value.back() == '\n') value.pop_back();
+  if (!value.empty() && value.back() == '\r') value.pop_back();
+  if (value.empty()) return Status::Invalid(path + " is empty");
+  return value;
+}
+
+Result<std::string> ConninfoWithPassword(const std::string& conninfo, const std::string& password) {
+  auto opts = ParseConninfo(conninfo);
+  if (!opts.ok()) return opts.status();
+  std::string out;
+  for (const PQconninfoOption* o = opts->get(); o->keyword != nullptr; ++o) {
+    if (o->val == nullptr || std::strcmp(o->keyword, "password") == 0) continue;
+    out += std::string(o->keyword) + "=" + QuoteConninfoValue(o->val) + " ";
+  }
+  return out + "password=" + QuoteConninfoValue(password);
+}
+
+std::string ConninfoPassword(const std::string& conninfo) {
+  auto opts = ParseConninfo(conninfo);
+  if (!opts.ok()) return "";
+  for (const PQconninfoOption* o = opts->get(); o->keyword != nullptr; ++o) {
+    if (std::strcmp(o->keyword, "password") == 0 && o->val != nullptr) return o->val;
+  }
+  return "";
+}
+
+std::string UrlPassword(const std::string& url) {
+  size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return "";
+  size_t host_end = url.find_first_of("/?#", scheme + 3);
+  std::string authority = url.substr(
+      scheme + 3, host_end == std::string::npos ? std::string::npos : host_end - scheme - 3);
+  size_t at = authority.rfind('@');
+  if (at == std::string::npos) return "";
+  size_t colon = authority.find(':');
+  if (colon == std::string::npos || colon > at) return "";
+  return authority.substr(colon + 1, at - colon - 1);
+}
+
+bool IsSecretKafkaProperty(std::string_view name) {
+  const std::string n = Lower(name);
+  return n.find("password") != std::string::npos || n.find("secret") != std::string::npos ||
+         n == "ssl.key.pem" || n == "ssl_key" || n == "sasl.oauthbearer.config";
+}
+
+void RegisterSecrets(const std::vector<std::string>& values) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  for (const std::string& v : values) {
+    if (v.empty() || std::find(g_secrets.begin(), g_secrets.end(), v) != g_secrets.end()) continue;
+    g_secrets.push_back(v);
+  }
+  std::sort(g_secrets.begin(), g_secrets.end(),
+            [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+}
+
+std::string RedactWith(std::string_view text, const std::vector<std::string>& extra) {
+  std::string out(text);
+  std::vector<std::string> longest_first = extra;
+  std::sort(longest_first.begin(), longest_first.end(),
+            [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  HideValues(&out, longest_first);
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    HideValues(&out, g_secrets);
+  }
+  HidePatterns(&out);
+  return out;
+}
+
+std::string Redact(std::string_view text) { return RedactWith(text, {}); }
+
+void InstallLogRedaction() {
+  std::shared_ptr<spdlog::logger> logger = spdlog::default_logger();
+  for (spdlog::sink_ptr& sink : logger->sinks()) {
+    if (std::dynamic_pointer_cast<RedactingSink>(sink)) continue;
+    sink = std::make_shared<RedactingSink>(sink);
+  }
+}
+
+}  // namespace outboxd
