@@ -1,9 +1,11 @@
 #include "config.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -419,6 +421,45 @@ std::string SyntaxMessage(const std::string& file, const std::exception& e,
   return file + ":" + std::to_string(where.line()) + ": syntax error\n" + e.what();
 }
 
+// toml11 parses arrays and inline tables recursively: a file nested a few thousand levels deep
+// overflows the stack (found by tests/fuzz/config_fuzz.cpp). outboxd's settings nest three
+// levels at most, so deeper text is refused before toml11 sees it. A scan that skips strings and
+// comments; "line" is where the limit was passed.
+constexpr int kMaxNesting = 32;
+
+std::optional<size_t> TooDeepAtLine(const std::string& text) {
+  int depth = 0;
+  size_t line = 1;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      ++line;
+    } else if (c == '#') {
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+    } else if (c == '"' || c == '\'') {
+      const bool multi = text.compare(i, 3, std::string(3, c)) == 0;
+      const std::string close = multi ? std::string(3, c) : std::string(1, c);
+      for (i += close.size(); i < text.size(); ++i) {
+        if (text[i] == '\n') {
+          ++line;
+          if (!multi) break;  // a one-line string ends at the line's end (an error for toml11)
+        } else if (c == '"' && text[i] == '\\') {
+          if (i + 1 < text.size() && text[i + 1] == '\n') ++line;
+          ++i;
+        } else if (text.compare(i, close.size(), close) == 0) {
+          i += close.size() - 1;
+          break;
+        }
+      }
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxNesting) return line;
+    } else if (c == ']' || c == '}') {
+      depth = std::max(0, depth - 1);
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Result<Config> ParseConfig(const std::string& text, const std::string& name) {
@@ -426,6 +467,11 @@ Result<Config> ParseConfig(const std::string& text, const std::string& name) {
   // Messages are Redact()ed: one may quote a source line holding a password (syntax errors) or a
   // value read before the error.
   std::vector<std::string> secrets;
+  if (std::optional<size_t> line = TooDeepAtLine(text)) {
+    return Status::Invalid(name + ":" + std::to_string(*line) +
+                           ": arrays or inline tables nested " + "deeper than " +
+                           std::to_string(kMaxNesting) + " levels");
+  }
   try {
     toml::value root = toml::parse(in, name);
     return Build(root, name, &secrets);

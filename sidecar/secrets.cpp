@@ -1,12 +1,12 @@
 #include "secrets.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <mutex>
-#include <regex>
 #include <sstream>
 
 #include <libpq-fe.h>
@@ -37,21 +37,86 @@ void HideValues(std::string* text, const std::vector<std::string>& values) {
   }
 }
 
-// Values after a key named like a secret, and the password of a URL's user info.
-void HidePatterns(std::string* text) {
-  const std::string lower = Lower(*text);
-  if (lower.find("pass") == std::string::npos && lower.find("secret") == std::string::npos &&
-      lower.find("pem") == std::string::npos && lower.find("oauthbearer") == std::string::npos &&
-      lower.find("://") == std::string::npos) {
-    return;  // the common case: nothing to look at
+bool IsKeyChar(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
+}
+bool IsBlank(char c) { return c == ' ' || c == '\t'; }
+
+// The end of the value that starts at `at`: a "quoted" or 'quoted' string (to its closing quote,
+// or the end of the line when there is none), or a bare word.
+size_t ValueEnd(const std::string& text, size_t at) {
+  if (at >= text.size()) return at;
+  const char quote = text[at];
+  size_t i = at;
+  if (quote == '"' || quote == '\'') {
+    for (++i; i < text.size() && text[i] != '\n'; ++i) {
+      if (text[i] == '\\') {
+        ++i;
+      } else if (text[i] == quote) {
+        return i + 1;
+      }
+    }
+    return std::min(i, text.size());
   }
-  static const std::regex kKeyValue(
-      R"re(([A-Za-z0-9_.\-]*(?:password|passwd|secret|ssl\.key\.pem|oauthbearer\.config)[A-Za-z0-9_.\-]*["']?[ \t]*=[ \t]*))re"
-      R"re(("(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|[^\s"',;&}\]]+))re",
-      std::regex::ECMAScript | std::regex::icase);
-  static const std::regex kUrlUserInfo(R"re(([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]*@)re");
-  *text = std::regex_replace(*text, kKeyValue, "$1" + std::string(kRedacted));
-  *text = std::regex_replace(*text, kUrlUserInfo, "$1" + std::string(kRedacted) + "@");
+  static constexpr std::string_view kStops = " \t\r\n\"',;&}]";
+  while (i < text.size() && kStops.find(text[i]) == std::string_view::npos) ++i;
+  return i;
+}
+
+// Values after a key named like a secret (password=..., "sasl.password" = "..."). A scan, not a
+// std::regex: libstdc++'s regex recurses per character and overflows the stack on long lines.
+void HideKeyValues(std::string* text) {
+  static constexpr std::string_view kWords[] = {"password", "passwd", "secret", "ssl.key.pem",
+                                                "oauthbearer.config"};
+  std::string lower = Lower(*text);
+  for (size_t i = 0; i < lower.size(); ++i) {
+    size_t word = 0;
+    for (std::string_view w : kWords) {
+      if (lower.compare(i, w.size(), w) == 0) {
+        word = w.size();
+        break;
+      }
+    }
+    if (word == 0) continue;
+    size_t j = i + word;
+    while (j < text->size() && IsKeyChar((*text)[j])) ++j;
+    if (j < text->size() && ((*text)[j] == '"' || (*text)[j] == '\'')) ++j;
+    while (j < text->size() && IsBlank((*text)[j])) ++j;
+    if (j >= text->size() || (*text)[j] != '=') {
+      i = j > i ? j - 1 : i;
+      continue;
+    }
+    ++j;
+    while (j < text->size() && IsBlank((*text)[j])) ++j;
+    const size_t end = ValueEnd(*text, j);
+    if (end == j) continue;
+    text->replace(j, end - j, kRedacted);
+    lower.replace(j, end - j, kRedacted);
+    i = j + kRedacted.size() - 1;
+  }
+}
+
+// The password of a URL's user info: scheme://user:password@host.
+void HideUrlPasswords(std::string* text) {
+  for (size_t at = text->find("://"); at != std::string::npos; at = text->find("://", at + 3)) {
+    if (at == 0 || !std::isalpha(static_cast<unsigned char>((*text)[at - 1]))) continue;
+    static constexpr std::string_view kUserEnd = "/ \t\r\n:@";
+    size_t colon = at + 3;
+    while (colon < text->size() && kUserEnd.find((*text)[colon]) == std::string_view::npos) {
+      ++colon;
+    }
+    if (colon >= text->size() || (*text)[colon] != ':') continue;
+    static constexpr std::string_view kPasswordEnd = "@/ \t\r\n";
+    size_t end = colon + 1;
+    while (end < text->size() && kPasswordEnd.find((*text)[end]) == std::string_view::npos) ++end;
+    if (end >= text->size() || (*text)[end] != '@') continue;
+    text->replace(colon + 1, end - colon - 1, kRedacted);
+  }
+}
+
+void HidePatterns(std::string* text) {
+  HideKeyValues(text);
+  HideUrlPasswords(text);
 }
 
 std::string QuoteConninfoValue(const std::string& v) {
