@@ -34,7 +34,9 @@ std::string UrlPassword(const std::string& url);
 // and anything else named like a password or a secret.
 bool IsSecretKafkaProperty(std::string_view name);
 
-// Adds values to hide from now on, process-wide (empty ones are ignored).
+// Adds values to hide from now on, process-wide. Values shorter than 4 characters are not
+// searched for in free text (they would match inside numbers and words); the patterns of Redact()
+// still hide them after a password-like key.
 void RegisterSecrets(const std::vector<std::string>& values);
 
 // `text` with every registered secret, and every value that looks like one, replaced by

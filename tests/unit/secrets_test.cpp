@@ -124,6 +124,15 @@ TEST(Secrets, ConfigurationErrorsNeverShowAPassword) {
   }
 }
 
+// Found by config_fuzz: a one-character secret was hidden inside the error's line number.
+TEST(Secrets, AShortSecretDoesNotHideTheLineNumber) {
+  std::string text = "[postgres]\nconninfo = \"host=db\"\n" + std::string(kKafka) +
+                     "[kafka.properties]\n\"sasl.password\" = \"1\"\n";
+  for (int i = 0; i < 8; ++i) text += "# padding\n";
+  std::string msg = ErrorOf(text + "\"no.such.property\" = 1\n");
+  EXPECT_EQ(msg.rfind("test.toml:15: kafka.properties.\"no.such.property\"", 0), 0u) << msg;
+}
+
 TEST(Secrets, RedactHidesRegisteredValuesAndPasswordShapedOnes) {
   RegisterSecrets({"Registered-Pa55"});
   EXPECT_EQ(Redact("auth with Registered-Pa55 failed"), "auth with [redacted] failed");
