@@ -387,7 +387,54 @@ cmd_start() {
   check_java
   fetch_jars
   format_mode
+  if [[ "$MODE" == secure ]]; then
+    start_secure_node
+    return 0
+  fi
   for n in "${to_start[@]}"; do launch_node "$n"; done
+  wait_ready
+}
+
+# The broker binds its listeners only after it registered with its controller;
+# the ports lie in Linux's ephemeral range, so that connection (or any other
+# on the machine) may hold one of them by then and the broker exits with
+# "Address already in use". Start again, up to 3 times, in that one case.
+# Ready = metadata on PLAINTEXT and the SASL_SSL and SSL ports listening (the
+# listeners start one after another; one that fails to bind stops the broker).
+secure_ready_or_dead() {
+  nodes_ready_or_dead || return 1
+  node_pid 1 >/dev/null || return 0
+  port_in_use "$SASL_SSL_PORT" && port_in_use "$SSL_PORT"
+}
+
+# no_socket_on <port...>: no TCP socket in any state (TIME-WAIT included: the
+# broker's bind is refused then) uses one of the ports as its local port.
+no_socket_on() {
+  local p
+  for p in "$@"; do [[ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ]] || return 1; done
+}
+
+start_secure_node() {
+  local attempt lines ports=("${BROKER_PORT[1]}" "${CTRL_PORT[1]}" "$SASL_SSL_PORT" "$SSL_PORT")
+  for attempt in 1 2 3; do
+    if ! no_socket_on "${ports[@]}"; then
+      log "waiting (at most 70 s) for closing connections on ports ${ports[*]} to go"
+      wait_until 70 no_socket_on "${ports[@]}" || warn "ports ${ports[*]} still in use by connections"
+    fi
+    lines=$(wc -l <"$(node_logs 1)/server.log" 2>/dev/null || echo 0)
+    launch_node 1
+    if wait_until "$READY_TIMEOUT" secure_ready_or_dead && node_pid 1 >/dev/null; then
+      wait_ready
+      return 0
+    fi
+    node_pid 1 >/dev/null && break # alive but not ready in time: wait_ready reports it
+    # only this attempt's lines (the log is appended to)
+    awk -v n="$lines" 'NR > n && /Address already in use/ { f = 1 } END { exit !f }' \
+      "$(node_logs 1)/server.log" 2>/dev/null || break
+    ((attempt < 3)) || break
+    warn "a listener port was taken by another connection (attempt $attempt of 3), starting again"
+    rm -f "$(node_pidfile 1)"
+  done
   wait_ready
 }
 
