@@ -120,11 +120,12 @@ class SecureKafka : public ServicesTest {
   std::unique_ptr<OutboxdProcess> Run(const std::string& kafka_toml) {
     // OutboxdProcess writes a configuration for the plain broker; this test's replaces it.
     auto p = std::make_unique<OutboxdProcess>(services_, *db_);
-    std::ofstream(p->config_path()) << "[postgres]\nconninfo = \"" << db_->conninfo()
-                                    << "\"\n[relay]\nidle_grace = \"50ms\"\n[backoff]\n"
-                                       "initial = \"50ms\"\nmax = \"1s\"\n[leadership]\n"
-                                       "retry_interval = \"200ms\"\n[kafka]\n"
-                                    << kafka_toml;
+    std::ofstream(p->config_path())
+        << "[postgres]\nconninfo = \"" << db_->conninfo()
+        << "\"\n[relay]\nidle_grace = \"50ms\"\nshutdown_timeout = \"1s\"\n[backoff]\n"
+           "initial = \"50ms\"\nmax = \"1s\"\n[leadership]\n"
+           "retry_interval = \"200ms\"\n[kafka]\n"
+        << kafka_toml;
     p->Start();
     return p;
   }
