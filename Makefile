@@ -1,5 +1,5 @@
 # The two commands of the README, and their parts. Each installs what is missing first.
-.PHONY: demo test chaos build bench stop services clean
+.PHONY: demo test chaos build bench stop services clean fuzz
 
 demo:      ## run the demo: services, build, schema, outboxd, sample messages arriving in Kafka
 	scripts/demo.sh
@@ -26,3 +26,8 @@ stop:      ## stop the demo's outboxd and the local services
 
 clean:     ## remove the build (keeps the downloaded Kafka jars and the database)
 	rm -rf build
+
+fuzz:      ## long form of the configuration fuzzer (ASan/UBSan): 50,000 mutants of config/outboxd.toml
+	scripts/build.sh
+	cmake --build build --target config_fuzz
+	build/tests/config_fuzz config/outboxd.toml $${FUZZ_COUNT:-50000} $${FUZZ_SEED:-20261201}

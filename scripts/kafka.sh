@@ -9,6 +9,14 @@
 #          (OUTBOXD_CLUSTER_PORT=P moves them to P, P+10000, P+20000; controllers +1),
 #          RF 3, min.insync.replicas=2. Data dirs are separate per mode, so
 #          single and cluster can run at the same time.
+# secure : one broker, OUTBOXD_SECURE_KAFKA_PORT=P (default 59094): P PLAINTEXT
+#          (inter-broker, readiness, test witnesses), P+1 controller, P+2
+#          SASL_SSL (user 'outboxd' with a random password in
+#          .cache/kafka/secure/scram-password: SCRAM-SHA-512, created at format
+#          time, and PLAIN, since librdkafka < 2.6.1 fails SCRAM against Kafka
+#          4.x), P+3 SSL that
+#          requires a client certificate. Certificates: scripts/certs.sh.
+#          'env secure' prints the addresses and file names.
 # status exits 0 when every node of the mode runs, 3 otherwise.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -23,7 +31,7 @@ STOP_TIMEOUT=60   # seconds between SIGTERM and SIGKILL
 
 usage() {
   cat >&2 <<EOF
-usage: $0 start|stop|restart|status|env [single|cluster]
+usage: $0 start|stop|restart|status|env [single|cluster|secure]
        $0 kill|restart-node <1|2|3>     (cluster mode)
 EOF
   exit 2
@@ -51,6 +59,18 @@ set_mode() {
       CTRL_PORT=([1]="$((c + 1))" [2]="$((c + 10001))" [3]="$((c + 20001))")
       HEAP=384m
       RF=3 MIN_ISR=2
+      ;;
+    secure)
+      local p="${OUTBOXD_SECURE_KAFKA_PORT:-59094}"
+      [[ "$p" =~ ^[0-9]+$ ]] && ((p >= 1024 && p + 3 <= 65535)) ||
+        die "OUTBOXD_SECURE_KAFKA_PORT must be a port from 1024 to 65532, got '$p'"
+      NODES=(1)
+      BROKER_PORT=([1]="$p")
+      CTRL_PORT=([1]="$((p + 1))")
+      SASL_SSL_PORT=$((p + 2))
+      SSL_PORT=$((p + 3))
+      HEAP=512m
+      RF=1 MIN_ISR=1
       ;;
     *) usage ;;
   esac
@@ -139,7 +159,37 @@ transaction.state.log.min.isr=$MIN_ISR
 share.coordinator.state.topic.replication.factor=$RF
 share.coordinator.state.topic.min.isr=$MIN_ISR
 EOF
+  [[ "$MODE" == secure ]] && write_secure_props "$n"
+  return 0
 }
+
+# Secure mode: SASL_SSL and SSL listeners next to the PLAINTEXT one (the later
+# keys of a properties file win over the earlier ones).
+write_secure_props() {
+  local n=$1 certs pwf pw
+  certs=$("$ROOT/scripts/certs.sh" dir)
+  pwf=$(scram_password_file)
+  [[ -s "$pwf" && -f "$MODE_DIR/.formatted" ]] || (umask 077 && echo "s$(openssl rand -hex 12)" >"$pwf")
+  pw=$(<"$pwf")
+  chmod 600 "$(node_props "$n")"
+  cat >>"$(node_props "$n")" <<EOF
+listeners=PLAINTEXT://127.0.0.1:${BROKER_PORT[$n]},CONTROLLER://127.0.0.1:${CTRL_PORT[$n]},SASL_SSL://127.0.0.1:$SASL_SSL_PORT,SSL://127.0.0.1:$SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:${BROKER_PORT[$n]},CONTROLLER://127.0.0.1:${CTRL_PORT[$n]},SASL_SSL://127.0.0.1:$SASL_SSL_PORT,SSL://127.0.0.1:$SSL_PORT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_outboxd="$pw";
+ssl.keystore.type=PEM
+ssl.keystore.location=$certs/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$certs/ca.pem
+listener.name.ssl.ssl.client.auth=required
+listener.name.sasl_ssl.ssl.client.auth=none
+EOF
+}
+
+# Secure mode: the SCRAM password, made once per format.
+scram_password_file() { echo "$MODE_DIR/scram-password"; }
 
 java_tool() {
   java -Xmx256m -Dkafka.logs.dir="$1" -Dlog4j2.configurationFile="$LOG4J_CONF" \
@@ -154,9 +204,15 @@ format_mode() {
   log "formatting $MODE storage (static quorum $VOTERS)"
   for n in "${NODES[@]}"; do rm -rf "$(node_dir "$n")/data"; done
   for n in "${NODES[@]}"; do write_props "$n"; done
+  local extra=()
+  if [[ "$MODE" == secure ]]; then
+    local pw
+    pw=$(<"$(scram_password_file)")
+    extra=(--add-scram "SCRAM-SHA-512=[name=\"outboxd\",password=\"$pw\"]")
+  fi
   cid=$(java_tool "$(node_logs 1)" kafka.tools.StorageTool random-uuid) || die "StorageTool random-uuid failed"
   for n in "${NODES[@]}"; do
-    java_tool "$(node_logs "$n")" kafka.tools.StorageTool format -t "$cid" -c "$(node_props "$n")" \
+    java_tool "$(node_logs "$n")" kafka.tools.StorageTool format -t "$cid" -c "$(node_props "$n")" "${extra[@]}" \
       >"$(node_logs "$n")/format.log" 2>&1 &
     pids+=($!)
   done
@@ -323,10 +379,62 @@ cmd_start() {
     return 0
   fi
   for n in "${to_start[@]}"; do check_ports_free "$n"; done
+  if [[ "$MODE" == secure ]]; then
+    port_in_use "$SASL_SSL_PORT" && die_port_busy "$SASL_SSL_PORT" "Kafka secure SASL_SSL, OUTBOXD_SECURE_KAFKA_PORT + 2"
+    port_in_use "$SSL_PORT" && die_port_busy "$SSL_PORT" "Kafka secure SSL, OUTBOXD_SECURE_KAFKA_PORT + 3"
+    "$ROOT/scripts/certs.sh" ensure
+  fi
   check_java
   fetch_jars
   format_mode
+  if [[ "$MODE" == secure ]]; then
+    start_secure_node
+    return 0
+  fi
   for n in "${to_start[@]}"; do launch_node "$n"; done
+  wait_ready
+}
+
+# The broker binds its listeners only after it registered with its controller;
+# the ports lie in Linux's ephemeral range, so that connection (or any other
+# on the machine) may hold one of them by then and the broker exits with
+# "Address already in use". Start again, up to 3 times, in that one case.
+# Ready = metadata on PLAINTEXT and the SASL_SSL and SSL ports listening (the
+# listeners start one after another; one that fails to bind stops the broker).
+secure_ready_or_dead() {
+  nodes_ready_or_dead || return 1
+  node_pid 1 >/dev/null || return 0
+  port_in_use "$SASL_SSL_PORT" && port_in_use "$SSL_PORT"
+}
+
+# no_socket_on <port...>: no TCP socket in any state (TIME-WAIT included: the
+# broker's bind is refused then) uses one of the ports as its local port.
+no_socket_on() {
+  local p
+  for p in "$@"; do [[ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ]] || return 1; done
+}
+
+start_secure_node() {
+  local attempt lines ports=("${BROKER_PORT[1]}" "${CTRL_PORT[1]}" "$SASL_SSL_PORT" "$SSL_PORT")
+  for attempt in 1 2 3; do
+    if ! no_socket_on "${ports[@]}"; then
+      log "waiting (at most 70 s) for closing connections on ports ${ports[*]} to go"
+      wait_until 70 no_socket_on "${ports[@]}" || warn "ports ${ports[*]} still in use by connections"
+    fi
+    lines=$(wc -l <"$(node_logs 1)/server.log" 2>/dev/null || echo 0)
+    launch_node 1
+    if wait_until "$READY_TIMEOUT" secure_ready_or_dead && node_pid 1 >/dev/null; then
+      wait_ready
+      return 0
+    fi
+    node_pid 1 >/dev/null && break # alive but not ready in time: wait_ready reports it
+    # only this attempt's lines (the log is appended to)
+    awk -v n="$lines" 'NR > n && /Address already in use/ { f = 1 } END { exit !f }' \
+      "$(node_logs 1)/server.log" 2>/dev/null || break
+    ((attempt < 3)) || break
+    warn "a listener port was taken by another connection (attempt $attempt of 3), starting again"
+    rm -f "$(node_pidfile 1)"
+  done
   wait_ready
 }
 
@@ -351,6 +459,15 @@ cmd_status() {
 }
 
 cmd_env() {
+  if [[ "$MODE" == secure ]]; then
+    echo "export OUTBOXD_SECURE_KAFKA_PLAINTEXT=$(bootstrap)"
+    echo "export OUTBOXD_SECURE_KAFKA_SASL_SSL=127.0.0.1:$SASL_SSL_PORT"
+    echo "export OUTBOXD_SECURE_KAFKA_SSL=127.0.0.1:$SSL_PORT"
+    echo "export OUTBOXD_SECURE_KAFKA_SCRAM_USER=outboxd"
+    echo "export OUTBOXD_SECURE_KAFKA_SCRAM_PASSWORD_FILE=$(scram_password_file)"
+    echo "export OUTBOXD_CERTS=$("$ROOT/scripts/certs.sh" dir)"
+    return 0
+  fi
   echo "export OUTBOXD_KAFKA_BOOTSTRAP=$(bootstrap)"
 }
 

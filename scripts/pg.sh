@@ -126,7 +126,26 @@ max_replication_slots = 4
 max_connections = 200
 shared_buffers = 256MB
 EOF
+  write_ssl_conf
   ((EUID != 0)) || chown postgres:postgres "$PG_DATA/outboxd.conf"
+}
+
+# TLS next to plain TCP (pg_hba.conf's `host` lines take both): the server
+# certificate of scripts/certs.sh (SAN IP:127.0.0.1, DNS:localhost), copied into
+# the data dir on every start because the server wants its key private to it.
+# Clients that want TLS ask for it: sslmode=verify-full sslrootcert=.cache/certs/ca.pem
+write_ssl_conf() {
+  local certs
+  "$ROOT/scripts/certs.sh" ensure
+  certs=$("$ROOT/scripts/certs.sh" dir)
+  install -m 0644 "$certs/server.pem" "$PG_DATA/outboxd-server.crt"
+  install -m 0600 "$certs/server.key" "$PG_DATA/outboxd-server.key"
+  ((EUID != 0)) || chown postgres:postgres "$PG_DATA/outboxd-server.crt" "$PG_DATA/outboxd-server.key"
+  cat >>"$PG_DATA/outboxd.conf" <<EOF
+ssl = on
+ssl_cert_file = 'outboxd-server.crt'
+ssl_key_file = 'outboxd-server.key'
+EOF
 }
 
 ensure_db() {

@@ -1,15 +1,19 @@
 #include "config.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 #include <toml.hpp>
+
+#include "secrets.h"
 
 namespace outboxd {
 namespace {
@@ -193,6 +197,38 @@ void CheckKafkaProperty(Reader& r, const toml::value& at, const std::string& nam
   }
 }
 
+// libpq's own check of a connection string. Its message may quote a piece of the string, so it is
+// shown only when the string holds no password.
+void CheckConninfo(Reader& r, const toml::value& at, const std::string& key,
+                   const std::string& conninfo) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
+  if (opts != nullptr) {
+    PQconninfoFree(opts);
+    return;
+  }
+  std::string msg = err ? err : "invalid";
+  PQfreemem(err);
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  std::string lower = conninfo;
+  for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (lower.find("password") != std::string::npos || lower.find("://") != std::string::npos) {
+    msg =
+        "not a valid libpq connection string (libpq's detail is not shown: the string may hold "
+        "a password)";
+  }
+  r.Fail(at, key, msg);
+}
+
+// A secret file named by the string value `v`; its contents join `secrets`.
+std::string ReadSecretFileOrFail(Reader& r, const toml::value& v, const std::string& key,
+                                 std::vector<std::string>* secrets) {
+  auto value = ReadSecretFile(r.String(v, key));
+  if (!value.ok()) r.Fail(v, key, value.status().message());
+  secrets->push_back(*value);
+  return *value;
+}
+
 void ReadCheckback(Reader& r, const toml::value& table, CheckbackConfig* out) {
   const std::string p = "checkback.";
   r.OnlyKnownKeys(table, p,
@@ -272,7 +308,8 @@ void ReadDelayInboxDoctor(Reader& r, const toml::value& root, Config* c) {
   r.MaybeDuration(doctor, "doctor.", "kafka_timeout", Millis(100), &c->doctor.kafka_timeout);
 }
 
-Config Build(const toml::value& root, const std::string& file) {
+// `secrets` collects the secret values read so far, so that an error raised later can hide them.
+Config Build(const toml::value& root, const std::string& file, std::vector<std::string>* secrets) {
   Reader r(file);
   Config c;
   c.path = file;
@@ -281,26 +318,37 @@ Config Build(const toml::value& root, const std::string& file) {
                    "delay", "inbox", "doctor", "admin"});
 
   const toml::value& pg = r.Table(root, "postgres");
-  r.OnlyKnownKeys(pg, "postgres.", {"conninfo"});
+  r.OnlyKnownKeys(pg, "postgres.", {"conninfo", "password_file"});
   r.MaybeString(pg, "postgres.", "conninfo", &c.postgres.conninfo);
   if (c.postgres.conninfo.empty()) r.FailNoLine("postgres.conninfo", "required (a libpq string)");
-  char* err = nullptr;
-  PQconninfoOption* opts = PQconninfoParse(c.postgres.conninfo.c_str(), &err);
-  if (opts == nullptr) {
-    std::string msg = err ? err : "invalid";
-    PQfreemem(err);
-    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-    r.Fail(*r.Find(pg, "conninfo"), "postgres.conninfo", msg);
+  CheckConninfo(r, *r.Find(pg, "conninfo"), "postgres.conninfo", c.postgres.conninfo);
+  secrets->push_back(ConninfoPassword(c.postgres.conninfo));
+  const toml::value* password_file = r.Find(pg, "password_file");
+  if (password_file != nullptr && !r.String(*password_file, "postgres.password_file").empty()) {
+    const toml::value* v = password_file;
+    const std::string password = ReadSecretFileOrFail(r, *v, "postgres.password_file", secrets);
+    auto with = ConninfoWithPassword(c.postgres.conninfo, password);
+    if (!with.ok()) r.Fail(*v, "postgres.password_file", with.status().message());
+    c.postgres.conninfo = *with;
   }
-  PQconninfoFree(opts);
 
   const toml::value& kafka = r.Table(root, "kafka");
-  r.OnlyKnownKeys(kafka, "kafka.", {"bootstrap_servers", "properties"});
+  r.OnlyKnownKeys(kafka, "kafka.", {"bootstrap_servers", "properties", "property_files"});
   r.MaybeString(kafka, "kafka.", "bootstrap_servers", &c.kafka.bootstrap_servers);
   if (c.kafka.bootstrap_servers.empty()) r.FailNoLine("kafka.bootstrap_servers", "required");
   const toml::value& props = r.Table(kafka, "properties");
   for (const auto& [name, value] : props.as_table()) {
     std::string text = r.PropertyValue(value, "kafka.properties.\"" + name + "\"");
+    if (IsSecretKafkaProperty(name)) secrets->push_back(text);
+    CheckKafkaProperty(r, value, name, text);
+    c.kafka.properties[name] = text;
+  }
+  // Properties whose values are read from files (Kubernetes Secrets), e.g. "sasl.password".
+  const toml::value& files = r.Table(kafka, "property_files");
+  for (const auto& [name, value] : files.as_table()) {
+    const std::string key = "kafka.property_files.\"" + name + "\"";
+    if (props.as_table().count(name)) r.Fail(value, key, "also set in [kafka.properties]");
+    std::string text = ReadSecretFileOrFail(r, value, key, secrets);
     CheckKafkaProperty(r, value, name, text);
     c.kafka.properties[name] = text;
   }
@@ -385,6 +433,12 @@ Config Build(const toml::value& root, const std::string& file) {
 
   ReadCheckback(r, r.Table(root, "checkback"), &c.checkback);
   ReadDelayInboxDoctor(r, root, &c);
+  if (!c.checkback.sql_conninfo.empty()) {
+    CheckConninfo(r, *r.Find(r.Table(root, "checkback"), "sql_conninfo"), "checkback.sql_conninfo",
+                  c.checkback.sql_conninfo);
+    secrets->push_back(ConninfoPassword(c.checkback.sql_conninfo));
+  }
+  secrets->push_back(UrlPassword(c.checkback.http_url));
 
   const toml::value& log = r.Table(root, "log");
   r.OnlyKnownKeys(log, "log.", {"level", "format"});
@@ -414,6 +468,9 @@ Config Build(const toml::value& root, const std::string& file) {
            "expected host:port (e.g. \"127.0.0.1:9464\", \"[::1]:9464\") or \"\" (off)");
   }
   r.MaybeDuration(admin, "admin.", "query_timeout", Millis(1), &c.admin.query_timeout);
+  for (const std::string& s : *secrets) {
+    if (!s.empty()) c.secrets.push_back(s);
+  }
   return c;
 }
 
@@ -422,6 +479,45 @@ Config Build(const toml::value& root, const std::string& file) {
 std::string SyntaxMessage(const std::string& file, const std::exception& e,
                           const toml::source_location& where) {
   return file + ":" + std::to_string(where.line()) + ": syntax error\n" + e.what();
+}
+
+// toml11 parses arrays and inline tables recursively: a file nested a few thousand levels deep
+// overflows the stack (found by tests/fuzz/config_fuzz.cpp). outboxd's settings nest three
+// levels at most, so deeper text is refused before toml11 sees it. A scan that skips strings and
+// comments; "line" is where the limit was passed.
+constexpr int kMaxNesting = 32;
+
+std::optional<size_t> TooDeepAtLine(const std::string& text) {
+  int depth = 0;
+  size_t line = 1;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      ++line;
+    } else if (c == '#') {
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+    } else if (c == '"' || c == '\'') {
+      const bool multi = text.compare(i, 3, std::string(3, c)) == 0;
+      const std::string close = multi ? std::string(3, c) : std::string(1, c);
+      for (i += close.size(); i < text.size(); ++i) {
+        if (text[i] == '\n') {
+          ++line;
+          if (!multi) break;  // a one-line string ends at the line's end (an error for toml11)
+        } else if (c == '"' && text[i] == '\\') {
+          if (i + 1 < text.size() && text[i + 1] == '\n') ++line;
+          ++i;
+        } else if (text.compare(i, close.size(), close) == 0) {
+          i += close.size() - 1;
+          break;
+        }
+      }
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxNesting) return line;
+    } else if (c == ']' || c == '}') {
+      depth = std::max(0, depth - 1);
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -454,15 +550,23 @@ std::optional<ListenAddress> ParseListenAddress(const std::string& text) {
 
 Result<Config> ParseConfig(const std::string& text, const std::string& name) {
   std::istringstream in(text);
+  // Messages are Redact()ed: one may quote a source line holding a password (syntax errors) or a
+  // value read before the error.
+  std::vector<std::string> secrets;
+  if (std::optional<size_t> line = TooDeepAtLine(text)) {
+    return Status::Invalid(name + ":" + std::to_string(*line) +
+                           ": arrays or inline tables nested " + "deeper than " +
+                           std::to_string(kMaxNesting) + " levels");
+  }
   try {
     toml::value root = toml::parse(in, name);
-    return Build(root, name);
+    return Build(root, name, &secrets);
   } catch (const ConfigError& e) {
-    return Status::Invalid(e.message);
+    return Status::Invalid(RedactWith(e.message, secrets));
   } catch (const toml::syntax_error& e) {
-    return Status::Invalid(SyntaxMessage(name, e, e.location()));
+    return Status::Invalid(RedactWith(SyntaxMessage(name, e, e.location()), secrets));
   } catch (const toml::exception& e) {
-    return Status::Invalid(SyntaxMessage(name, e, e.location()));
+    return Status::Invalid(RedactWith(SyntaxMessage(name, e, e.location()), secrets));
   }
 }
 

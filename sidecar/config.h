@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "duration.h"
 #include "status.h"
@@ -17,7 +18,7 @@ enum class Delivery { kAtLeastOnce, kExactlyOnce };
 enum class LogFormat { kText, kJson };
 
 struct PostgresConfig {
-  std::string conninfo;  // libpq connection string; required
+  std::string conninfo;  // libpq connection string; required (with password_file's password set)
 };
 
 struct KafkaConfig {
@@ -136,6 +137,9 @@ struct Config {
   InboxConfig inbox;
   DoctorConfig doctor;
   AdminConfig admin;
+  // Every secret value read (passwords in conninfo strings and URLs, secret librdkafka
+  // properties, secret files): main hides them in everything outboxd prints (secrets.h).
+  std::vector<std::string> secrets;
 };
 
 // The producer's transactional.id: relay.transactional_id, or "outboxd-<leadership.lock_id>";

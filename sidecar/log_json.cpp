@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "secrets.h"
+
 namespace outboxd {
 namespace {
 
@@ -43,7 +45,7 @@ class JsonFormatter : public spdlog::formatter {
         if (IsInteger(value)) {
           j[name] = std::stoll(value);
         } else {
-          j[name] = value;
+          j[name] = Redact(value);  // the sink hides secrets in the message; a field is apart
         }
       }
     }

@@ -28,6 +28,7 @@
 #include "prepared_store.h"
 #include "relay.h"
 #include "scheduler.h"
+#include "secrets.h"
 #include "status_report.h"
 
 namespace {
@@ -57,6 +58,7 @@ outboxd::Result<outboxd::Config> Load(const std::string& path) {
 
 int Run(const outboxd::Config& config) {
   outboxd::InitLogging(config.log.level, config.log.format == outboxd::LogFormat::kJson);
+  outboxd::InstallLogRedaction();
   spdlog::info("outboxd {} starting: config {}, kafka {}", OUTBOXD_VERSION, config.path,
                config.kafka.bootstrap_servers);
   // What librdkafka refuses in the properties is a configuration error (checked without
@@ -128,13 +130,13 @@ int PrintStatus(const outboxd::Config& config, bool json) {
   auto conn = outboxd::pg::Connection::Open(config.postgres.conninfo, "outboxd status",
                                             outboxd::SessionTcpSettings(config.leadership));
   if (!conn.ok()) {
-    std::cerr << "outboxd: " << conn.status().message() << "\n";
+    std::cerr << "outboxd: " << outboxd::Redact(conn.status().message()) << "\n";
     return kExitRuntime;
   }
   outboxd::Status s = json ? outboxd::WriteStatusJson(*conn, config, std::cout)
                            : outboxd::WriteStatusReport(*conn, config, std::cout);
   if (!s.ok()) {
-    std::cerr << "outboxd: " << s.message() << "\n";
+    std::cerr << "outboxd: " << outboxd::Redact(s.message()) << "\n";
     return kExitRuntime;
   }
   return kExitOk;
@@ -185,6 +187,7 @@ outboxd::Result<outboxd::pg::Connection> ConnectForMigrate(const outboxd::Config
 
 int Migrate(const outboxd::Config& config, outboxd::Millis wait) {
   outboxd::InitLogging(config.log.level, config.log.format == outboxd::LogFormat::kJson);
+  outboxd::InstallLogRedaction();
   auto conn = ConnectForMigrate(config, wait);
   if (!conn.ok()) {
     spdlog::error("{}", conn.status().message());
@@ -296,9 +299,10 @@ int main(int argc, char** argv) {
   config_path = ConfigPath(config_options, config_path);
   auto config = Load(config_path);
   if (!config.ok()) return kExitConfig;
+  outboxd::RegisterSecrets(config->secrets);
   if (*check) {
     if (outboxd::Status s = outboxd::CheckProducerProperties(config->kafka); !s.ok()) {
-      std::cerr << "outboxd: " << config_path << ": " << s.message() << "\n";
+      std::cerr << "outboxd: " << config_path << ": " << outboxd::Redact(s.message()) << "\n";
       return kExitConfig;
     }
     for (const std::string& w : outboxd::ProducerPropertyWarnings(config->kafka)) {

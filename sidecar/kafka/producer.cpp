@@ -1,4 +1,5 @@
 #include "kafka/producer.h"
+#include <cctype>
 
 #include <algorithm>
 #include <string_view>
@@ -68,6 +69,22 @@ std::vector<std::string> ProducerPropertyWarnings(const KafkaConfig& config) {
 }
 
 namespace {
+
+// Why Kafka would refuse `topic` as a name, or "" if it is legal: 1 to 249 characters of
+// [a-zA-Z0-9._-], and not "." or ".." (Kafka's Topic.validate). Checked before producing: the
+// broker answers such a name with INVALID_TOPIC and librdkafka then keeps the message waiting
+// for the topic's metadata, forever with message.timeout.ms = 0.
+std::string InvalidTopicName(const std::string& topic) {
+  if (topic.empty()) return "empty";
+  if (topic.size() > 249) return std::to_string(topic.size()) + " characters (at most 249)";
+  if (topic == "." || topic == "..") return "\".\" and \"..\" are not allowed";
+  for (char c : topic) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return "only ASCII letters, digits, '.', '_' and '-' are allowed";
+    }
+  }
+  return "";
+}
 
 // librdkafka's log lines, at outboxd's levels (librdkafka's syslog levels: 0-3 errors,
 // 4 warning, 5-6 info, 7 debug), less two kinds that would only repeat or can't be acted on.
@@ -149,6 +166,9 @@ rd_kafka_topic_t* KafkaPublisher::Topic(const std::string& name) {
 }
 
 Status KafkaPublisher::Produce(const OutgoingMessage& m, uint64_t token) {
+  if (std::string why = InvalidTopicName(*m.topic); !why.empty()) {
+    return Status::Permanent("invalid topic name \"" + m.topic->substr(0, 300) + "\": " + why);
+  }
   rd_kafka_topic_t* topic = Topic(*m.topic);
   if (topic == nullptr) {
     return Status::Permanent("invalid topic \"" + *m.topic +

@@ -329,3 +329,30 @@ TEST(Config, ExampleFileMatchesDelayInboxDoctorDefaults) {
 
 }  // namespace
 }  // namespace outboxd
+
+namespace outboxd {
+namespace {
+
+// Found by tests/fuzz/config_fuzz.cpp: toml11 recursed into a deeply nested array or inline
+// table until the stack overflowed (a crash, not exit 2). Strings and comments don't count.
+TEST(Config, DeepNestingIsRefusedWithFileAndLine) {
+  for (const std::string& nested : {std::string(100000, '[') + std::string(100000, ']'), [] {
+                                      std::string s;
+                                      for (int i = 0; i < 50000; ++i) s += "{a=";
+                                      s += "1";
+                                      for (int i = 0; i < 50000; ++i) s += "}";
+                                      return s;
+                                    }()}) {
+    std::string msg = ErrorOf(std::string(kMinimal) + "[relay]\nbatch_size = " + nested + "\n");
+    EXPECT_EQ(msg.rfind("test.toml:7: arrays or inline tables nested deeper than 32", 0), 0u)
+        << msg.substr(0, 200);
+  }
+  auto ok =
+      ParseConfig(std::string(kMinimal) + "# [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n" +
+                      "[kafka.properties]\n\"client.id\" = \"" + std::string(40, '[') + "\"\n",
+                  "test.toml");
+  EXPECT_TRUE(ok.ok()) << ok.status().message();
+}
+
+}  // namespace
+}  // namespace outboxd
