@@ -689,6 +689,13 @@ bool Relay::StepExactlyOnce(const std::atomic<bool>& stop) {
   std::vector<OutboxRow> rows;
   if (!StoreOk(store_.FinishRound(&rows))) return false;
   stats_.marked_sent += static_cast<int64_t>(marked);
+  if (auto from = store_.TakeRescanRequest()) {
+    // Rows put back by an admin command (nothing is in flight between transactions): fetch from
+    // there in the next round, as in at-least-once mode.
+    rescan_from_ = rows.empty() ? *from : std::min(*from, rows.front().id);
+    if (!Wake()) return false;
+    return Rescan();
+  }
   bool copies_waiting = false;
   for (const auto& [id, pending] : dead_letters_) copies_waiting |= !pending.in_flight;
   if (rows.empty() && !copies_waiting) return IdleWait(stop);

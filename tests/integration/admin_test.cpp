@@ -259,6 +259,29 @@ TEST_F(AdminIntegrationTest, RequeuedDeadLettersArriveWhileALeaderRuns) {
   EXPECT_EQ(dead_letter_lines, 2);
 }
 
+// The same admin path in exactly-once mode: a requeued dead letter reaches a running exactly-once
+// leader (its rounds between transactions look for the rescan request too) and arrives once.
+TEST_F(AdminIntegrationTest, RequeueReachesAnExactlyOnceLeader) {
+  OutboxdProcess outboxd(
+      services_, *db_, "delivery = \"exactly_once\"\ntransactional_id = \"admin-" + topic_ + "\"\n",
+      AdminToml(FreePort()));
+  outboxd.Start();
+  Consumer consumer(services_, topic_);
+  ExpectedMessages before = PublishMany(10, 1, topic_);
+  const int64_t p1 = InsertPoison("key-0");
+  ASSERT_TRUE(WaitFor([&] { return Count("outbox.dead_letters") == 1; }, 60s)) << outboxd.Log();
+  ExpectedMessages after = PublishMany(10, 1, topic_);
+  ASSERT_TRUE(consumer.ReadUntilIds(Ids(after), 60s)) << outboxd.Log();
+  db_->Exec("UPDATE outbox.dead_letters SET headers = '{\"fixed\": \"yes\"}'");
+  auto requeued = Json(Command(outboxd, {"dead-letters", "requeue", "--all", "--json"}));
+  EXPECT_EQ(requeued["requeued"], nlohmann::json::array({p1}));
+  ASSERT_TRUE(consumer.ReadUntilIds({p1}, 30s))
+      << "the requeued row never arrived at the exactly-once leader\n"
+      << outboxd.Log();
+  EXPECT_TRUE(WaitFor([&] { return Count("outbox.messages") == 0; }, 20s));
+  EXPECT_EQ(Copies(consumer.records())[p1], 1);
+}
+
 // Hostile timing: the requeue commits while the leader drains a backlog with thousands of rows in
 // flight. The rescan must wait for them: nothing is lost, nothing is sent twice, and every key
 // keeps its order; the requeued rows arrive too.
