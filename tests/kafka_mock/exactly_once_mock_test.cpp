@@ -132,9 +132,27 @@ std::map<int64_t, int> CopiesIn(const MockCluster& cluster, const std::string& t
   return copies;
 }
 
+// librdkafka 2.0.2's mock cluster writes no transaction markers, so even a read_committed reader
+// sees the checkpoint record of an aborted transaction there; a real broker never shows it (the
+// e2e harness tests that). Where a test makes the relay give its producer up in the middle of an
+// aborted transaction, this stands in for the broker's filter: a checkpoint counts only if the
+// broker acknowledged every message it names, as it did for every committed transaction.
+CheckpointReader MockReadCommitted(CheckpointReader inner, FakeStore& store) {
+  return [inner = std::move(inner), &store](const std::string& outbox) {
+    auto c = inner(outbox);
+    if (!c.ok() || !*c) return c;
+    for (int64_t id : (*c)->sent) {
+      if (!store.witness().HasId(id)) {
+        return Result<std::optional<Checkpoint>>(std::optional<Checkpoint>());
+      }
+    }
+    return c;
+  };
+}
+
 class RunningRelay {
  public:
-  RunningRelay(Config config, FakeStore& store)
+  RunningRelay(Config config, FakeStore& store, bool mock_read_committed = false)
       : config_(std::move(config)),
         store_(store),
         relay_(
@@ -142,7 +160,8 @@ class RunningRelay {
             testing::Witnessed(
                 [this] { return KafkaPublisher::Create(config_.kafka, TransactionalId(config_)); },
                 store.witness()),
-            KafkaCheckpointReader(config_)),
+            mock_read_committed ? MockReadCommitted(KafkaCheckpointReader(config_), store)
+                                : KafkaCheckpointReader(config_)),
         thread_([this] { status_ = relay_.Run(stop_); }) {}
   ~RunningRelay() { Stop(); }
   Relay::Stats Stop() {
@@ -340,7 +359,10 @@ TEST_F(ExactlyOnceMock, TransactionNotAcknowledgedInTimeIsAbortedAndSentAgain) {
   Config c = EoConfig();
   c.kafka.properties["transaction.timeout.ms"] = "2000";
   AddRows(1, 400);
-  RunningRelay relay(c, store_);
+  // The timeouts may also make the mock report a fatal error mid-abort: the relay gives its
+  // producer up and reads the checkpoint, which the mock would show with the aborted transaction's
+  // ids.
+  RunningRelay relay(c, store_, /*mock_read_committed=*/true);
   ASSERT_TRUE(Eventually([&] { return store_.Removed().size() >= 200; }, kLongWait));
   for (int32_t b = 1; b <= kBrokers; ++b) {
     rd_kafka_mock_broker_push_request_error_rtts(cluster_.get(), b, kProduceApi, 2,
