@@ -130,14 +130,6 @@ Status PgOutboxStore::Prepare() {
     s = conn_->Exec("SET idle_session_timeout = '" + std::to_string(session_timeout_.count()) +
                     "ms'");
   }
-  // The statements are prepared once per session, and PostgreSQL keeps a generic plan for them,
-  // made from the statistics at that moment. Made on an empty or small outbox (the usual state of a
-  // live outbox), that plan reads the fetch's fresh rows by a sequential scan and a sort, which
-  // then reads every dead row left by the removals, each round, until autovacuum replans it; and
-  // made before a backlog builds up, it reads and sorts the whole backlog each round. The relay
-  // only ever reads outbox rows by id: index scans in id order are right at any size.
-  if (s.ok()) s = conn_->Exec("SET enable_seqscan = off");
-  if (s.ok()) s = conn_->Exec("SET enable_bitmapscan = off");
   if (s.ok()) s = conn_->Prepare("fetch", kFetchSql);
   if (s.ok())
     s = conn_->Prepare("mark_sent", on_sent_ == OnSent::kDelete ? kDeleteSql : kRetainSql);
