@@ -114,6 +114,16 @@ Result<Connection> Connection::Open(const std::string& conninfo,
       c.Exec("SET tcp_keepalives_idle = " + idle + "; SET tcp_keepalives_interval = " + interval +
              "; SET tcp_keepalives_count = " + count + "; SET tcp_user_timeout = " + user_timeout);
   if (!s.ok()) return s;
+  // No JIT compilation: PostgreSQL compiles (and, above jit_inline_above_cost, inlines and
+  // optimizes) a statement whose estimated cost passes jit_above_cost, at every execution, and a
+  // prepared statement's generic plan keeps the estimate it was made with. outboxd's statements
+  // read a few rows by index; compiling the fetch took 1.2 s of CPU against its 0.4 ms run, so a
+  // plan that looks expensive made the relay deliver one batch per second: enable_seqscan = off
+  // adds 1e10 to a plan that must scan outbox.relay_state
+  // (tests/integration/relay_session_test.cpp), and retain mode's cleanup estimates more than
+  // 100,000 at about 3 million retained rows.
+  s = c.Exec("SET jit = off");
+  if (!s.ok()) return s;
   return c;
 }
 
