@@ -11,7 +11,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr Millis kCleanupEvery{60'000};
-constexpr Millis kStopCheckSlice{50};
 constexpr size_t kMaxWarnedRemembered = 100'000;
 
 const char* SettlementWord(Settlement s) {
@@ -38,25 +37,12 @@ CheckBack::CheckBack(const CheckbackConfig& config, PreparedStore& store, Checke
 CheckBack::~CheckBack() { Stop(); }
 
 void CheckBack::Start(const std::atomic<bool>& stop) {
-  stop_requested_ = false;
-  thread_ = std::thread([this, &stop] { Loop(stop); });
+  thread_.Start(stop, [this] { Loop(); });
 }
 
-void CheckBack::Stop() {
-  stop_requested_ = true;
-  if (thread_.joinable()) thread_.join();
-}
+void CheckBack::Stop() { thread_.Stop(); }
 
-void CheckBack::SleepFor(Millis d, const std::atomic<bool>& stop) {
-  auto until = Clock::now() + d;
-  while (!stopping(stop)) {
-    auto left = std::chrono::duration_cast<Millis>(until - Clock::now());
-    if (left <= Millis(0)) return;
-    std::this_thread::sleep_for(std::min(left, kStopCheckSlice));
-  }
-}
-
-void CheckBack::Loop(const std::atomic<bool>& stop) {
+void CheckBack::Loop() {
   spdlog::info("check-back: checker {}, first check after {}, every {}, at most {} checks",
                config_.checker == CheckerKind::kHttp  ? "http " + config_.http_url
                : config_.checker == CheckerKind::kSql ? std::string("sql")
@@ -64,13 +50,13 @@ void CheckBack::Loop(const std::atomic<bool>& stop) {
                FormatDuration(config_.transaction_timeout), FormatDuration(config_.check_interval),
                config_.max_checks);
   bool was_leading = false;
-  while (!stopping(stop)) {
+  while (!thread_.stopping()) {
     if (!leader_()) {
       if (was_leading) spdlog::info("check-back paused: not leading the outbox");
       was_leading = false;
       if (connected_) store_.Disconnect();
       connected_ = false;
-      SleepFor(config_.poll_interval, stop);
+      thread_.SleepFor(config_.poll_interval);
       continue;
     }
     was_leading = true;
@@ -79,19 +65,19 @@ void CheckBack::Loop(const std::atomic<bool>& stop) {
       // Deposed while the relay has not noticed yet (it may be waiting on Kafka): stay silent.
       if (!warned_deposed_) spdlog::warn("check-back paused: {}", handled.status().message());
       warned_deposed_ = true;
-      SleepFor(config_.poll_interval, stop);
+      thread_.SleepFor(config_.poll_interval);
       continue;
     }
     warned_deposed_ = false;
     if (!handled.ok()) {
       pg_log_.Failure(handled.status().message());
-      SleepFor(backoff_.Next(), stop);
+      thread_.SleepFor(backoff_.Next());
       continue;
     }
     pg_log_.Recovered();
     backoff_.Reset();
     // A full batch: more may be due right away.
-    if (*handled < config_.batch_size) SleepFor(config_.poll_interval, stop);
+    if (*handled < config_.batch_size) thread_.SleepFor(config_.poll_interval);
   }
 }
 
@@ -115,7 +101,7 @@ Result<int> CheckBack::RunOnce() {
   if (!due.ok()) return due.status();
   int handled = 0;
   for (const PreparedMessage& m : *due) {
-    if (stop_requested_ || leader_() != leader) break;
+    if (thread_.stop_requested() || leader_() != leader) break;
     if (Status s = Handle(m, *leader); !s.ok()) return s;
     ++handled;
   }

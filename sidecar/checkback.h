@@ -20,13 +20,13 @@
 #include <functional>
 #include <optional>
 #include <set>
-#include <thread>
 
 #include "backoff.h"
 #include "checker.h"
 #include "config.h"
 #include "log.h"
 #include "prepared_store.h"
+#include "stoppable_thread.h"
 
 namespace outboxd {
 
@@ -70,15 +70,13 @@ class CheckBack {
   }
 
  private:
-  void Loop(const std::atomic<bool>& stop);
+  void Loop();
   // NotLeader unless `leader` still holds the outbox lock, checked in PostgreSQL.
   Status ProveLeading(const LeaderSession& leader);
   // One message: the final action or a check. Store errors (and NotLeader) end the round.
   Status Handle(const PreparedMessage& m, const LeaderSession& leader);
   Status Apply(const PreparedMessage& m, Settlement settlement, SettledBy by,
                const LeaderSession& leader);
-  void SleepFor(Millis d, const std::atomic<bool>& stop);
-  bool stopping(const std::atomic<bool>& stop) const { return stop || stop_requested_; }
 
   // Constant after construction.
   const CheckbackConfig& config_;
@@ -86,8 +84,7 @@ class CheckBack {
   const CheckerPtr checker_;
   const LeaderFn leader_;
 
-  std::thread thread_;
-  std::atomic<bool> stop_requested_{false};
+  StoppableThread thread_;
 
   // State below is used by the check-back thread only (or by RunOnce's caller in tests).
   Backoff backoff_{Millis(100), Millis(10'000)};

@@ -12,7 +12,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr Millis kStopCheckSlice{50};
 constexpr int kPruneBatch = 10'000;
 
 // $1 the batch size, $2..$4 the leader session. NULL when that session lost the lock.
@@ -46,23 +45,10 @@ Scheduler::Scheduler(const Config& config, LeaderFn leader)
 Scheduler::~Scheduler() { Stop(); }
 
 void Scheduler::Start(const std::atomic<bool>& stop) {
-  stop_requested_ = false;
-  thread_ = std::thread([this, &stop] { Loop(stop); });
+  thread_.Start(stop, [this] { Loop(); });
 }
 
-void Scheduler::Stop() {
-  stop_requested_ = true;
-  if (thread_.joinable()) thread_.join();
-}
-
-void Scheduler::SleepFor(Millis d, const std::atomic<bool>& stop) {
-  auto until = Clock::now() + d;
-  while (!stopping(stop)) {
-    auto left = std::chrono::duration_cast<Millis>(until - Clock::now());
-    if (left <= Millis(0)) return;
-    std::this_thread::sleep_for(std::min(left, kStopCheckSlice));
-  }
-}
+void Scheduler::Stop() { thread_.Stop(); }
 
 Status Scheduler::Connect() {
   if (conn_ && conn_->healthy()) return Status::Ok();
@@ -104,7 +90,7 @@ Result<Millis> Scheduler::RunOnce() {
       if (!released.ok()) return released.status();
       stats_.released += *released;
       if (*released > 0) spdlog::debug("released {} delayed messages", *released);
-      if (*released < delay_.batch_size || stop_requested_) break;
+      if (*released < delay_.batch_size || thread_.stop_requested()) break;
     }
   }
   if (inbox_.retention.count() > 0 && Clock::now() >= next_prune_) {
@@ -119,7 +105,7 @@ Result<Millis> Scheduler::RunOnce() {
       if (*pruned > 0)
         spdlog::info("inbox: removed {} rows older than {}", *pruned,
                      FormatDuration(inbox_.retention));
-      if (*pruned < kPruneBatch || stop_requested_) break;
+      if (*pruned < kPruneBatch || thread_.stop_requested()) break;
     }
     next_prune_ = Clock::now() + inbox_.cleanup_interval;
   }
@@ -136,30 +122,30 @@ Result<Millis> Scheduler::RunOnce() {
   return wait;
 }
 
-void Scheduler::Loop(const std::atomic<bool>& stop) {
+void Scheduler::Loop() {
   bool was_leading = false;
-  while (!stopping(stop)) {
+  while (!thread_.stopping()) {
     if (!leader_()) {
       if (was_leading) spdlog::debug("scheduler paused: not leading the outbox");
       was_leading = false;
       conn_.reset();
-      SleepFor(delay_.poll_interval, stop);
+      thread_.SleepFor(delay_.poll_interval);
       continue;
     }
     was_leading = true;
     auto wait = RunOnce();
     if (!wait.ok() && wait.status().code() == Status::Code::kNotLeader) {
-      SleepFor(delay_.poll_interval, stop);
+      thread_.SleepFor(delay_.poll_interval);
       continue;
     }
     if (!wait.ok()) {
       pg_log_.Failure(wait.status().message());
-      SleepFor(backoff_.Next(), stop);
+      thread_.SleepFor(backoff_.Next());
       continue;
     }
     pg_log_.Recovered();
     backoff_.Reset();
-    SleepFor(*wait, stop);
+    thread_.SleepFor(*wait);
   }
 }
 

@@ -16,7 +16,6 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
-#include <thread>
 
 #include "backoff.h"
 #include "config.h"
@@ -24,6 +23,7 @@
 #include "log.h"
 #include "pg/connection.h"
 #include "status.h"
+#include "stoppable_thread.h"
 
 namespace outboxd {
 
@@ -50,12 +50,10 @@ class Scheduler {
   const Stats& stats() const { return stats_; }
 
  private:
-  void Loop(const std::atomic<bool>& stop);
+  void Loop();
   Status Connect();
   // Runs a fenced statement whose first column is NULL unless `leader` holds the lock.
   Result<int64_t> Fenced(const char* statement, pg::Params params, const LeaderSession& leader);
-  void SleepFor(Millis d, const std::atomic<bool>& stop);
-  bool stopping(const std::atomic<bool>& stop) const { return stop || stop_requested_; }
 
   // Constant after construction.
   const std::string conninfo_;
@@ -64,8 +62,7 @@ class Scheduler {
   const InboxConfig inbox_;
   const LeaderFn leader_;
 
-  std::thread thread_;
-  std::atomic<bool> stop_requested_{false};
+  StoppableThread thread_;
 
   // State below is used by the scheduler thread only (or by RunOnce's caller in tests).
   std::optional<pg::Connection> conn_;

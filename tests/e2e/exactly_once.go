@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -47,37 +45,20 @@ func setExactlyOnce(path, tid string) error {
 // into every partition and reads until it meets each of them. Records of aborted transactions are
 // not returned; records of committed ones are, once each unless outboxd sent something twice.
 func ReadAllCommitted(ctx context.Context, brokers []string, topics []string) ([]Seen, map[string]int, error) {
-	adm, cl, err := newAdmin(brokers)
+	ends, counts, err := endOffsets(ctx, brokers, topics)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer cl.Close()
-	ends, err := adm.ListEndOffsets(ctx, topics...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list end offsets: %w", err)
-	}
-	counts := map[string]int{}
 	want := map[string]map[int32]kgo.Offset{}
 	var markers []*kgo.Record
 	marker := strconv.FormatInt(time.Now().UnixNano(), 10)
-	var listErr error
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Err != nil {
-			if o.Err != kerr.UnknownTopicOrPartition {
-				listErr = fmt.Errorf("end offset of %s/%d: %w", o.Topic, o.Partition, o.Err)
-			}
-			return
+	for topic, ps := range ends {
+		want[topic] = map[int32]kgo.Offset{}
+		for p := range ps {
+			want[topic][p] = kgo.NewOffset().AtStart()
+			markers = append(markers, &kgo.Record{Topic: topic, Partition: p, Value: []byte("e2e end marker"),
+				Headers: []kgo.RecordHeader{{Key: "e2e-end", Value: []byte(marker)}}})
 		}
-		counts[o.Topic]++
-		if want[o.Topic] == nil {
-			want[o.Topic] = map[int32]kgo.Offset{}
-		}
-		want[o.Topic][o.Partition] = kgo.NewOffset().AtStart()
-		markers = append(markers, &kgo.Record{Topic: o.Topic, Partition: o.Partition, Value: []byte("e2e end marker"),
-			Headers: []kgo.RecordHeader{{Key: "e2e-end", Value: []byte(marker)}}})
-	})
-	if listErr != nil {
-		return nil, nil, listErr
 	}
 	if len(markers) == 0 {
 		return nil, counts, nil
@@ -92,47 +73,16 @@ func ReadAllCommitted(ctx context.Context, brokers []string, topics []string) ([
 		return nil, nil, fmt.Errorf("end markers: %w", err)
 	}
 	prod.Close()
-
-	consumer, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumePartitions(want),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.FetchMaxWait(500*time.Millisecond))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer consumer.Close()
-	left := len(markers)
-	var out []Seen
-	for left > 0 {
-		fetches := consumer.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return out, counts, fmt.Errorf("witness: %d partitions not read to their end marker: %w", left, ctx.Err())
-		}
-		fetches.EachError(func(t string, p int32, err error) {
-			logf("witness fetch %s/%d: %v", t, p, err)
-		})
-		fetches.EachRecord(func(rec *kgo.Record) {
+	out, err := readPartitions(ctx, brokers, want, len(markers), "end marker",
+		func(rec *kgo.Record) (keep, done bool) {
 			for _, h := range rec.Headers {
 				if h.Key == "e2e-end" {
-					if string(h.Value) == marker {
-						left--
-					}
-					return
+					return false, string(h.Value) == marker
 				}
 			}
-			s := Seen{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key,
-				Value: rec.Value, Headers: rec.Headers, ID: -1, At: -1}
-			for _, h := range rec.Headers {
-				if v, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
-					if h.Key == "outbox-id" {
-						s.ID = v
-					} else if h.Key == "outbox-created-at" {
-						s.At = v
-					}
-				}
-			}
-			out = append(out, s)
-		})
-	}
-	return out, counts, nil
+			return true, false
+		}, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	return out, counts, err
 }
 
 // Signal sends sig to the current outboxd process (SIGSTOP / SIGCONT for the zombie scenario).

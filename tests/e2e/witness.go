@@ -31,20 +31,56 @@ func (s *Seen) MsgID() MsgID { return MsgID{s.ID, s.At} }
 // now (every acknowledged message is below them). It is the independent witness: franz-go, not
 // outboxd's librdkafka. Returns the records and the partition count of each topic.
 func ReadAll(ctx context.Context, brokers []string, topics []string) ([]Seen, map[string]int, error) {
+	ends, counts, err := endOffsets(ctx, brokers, topics)
+	if err != nil {
+		return nil, nil, err
+	}
+	want := map[string]map[int32]kgo.Offset{}
+	remaining := map[string]map[int32]int64{}
+	left := 0
+	for topic, ps := range ends {
+		for p, end := range ps {
+			if end > 0 {
+				if want[topic] == nil {
+					want[topic] = map[int32]kgo.Offset{}
+					remaining[topic] = map[int32]int64{}
+				}
+				want[topic][p] = kgo.NewOffset().AtStart()
+				remaining[topic][p] = end
+				left++
+			}
+		}
+	}
+	out, err := readPartitions(ctx, brokers, want, left, "end", func(rec *kgo.Record) (keep, done bool) {
+		end, ok := remaining[rec.Topic][rec.Partition]
+		if !ok || rec.Offset >= end {
+			return false, false
+		}
+		if rec.Offset == end-1 {
+			delete(remaining[rec.Topic], rec.Partition)
+			return true, true
+		}
+		return true, false
+	})
+	return out, counts, err
+}
+
+// endOffsets lists the end offset of every partition of the topics (a topic that does not exist has
+// none) and the partition count of each topic.
+func endOffsets(ctx context.Context, brokers []string, topics []string) (map[string]map[int32]int64, map[string]int, error) {
 	adm, cl, err := newAdmin(brokers)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer cl.Close()
-	ends, err := adm.ListEndOffsets(ctx, topics...)
+	listed, err := adm.ListEndOffsets(ctx, topics...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list end offsets: %w", err)
 	}
+	ends := map[string]map[int32]int64{}
 	counts := map[string]int{}
-	want := map[string]map[int32]kgo.Offset{}
-	remaining := map[string]map[int32]int64{}
 	var listErr error
-	ends.Each(func(o kadm.ListedOffset) {
+	listed.Each(func(o kadm.ListedOffset) {
 		if o.Err != nil {
 			if o.Err != kerr.UnknownTopicOrPartition {
 				listErr = fmt.Errorf("end offset of %s/%d: %w", o.Topic, o.Partition, o.Err)
@@ -52,64 +88,68 @@ func ReadAll(ctx context.Context, brokers []string, topics []string) ([]Seen, ma
 			return
 		}
 		counts[o.Topic]++
-		if o.Offset > 0 {
-			if want[o.Topic] == nil {
-				want[o.Topic] = map[int32]kgo.Offset{}
-				remaining[o.Topic] = map[int32]int64{}
-			}
-			want[o.Topic][o.Partition] = kgo.NewOffset().AtStart()
-			remaining[o.Topic][o.Partition] = o.Offset
+		if ends[o.Topic] == nil {
+			ends[o.Topic] = map[int32]int64{}
 		}
+		ends[o.Topic][o.Partition] = o.Offset
 	})
 	if listErr != nil {
 		return nil, nil, listErr
 	}
-	if len(want) == 0 {
-		return nil, counts, nil
+	return ends, counts, nil
+}
+
+// readPartitions is the witness's one read loop: a franz-go consumer (with `opts`) of the partitions
+// `want`, polled until `left` of them are done. For each record, `take` says whether it is kept
+// (as a Seen) and whether it finishes its partition. `end` names what a partition is read to, for
+// the error when ctx ends first.
+func readPartitions(ctx context.Context, brokers []string, want map[string]map[int32]kgo.Offset, left int,
+	end string, take func(*kgo.Record) (keep, done bool), opts ...kgo.Opt) ([]Seen, error) {
+	if left == 0 {
+		return nil, nil
 	}
-	consumer, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumePartitions(want),
-		kgo.FetchMaxWait(500*time.Millisecond))
+	consumer, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumePartitions(want),
+		kgo.FetchMaxWait(500 * time.Millisecond)}, opts...)...)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer consumer.Close()
-	left := 0
-	for _, ps := range remaining {
-		left += len(ps)
-	}
 	var out []Seen
 	for left > 0 {
 		fetches := consumer.PollFetches(ctx)
 		if ctx.Err() != nil {
-			return out, counts, fmt.Errorf("witness: %d partitions not read to their end: %w", left, ctx.Err())
+			return out, fmt.Errorf("witness: %d partitions not read to their %s: %w", left, end, ctx.Err())
 		}
 		fetches.EachError(func(t string, p int32, err error) {
 			logf("witness fetch %s/%d: %v", t, p, err)
 		})
 		fetches.EachRecord(func(rec *kgo.Record) {
-			end, ok := remaining[rec.Topic][rec.Partition]
-			if !ok || rec.Offset >= end {
-				return
+			keep, done := take(rec)
+			if keep {
+				out = append(out, newSeen(rec))
 			}
-			s := Seen{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key,
-				Value: rec.Value, Headers: rec.Headers, ID: -1, At: -1}
-			for _, h := range rec.Headers {
-				if v, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
-					if h.Key == "outbox-id" {
-						s.ID = v
-					} else if h.Key == "outbox-created-at" {
-						s.At = v
-					}
-				}
-			}
-			out = append(out, s)
-			if rec.Offset == end-1 {
-				delete(remaining[rec.Topic], rec.Partition)
+			if done {
 				left--
 			}
 		})
 	}
-	return out, counts, nil
+	return out, nil
+}
+
+// newSeen is the record as the witness keeps it, with its outbox-id and outbox-created-at.
+func newSeen(rec *kgo.Record) Seen {
+	s := Seen{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Key: rec.Key,
+		Value: rec.Value, Headers: rec.Headers, ID: -1, At: -1}
+	for _, h := range rec.Headers {
+		if v, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
+			if h.Key == "outbox-id" {
+				s.ID = v
+			} else if h.Key == "outbox-created-at" {
+				s.At = v
+			}
+		}
+	}
+	return s
 }
 
 // Verify compares what Kafka holds with the ledger.

@@ -221,5 +221,31 @@ TEST_F(PrivilegeIntegration, MigrateAsOwnerRunAsRelay) {
       << relay_out;
 }
 
+// The write functions' shared helpers (schema/009) are theirs alone: no role may call them, and
+// they run with the caller's rights (not SECURITY DEFINER), so a grant by mistake would still
+// not open outbox.delayed. Through outbox.publish the writer still gets the hold-back they read.
+TEST_F(PrivilegeIntegration, WriteFunctionHelpersAreCallableByNoRole) {
+  SeedRows();
+  const std::vector<std::string> helpers = {
+      "SELECT outbox.check_message('outbox.publish', 't', '{}')",
+      "SELECT outbox.held_until('t', 'k')"};
+  for (const char* member_of : {"outbox_writer", "outbox_relay", ""}) {
+    const std::string role = LoginRole("helper", member_of);
+    pg::Connection conn = As(role);
+    ExpectDenied(conn, role, helpers);
+  }
+  EXPECT_EQ(db_->Scalar("SELECT string_agg(proname || '=' || prosecdef, ',' ORDER BY proname) "
+                        "FROM pg_proc WHERE oid IN ('outbox.check_message(text,text,jsonb)'::"
+                        "regprocedure, 'outbox.held_until(text,text)'::regprocedure)"),
+            "check_message=false,held_until=false");
+  const std::string writer = LoginRole("writer", "outbox_writer");
+  pg::Connection app = As(writer);
+  ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ +
+                       "', 'held', 'v'::text, '{}', now() + interval '1 hour')")
+                  .ok());
+  ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ + "', 'held', 'v'::text)").ok());
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.delayed WHERE key = 'held'"), "2");
+}
+
 }  // namespace
 }  // namespace outboxd::testing

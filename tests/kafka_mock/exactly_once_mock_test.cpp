@@ -12,6 +12,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -22,6 +23,7 @@
 #include <spdlog/spdlog.h>
 
 #include "../support/fakes.h"
+#include "../support/mock_cluster.h"
 #include "kafka/checkpoint_topic.h"
 #include "kafka/producer.h"
 #include "relay.h"
@@ -31,6 +33,9 @@ namespace {
 
 using testing::Eventually;
 using testing::FakeStore;
+using testing::MockCluster;
+using testing::ReadTopic;
+using testing::StoredRecord;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kBrokers = 3;
@@ -39,96 +44,15 @@ constexpr int16_t kEndTxnApi = 26;
 constexpr int16_t kAddPartitionsToTxnApi = 24;
 constexpr Millis kLongWait{30'000};
 
-struct MockClusterDeleter {
-  void operator()(rd_kafka_mock_cluster_t* mc) const { rd_kafka_mock_cluster_destroy(mc); }
-};
-struct PartitionListDeleter {
-  void operator()(rd_kafka_topic_partition_list_t* l) const {
-    rd_kafka_topic_partition_list_destroy(l);
-  }
-};
-
-class MockCluster {
- public:
-  MockCluster() {
-    char err[512];
-    KafkaConfPtr conf(rd_kafka_conf_new());
-    rd_kafka_conf_set(conf.get(), "log_level", "4", err, sizeof(err));
-    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof(err));
-    if (rk == nullptr) throw std::runtime_error(std::string("mock cluster handle: ") + err);
-    conf.release();
-    handle_.reset(rk);
-    cluster_.reset(rd_kafka_mock_cluster_new(handle_.get(), kBrokers));
-    if (!cluster_) throw std::runtime_error("rd_kafka_mock_cluster_new failed");
-  }
-  rd_kafka_mock_cluster_t* get() const { return cluster_.get(); }
-  std::string bootstraps() const { return rd_kafka_mock_cluster_bootstraps(cluster_.get()); }
-  void CreateTopic(const std::string& topic, int partitions = kPartitions) {
-    ASSERT_EQ(rd_kafka_mock_topic_create(get(), topic.c_str(), partitions, kBrokers),
-              RD_KAFKA_RESP_ERR_NO_ERROR);
-  }
-
- private:
-  KafkaPtr handle_;
-  std::unique_ptr<rd_kafka_mock_cluster_t, MockClusterDeleter> cluster_;
-};
-
 // Per outbox id, how many records of `topic` carry it (read from the beginning to the end).
 std::map<int64_t, int> CopiesIn(const MockCluster& cluster, const std::string& topic,
                                 std::map<std::string, std::vector<int64_t>>* per_key = nullptr) {
   std::map<int64_t, int> copies;
-  char err[512];
-  KafkaConfPtr conf(rd_kafka_conf_new());
-  for (const auto& [k, v] :
-       std::map<std::string, std::string>{{"bootstrap.servers", cluster.bootstraps()},
-                                          {"group.id", "outboxd-eo-reader"},
-                                          {"enable.auto.commit", "false"},
-                                          {"isolation.level", "read_committed"}}) {
-    rd_kafka_conf_set(conf.get(), k.c_str(), v.c_str(), err, sizeof(err));
+  for (const StoredRecord& r : ReadTopic(cluster, topic, kPartitions)) {
+    const std::optional<int64_t> id = r.outbox_id();
+    if (!id) continue;
+    if (copies[*id]++ == 0 && per_key && r.key) (*per_key)[*r.key].push_back(*id);
   }
-  KafkaPtr rk(rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), err, sizeof(err)));
-  if (!rk) {
-    ADD_FAILURE() << err;
-    return copies;
-  }
-  conf.release();
-  std::map<int32_t, int64_t> high;
-  std::unique_ptr<rd_kafka_topic_partition_list_t, PartitionListDeleter> assignment(
-      rd_kafka_topic_partition_list_new(kPartitions));
-  for (int32_t p = 0; p < kPartitions; ++p) {
-    int64_t lo = 0, hi = 0;
-    if (rd_kafka_query_watermark_offsets(rk.get(), topic.c_str(), p, &lo, &hi, 10'000) !=
-        RD_KAFKA_RESP_ERR_NO_ERROR) {
-      ADD_FAILURE() << "watermarks of " << topic;
-      return copies;
-    }
-    if (hi > lo) high[p] = hi;
-    rd_kafka_topic_partition_list_add(assignment.get(), topic.c_str(), p)->offset =
-        RD_KAFKA_OFFSET_BEGINNING;
-  }
-  rd_kafka_assign(rk.get(), assignment.get());
-  auto deadline = Clock::now() + kLongWait;
-  while (!high.empty() && Clock::now() < deadline) {
-    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk.get(), 100);
-    if (m == nullptr) continue;
-    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-      rd_kafka_headers_t* h = nullptr;
-      const void* v = nullptr;
-      size_t n = 0;
-      if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-          rd_kafka_header_get_last(h, "outbox-id", &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        int64_t id = std::stoll(std::string(static_cast<const char*>(v), n));
-        if (copies[id]++ == 0 && per_key && m->key) {
-          (*per_key)[std::string(static_cast<const char*>(m->key), m->key_len)].push_back(id);
-        }
-      }
-      auto it = high.find(m->partition);
-      if (it != high.end() && m->offset + 1 >= it->second) high.erase(it);
-    }
-    rd_kafka_message_destroy(m);
-  }
-  EXPECT_TRUE(high.empty()) << "read-back did not reach the end";
-  rd_kafka_consumer_close(rk.get());
   return copies;
 }
 
@@ -191,7 +115,7 @@ class ExactlyOnceMock : public ::testing::Test {
     const char* level = std::getenv("OUTBOXD_TEST_LOG");
     spdlog::set_level(spdlog::level::from_str(level ? level : "warn"));
     topic_ = std::string("eo.") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    cluster_.CreateTopic(topic_);
+    cluster_.CreateTopic(topic_, kPartitions);
     // The mock cluster has no CreateTopics: the checkpoint topic is made here (1 partition).
     cluster_.CreateTopic(Config().relay.checkpoint_topic, 1);
   }
@@ -232,7 +156,7 @@ class ExactlyOnceMock : public ::testing::Test {
     return d;
   }
 
-  MockCluster cluster_;
+  MockCluster cluster_{kBrokers};
   std::string topic_;
   FakeStore store_;
 };
@@ -386,7 +310,7 @@ TEST_F(ExactlyOnceMock, TransactionNotAcknowledgedInTimeIsAbortedAndSentAgain) {
 TEST_F(ExactlyOnceMock, PoisonRowIsDeadLetteredThroughATransactionWhileTheRestFlow) {
   constexpr int16_t kProduceApi = 0;
   const std::string dlq = topic_ + ".dlq";
-  cluster_.CreateTopic(dlq);
+  cluster_.CreateTopic(dlq, kPartitions);
   Config c = EoConfig();
   c.relay.dead_letter_topic = dlq;
   // The rows on broker 2, the checkpoint record on broker 1, the dead-letter copies on broker 3:

@@ -14,6 +14,7 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "../support/mock_cluster.h"
 #include "kafka/producer.h"
 
 namespace outboxd {
@@ -62,10 +63,6 @@ class LevelLog {
   std::shared_ptr<Sink> sink_;
 };
 
-struct MockClusterDeleter {
-  void operator()(rd_kafka_mock_cluster_t* mc) const { rd_kafka_mock_cluster_destroy(mc); }
-};
-
 // Produces one message and polls until its report (or `timeout`); the report's outcome.
 std::optional<DeliveryReport::Outcome> ProduceAndWait(Publisher& p, const std::string& topic,
                                                       uint64_t token, Millis timeout) {
@@ -90,21 +87,12 @@ std::optional<DeliveryReport::Outcome> ProduceAndWait(Publisher& p, const std::s
 
 TEST(KafkaLog, AnOutageIsOneLinePerKindAndRecoveryIsOneLine) {
   LevelLog log;
-  char err[512];
-  KafkaConfPtr conf(rd_kafka_conf_new());
-  rd_kafka_conf_set(conf.get(), "log_level", "4", err, sizeof(err));
-  std::unique_ptr<rd_kafka_t, KafkaDeleter> handle(
-      rd_kafka_new(RD_KAFKA_PRODUCER, conf.release(), err, sizeof(err)));
-  ASSERT_TRUE(handle) << err;
-  std::unique_ptr<rd_kafka_mock_cluster_t, MockClusterDeleter> cluster(
-      rd_kafka_mock_cluster_new(handle.get(), 1));
-  ASSERT_TRUE(cluster);
+  testing::MockCluster cluster(/*brokers=*/1);
   const std::string topic = "quiet";
-  ASSERT_EQ(rd_kafka_mock_topic_create(cluster.get(), topic.c_str(), 1, 1),
-            RD_KAFKA_RESP_ERR_NO_ERROR);
+  ASSERT_NO_FATAL_FAILURE(cluster.CreateTopic(topic, 1));
 
   KafkaConfig kc;
-  kc.bootstrap_servers = rd_kafka_mock_cluster_bootstraps(cluster.get());
+  kc.bootstrap_servers = cluster.bootstraps();
   // Reconnect often, so that the outage below holds many attempts.
   kc.properties = {{"reconnect.backoff.ms", "10"}, {"reconnect.backoff.max.ms", "50"}};
   auto publisher = KafkaPublisher::Create(kc);

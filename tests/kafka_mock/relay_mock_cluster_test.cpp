@@ -27,6 +27,7 @@
 
 #include "../support/fakes.h"
 #include "../support/log_counter.h"
+#include "../support/mock_cluster.h"
 #include "kafka/producer.h"
 #include "relay.h"
 
@@ -36,156 +37,15 @@ namespace {
 using testing::Eventually;
 using testing::FakeStore;
 using testing::LogCounter;
+using testing::MockCluster;
+using testing::ReadTopic;
+using testing::StoredRecord;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kBrokers = 3;
 constexpr int kPartitions = 3;
 constexpr int16_t kProduceApi = 0;  // ApiKey of ProduceRequest
 constexpr Millis kLongWait{30'000};
-
-struct MockClusterDeleter {
-  void operator()(rd_kafka_mock_cluster_t* mc) const { rd_kafka_mock_cluster_destroy(mc); }
-};
-struct PartitionListDeleter {
-  void operator()(rd_kafka_topic_partition_list_t* l) const {
-    rd_kafka_topic_partition_list_destroy(l);
-  }
-};
-
-// A mock cluster of kBrokers brokers (ids 1..kBrokers), and the throwaway handle it lives in.
-class MockCluster {
- public:
-  MockCluster() {
-    char err[512];
-    KafkaConfPtr conf(rd_kafka_conf_new());
-    // It connects nowhere; without this it says so ("No bootstrap.servers") on every test.
-    rd_kafka_conf_set(conf.get(), "log_level", "4", err, sizeof(err));
-    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof(err));
-    if (rk == nullptr) throw std::runtime_error(std::string("mock cluster handle: ") + err);
-    conf.release();
-    handle_.reset(rk);
-    cluster_.reset(rd_kafka_mock_cluster_new(handle_.get(), kBrokers));
-    if (!cluster_) throw std::runtime_error("rd_kafka_mock_cluster_new failed");
-  }
-
-  rd_kafka_mock_cluster_t* get() const { return cluster_.get(); }
-  std::string bootstraps() const { return rd_kafka_mock_cluster_bootstraps(cluster_.get()); }
-
-  // A topic with kPartitions partitions, replicated on every broker. Partition p is led by
-  // `leader`, or by broker p+1 when leader is 0.
-  void CreateTopic(const std::string& topic, int32_t leader = 0) {
-    ASSERT_EQ(rd_kafka_mock_topic_create(get(), topic.c_str(), kPartitions, kBrokers),
-              RD_KAFKA_RESP_ERR_NO_ERROR);
-    for (int32_t p = 0; p < kPartitions; ++p) {
-      ASSERT_EQ(rd_kafka_mock_partition_set_leader(get(), topic.c_str(), p,
-                                                   leader ? leader : p % kBrokers + 1),
-                RD_KAFKA_RESP_ERR_NO_ERROR);
-    }
-  }
-
-  // Produce errors queued on one broker that it has not served yet.
-  size_t PendingProduceErrors(int32_t broker) const {
-    size_t n = 0;
-    rd_kafka_mock_broker_error_stack_cnt(get(), broker, kProduceApi, &n);
-    return n;
-  }
-
- private:
-  // The cluster goes before the handle it lives in, so it is declared after it.
-  KafkaPtr handle_;
-  std::unique_ptr<rd_kafka_mock_cluster_t, MockClusterDeleter> cluster_;
-};
-
-// One record as the cluster stored it.
-struct Record {
-  int32_t partition = 0;
-  int64_t offset = 0;
-  std::optional<std::string> key;
-  std::optional<std::string> value;
-  std::map<std::string, std::string> headers;  // the last value of each name
-  int64_t outbox_id() const { return std::stoll(headers.at("outbox-id")); }
-};
-
-// Everything the cluster holds for `topic`, per partition in offset order: a consumer assigned
-// to every partition from the beginning, reading up to the high watermark (no group membership).
-std::vector<Record> ReadTopic(const MockCluster& cluster, const std::string& topic) {
-  std::vector<Record> records;
-  char err[512];
-  KafkaConfPtr conf(rd_kafka_conf_new());
-  for (const auto& [k, v] : std::map<std::string, std::string>{
-           {"bootstrap.servers", cluster.bootstraps()},
-           {"group.id", "outboxd-mock-reader"},  // assign() needs one; nothing is committed
-           {"enable.auto.commit", "false"},
-           {"enable.auto.offset.store", "false"}}) {
-    if (rd_kafka_conf_set(conf.get(), k.c_str(), v.c_str(), err, sizeof(err)) != RD_KAFKA_CONF_OK) {
-      ADD_FAILURE() << k << ": " << err;
-      return records;
-    }
-  }
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), err, sizeof(err));
-  if (rk == nullptr) {
-    ADD_FAILURE() << "consumer: " << err;
-    return records;
-  }
-  conf.release();
-  KafkaPtr consumer(rk);
-
-  std::map<int32_t, int64_t> high;  // partitions still to read, and where they end
-  std::unique_ptr<rd_kafka_topic_partition_list_t, PartitionListDeleter> assignment(
-      rd_kafka_topic_partition_list_new(kPartitions));
-  for (int32_t p = 0; p < kPartitions; ++p) {
-    int64_t lo = 0, hi = 0;
-    rd_kafka_resp_err_t e =
-        rd_kafka_query_watermark_offsets(rk, topic.c_str(), p, &lo, &hi, /*timeout_ms=*/10'000);
-    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-      ADD_FAILURE() << "watermarks of " << topic << " [" << p << "]: " << rd_kafka_err2str(e);
-      return records;
-    }
-    if (hi > lo) high[p] = hi;
-    rd_kafka_topic_partition_list_add(assignment.get(), topic.c_str(), p)->offset =
-        RD_KAFKA_OFFSET_BEGINNING;
-  }
-  if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, assignment.get())) {
-    ADD_FAILURE() << "assign: " << rd_kafka_err2str(e);
-    return records;
-  }
-  auto deadline = Clock::now() + kLongWait;
-  while (!high.empty() && Clock::now() < deadline) {
-    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 100);
-    if (m == nullptr) continue;
-    std::unique_ptr<rd_kafka_message_t, decltype(&rd_kafka_message_destroy)> msg(
-        m, &rd_kafka_message_destroy);
-    if (m->err) {
-      if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-        std::cerr << "read-back: " << rd_kafka_message_errstr(m) << "\n";
-      }
-      continue;
-    }
-    Record r;
-    r.partition = m->partition;
-    r.offset = m->offset;
-    if (m->key) r.key.emplace(static_cast<const char*>(m->key), m->key_len);
-    if (m->payload) r.value.emplace(static_cast<const char*>(m->payload), m->len);
-    rd_kafka_headers_t* headers = nullptr;
-    if (rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-      const char* name;
-      const void* value;
-      size_t size;
-      for (size_t i = 0;
-           rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
-           ++i) {
-        r.headers[name] = value ? std::string(static_cast<const char*>(value), size) : "";
-      }
-    }
-    records.push_back(std::move(r));
-    auto it = high.find(m->partition);
-    if (it != high.end() && m->offset + 1 >= it->second) high.erase(it);
-  }
-  EXPECT_TRUE(high.empty()) << "read-back of " << topic << " did not reach the end of "
-                            << high.size() << " partitions";
-  rd_kafka_consumer_close(rk);
-  return records;
-}
 
 // What the test wrote into the outbox.
 struct WrittenRow {
@@ -216,19 +76,19 @@ std::set<int64_t> Ids(int64_t first, int64_t last) {
 // Checks the read-back against what was written, as a consumer of the topic would see it.
 // `dead` rows are expected not to arrive (dead-lettered); every other row must.
 // `key_order` false: order is reported but not asserted (a test of loss alone).
-void ExpectEveryRowDeliveredInKeyOrder(const std::vector<Record>& records, const Written& written,
-                                       FakeStore& store, const std::set<int64_t>& dead = {},
-                                       bool key_order = true) {
+void ExpectEveryRowDeliveredInKeyOrder(const std::vector<StoredRecord>& records,
+                                       const Written& written, FakeStore& store,
+                                       const std::set<int64_t>& dead = {}, bool key_order = true) {
   std::map<int64_t, int> copies;
   std::map<std::string, int64_t> last_first_copy;  // per key, the latest id seen the first time
   std::map<std::string, int32_t> partition_of;
   int reordered = 0, corrupted = 0, unexpected = 0, split = 0;
-  for (const Record& r : records) {
+  for (const StoredRecord& r : records) {
     if (!r.headers.count("outbox-id")) {
       ++unexpected;
       continue;
     }
-    const int64_t id = r.outbox_id();
+    const int64_t id = *r.outbox_id();
     auto w = written.find(id);
     if (w == written.end() || dead.count(id)) {
       if (++unexpected <= 5) ADD_FAILURE() << "unexpected record with outbox-id " << id;
@@ -336,7 +196,7 @@ class RelayMockCluster : public ::testing::Test {
     spdlog::set_level(spdlog::level::from_str(level ? level : "warn"));
     topic_ =
         std::string("outboxd.") + ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    cluster_.CreateTopic(topic_);
+    CreateTopic(topic_);
   }
 
   // FastRelayConfig, with the mock cluster as Kafka and more patience for shutdown.
@@ -348,6 +208,12 @@ class RelayMockCluster : public ::testing::Test {
     return c;
   }
 
+  // A topic of kPartitions partitions; partition p led by `leader`, or by broker p+1 when 0.
+  void CreateTopic(const std::string& topic, int32_t leader = 0) {
+    cluster_.CreateTopic(topic, kPartitions);
+    cluster_.SetLeaders(topic, kPartitions, leader);
+  }
+
   bool AllRemoved(Millis timeout = kLongWait) {
     return Eventually([&] { return store_.Remaining().empty(); }, timeout);
   }
@@ -355,7 +221,7 @@ class RelayMockCluster : public ::testing::Test {
     return Eventually([&] { return store_.Removed().size() >= n; }, kLongWait);
   }
 
-  MockCluster cluster_;
+  MockCluster cluster_{kBrokers};
   std::string topic_;
   FakeStore store_;
   Written written_;
@@ -368,7 +234,7 @@ TEST_F(RelayMockCluster, DeliversEveryRowAndRemovesItAfterTheAck) {
   relay.Stop();
   EXPECT_TRUE(relay.status().ok()) << relay.status().message();
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_);
   EXPECT_EQ(store_.Removed().size(), 5000u);
 }
 
@@ -389,9 +255,9 @@ TEST_F(RelayMockCluster, ConnectionsDroppedMidStreamLoseNothing) {
   relay.Stop();
 
   for (int32_t b = 1; b <= kBrokers; ++b) {
-    EXPECT_EQ(cluster_.PendingProduceErrors(b), 0u) << "broker " << b << " never dropped";
+    EXPECT_EQ(cluster_.PendingErrors(b, kProduceApi), 0u) << "broker " << b << " never dropped";
   }
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_);
 }
 
 TEST_F(RelayMockCluster, RetriableProduceErrorsAreRetriedInOrder) {
@@ -418,7 +284,7 @@ TEST_F(RelayMockCluster, RetriableProduceErrorsAreRetriedInOrder) {
     EXPECT_GE(log.Count(std::string("encountered error: ") + rd_kafka_err2str(e)), 1)
         << rd_kafka_err2name(e) << " was never returned to the producer";
   }
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_);
 }
 
 // The leader of every partition is down, with no other leader: the relay produces the new rows,
@@ -426,7 +292,7 @@ TEST_F(RelayMockCluster, RetriableProduceErrorsAreRetriedInOrder) {
 // with message.timeout.ms=2000, which Config refuses: messages never time out in outboxd.)
 TEST_F(RelayMockCluster, LeaderDownRemovesNothingUntilItIsBack) {
   const std::string topic = topic_ + ".one-leader";
-  cluster_.CreateTopic(topic, /*leader=*/1);  // broker 1 leads every partition
+  CreateTopic(topic, /*leader=*/1);  // broker 1 leads every partition
   Config c = MockConfig();
   c.kafka.properties["reconnect.backoff.ms"] = "50";
   c.kafka.properties["reconnect.backoff.max.ms"] = "500";
@@ -451,12 +317,12 @@ TEST_F(RelayMockCluster, LeaderDownRemovesNothingUntilItIsBack) {
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   relay.Stop();
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic, kPartitions), written_, store_);
 }
 
 TEST_F(RelayMockCluster, StopDuringAnOutageKeepsEveryUnacknowledgedRowForTheNextRun) {
   const std::string topic = topic_ + ".one-leader";
-  cluster_.CreateTopic(topic, /*leader=*/1);
+  CreateTopic(topic, /*leader=*/1);
   Config c = MockConfig();
   c.relay.shutdown_timeout = Millis(1000);
   c.kafka.properties["reconnect.backoff.ms"] = "50";
@@ -479,7 +345,7 @@ TEST_F(RelayMockCluster, StopDuringAnOutageKeepsEveryUnacknowledgedRowForTheNext
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   next.Stop();
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic, kPartitions), written_, store_);
 }
 
 // SIGTERM while the leader is down; it comes back during the shutdown wait: the rows it
@@ -487,7 +353,7 @@ TEST_F(RelayMockCluster, StopDuringAnOutageKeepsEveryUnacknowledgedRowForTheNext
 TEST_F(RelayMockCluster, RowsAcknowledgedDuringTheShutdownWaitAreRemoved) {
   LogCounter log;
   const std::string topic = topic_ + ".one-leader";
-  cluster_.CreateTopic(topic, /*leader=*/1);
+  CreateTopic(topic, /*leader=*/1);
   Config c = MockConfig();
   c.relay.shutdown_timeout = Millis(20'000);
   c.kafka.properties["reconnect.backoff.ms"] = "20";
@@ -508,14 +374,14 @@ TEST_F(RelayMockCluster, RowsAcknowledgedDuringTheShutdownWaitAreRemoved) {
   EXPECT_TRUE(store_.Remaining().empty()) << store_.Remaining().size() << " rows left";
   EXPECT_EQ(log.Count("were not acknowledged in time"), 0);
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic, kPartitions), written_, store_);
 }
 
 // While Kafka is down, at most relay.max_in_flight messages wait in the producer; the rest stay
 // in the outbox (README, Limits).
 TEST_F(RelayMockCluster, MaxInFlightBoundsWhatWaitsDuringAnOutage) {
   const std::string topic = topic_ + ".one-leader";
-  cluster_.CreateTopic(topic, /*leader=*/1);
+  CreateTopic(topic, /*leader=*/1);
   Config c = MockConfig();
   c.relay.batch_size = 100;
   c.relay.max_in_flight = 300;
@@ -543,7 +409,7 @@ TEST_F(RelayMockCluster, MaxInFlightBoundsWhatWaitsDuringAnOutage) {
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   relay.Stop();
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic, kPartitions), written_, store_);
 }
 
 TEST_F(RelayMockCluster, FatalIdempotenceErrorRebuildsTheProducerAndLosesNothing) {
@@ -560,10 +426,10 @@ TEST_F(RelayMockCluster, FatalIdempotenceErrorRebuildsTheProducerAndLosesNothing
   AddRows(store_, written_, topic_, 1001, 5000, 50);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   const Relay::Stats stats = relay.Stop();
-  EXPECT_EQ(cluster_.PendingProduceErrors(1), 0u);
+  EXPECT_EQ(cluster_.PendingErrors(1, kProduceApi), 0u);
   EXPECT_GE(stats.producer_rebuilds, 1);
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_);
 }
 
 TEST_F(RelayMockCluster, MessageTooLargeForTheProducerIsDeadLetteredWhileOthersFlow) {
@@ -583,12 +449,13 @@ TEST_F(RelayMockCluster, MessageTooLargeForTheProducerIsDeadLetteredWhileOthersF
     EXPECT_NE(error.find("too large"), std::string::npos) << id << ": " << error;
   }
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_, poison);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_,
+                                    poison);
 }
 
 TEST_F(RelayMockCluster, MessageRefusedByTheBrokerGoesToTheDeadLetterTopic) {
   const std::string dlq = topic_ + ".dlq";
-  cluster_.CreateTopic(dlq);
+  CreateTopic(dlq);
   Config c = MockConfig();
   c.relay.dead_letter_topic = dlq;
   AddRows(store_, written_, topic_, 1, 300, 10);
@@ -607,8 +474,9 @@ TEST_F(RelayMockCluster, MessageRefusedByTheBrokerGoesToTheDeadLetterTopic) {
   ASSERT_TRUE(AllRemoved());
   relay.Stop();
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_, {301});
-  auto copies = ReadTopic(cluster_, dlq);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_,
+                                    {301});
+  auto copies = ReadTopic(cluster_, dlq, kPartitions);
   ASSERT_EQ(copies.size(), 1u);
   EXPECT_EQ(copies[0].outbox_id(), 301);
   EXPECT_EQ(copies[0].value, written_[301].payload);
@@ -637,7 +505,7 @@ TEST_F(RelayMockCluster, BrokerRefusingARequestDeadLettersNoHealthyRow) {
   // The refusal happened, and its rows went again alone.
   EXPECT_GE(log.Count("sending it again alone"), 1);
   EXPECT_EQ(store_.DeadLetters().size(), 0u);
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_);
 }
 
 // The leader is down while rows keep coming, then comes back: the rows produced during the outage
@@ -645,7 +513,7 @@ TEST_F(RelayMockCluster, BrokerRefusingARequestDeadLettersNoHealthyRow) {
 // test promised timeouts, which Config no longer allows) and arrive in key order.
 TEST_F(RelayMockCluster, OutageWhileRowsKeepComingKeepsKeyOrder) {
   const std::string topic = topic_ + ".one-leader";
-  cluster_.CreateTopic(topic, /*leader=*/1);
+  CreateTopic(topic, /*leader=*/1);
   Config c = MockConfig();
   c.kafka.properties["reconnect.backoff.ms"] = "10";
   c.kafka.properties["reconnect.backoff.max.ms"] = "100";
@@ -667,7 +535,7 @@ TEST_F(RelayMockCluster, OutageWhileRowsKeepComingKeepsKeyOrder) {
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   relay.Stop();
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic, kPartitions), written_, store_);
 }
 
 // The broker fails one ProduceRequest with INVALID_PRODUCER_EPOCH, answering after 200 ms so that
@@ -685,10 +553,10 @@ TEST_F(RelayMockCluster, BatchFailedWithoutAFatalErrorKeepsKeyOrder) {
   AddRows(store_, written_, topic_, 1001, 5000, 50);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   const Relay::Stats stats = relay.Stop();
-  EXPECT_EQ(cluster_.PendingProduceErrors(1), 0u);
+  EXPECT_EQ(cluster_.PendingErrors(1, kProduceApi), 0u);
   EXPECT_GE(stats.producer_rebuilds, 1) << "the failed batch did not lead to a rebuild";
 
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_);
 }
 
 // librdkafka's implicit ack (issue: messages lost on new partition leaders). A ProduceRequest
@@ -703,7 +571,7 @@ class RelayMockClusterNotLeader : public RelayMockCluster {
   // next request while one is in flight. Returns the relay's counters.
   Relay::Stats NotLeaderDuringATrickle(Config c) {
     topic_ += ".one-leader";
-    cluster_.CreateTopic(topic_, /*leader=*/1);
+    CreateTopic(topic_, /*leader=*/1);
     c.kafka.properties["linger.ms"] = "1";
     if (const char* d = std::getenv("OUTBOXD_TEST_KAFKA_DEBUG")) c.kafka.properties["debug"] = d;
     AddRows(store_, written_, topic_, 1, 500, 10);
@@ -719,7 +587,8 @@ class RelayMockClusterNotLeader : public RelayMockCluster {
     }
     EXPECT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
     Relay::Stats stats = relay.Stop();
-    EXPECT_EQ(cluster_.PendingProduceErrors(1), 0u) << "the NOT_LEADER answer was never given";
+    EXPECT_EQ(cluster_.PendingErrors(1, kProduceApi), 0u)
+        << "the NOT_LEADER answer was never given";
     std::cout << "[ implicit ] " << stats.unproven_reports << " reports without an offset\n";
     return stats;
   }
@@ -732,7 +601,7 @@ TEST_F(RelayMockClusterNotLeader, ImplicitAckWithoutAnOffsetIsNoProofAndLosesNot
   Relay::Stats stats = NotLeaderDuringATrickle(c);
   EXPECT_GT(stats.unproven_reports, 0) << "no implicit ack happened: the fault was not shown";
   // Loss is what this shows; with 5 in flight the re-sent batch lands after later ones.
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_, {},
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_, {},
                                     /*key_order=*/false);
 }
 
@@ -740,7 +609,7 @@ TEST_F(RelayMockClusterNotLeader, ImplicitAckWithoutAnOffsetIsNoProofAndLosesNot
 // cannot be on the wire while the failed one is, so nothing overtakes it and key order holds.
 TEST_F(RelayMockClusterNotLeader, NotLeaderWithOneRequestInFlightKeepsKeyOrder) {
   NotLeaderDuringATrickle(MockConfig());
-  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_), written_, store_);
+  ExpectEveryRowDeliveredInKeyOrder(ReadTopic(cluster_, topic_, kPartitions), written_, store_);
 }
 
 }  // namespace

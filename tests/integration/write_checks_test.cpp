@@ -1,0 +1,123 @@
+// What the write functions (outbox.publish, its delayed form, outbox.prepare, with every payload
+// overload) refuse and how they hold a message back behind a delayed one of its key, read straight
+// from PostgreSQL: the exact error each refusal gives, that a refusal writes nothing, and where a
+// held-back message lands with which due time. Schema/009 moved these checks into shared helpers;
+// these tests pin the behaviour that must not change with it.
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "../support/integration.h"
+
+namespace outboxd::testing {
+namespace {
+
+class WriteChecksIntegration : public ServicesTest {
+ protected:
+  // Rows in the three tables a write function may add to.
+  std::string Written() {
+    return db_->Scalar(
+        "SELECT (SELECT count(*) FROM outbox.messages) || '/' || "
+        "(SELECT count(*) FROM outbox.delayed) || '/' || (SELECT count(*) FROM outbox.prepared)");
+  }
+  // `sql` must fail with `error` (the whole primary message) and SQLSTATE 22023, writing nothing.
+  void ExpectRefused(const std::string& sql, const std::string& error) {
+    const std::string before = Written();
+    pg::Connection app = db_->Connect();
+    Status s = app.Exec(sql);
+    ASSERT_FALSE(s.ok()) << sql << " was accepted";
+    EXPECT_NE(s.message().find("ERROR:  " + error), std::string::npos)
+        << sql << ": " << s.message();
+    EXPECT_NE(s.message().find("SQLSTATE 22023"), std::string::npos) << sql << ": " << s.message();
+    EXPECT_EQ(Written(), before) << sql;
+  }
+};
+
+TEST_F(WriteChecksIntegration, EveryWriteFunctionRefusesAnEmptyTopicAndNonObjectHeaders) {
+  const std::string later = "clock_timestamp() + interval '1 hour'";
+  const std::string earlier = "clock_timestamp() - interval '1 hour'";
+  const std::vector<std::string> payloads = {"'v'::text", "'\\x00ff'::bytea",
+                                             "'{\"a\": 1}'::jsonb"};
+  for (const std::string& p : payloads) {
+    for (const std::string& topic : {std::string("''"), std::string("NULL")}) {
+      const std::string publish_empty = "outbox.publish: topic must not be empty";
+      const std::string prepare_empty = "outbox.prepare: topic must not be empty";
+      ExpectRefused("SELECT outbox.publish(" + topic + ", 'k', " + p + ")", publish_empty);
+      ExpectRefused("SELECT outbox.publish(" + topic + ", 'k', " + p + ", '{}', " + later + ")",
+                    publish_empty);
+      ExpectRefused("SELECT outbox.publish(" + topic + ", 'k', " + p + ", '{}', " + earlier + ")",
+                    publish_empty);
+      ExpectRefused("SELECT outbox.prepare(" + topic + ", 'k', " + p + ")", prepare_empty);
+      ExpectRefused(
+          "SELECT outbox.prepare(" + topic + ", 'k', " + p + ", '{}', NULL, " + later + ")",
+          prepare_empty);
+    }
+    for (const std::string& headers : {std::string("'[1]'"), std::string("'\"s\"'")}) {
+      const std::string h = headers + "::jsonb";
+      const std::string publish_bad = "outbox.publish: headers must be a JSON object";
+      const std::string prepare_bad = "outbox.prepare: headers must be a JSON object";
+      ExpectRefused("SELECT outbox.publish('" + topic_ + "', 'k', " + p + ", " + h + ")",
+                    publish_bad);
+      ExpectRefused(
+          "SELECT outbox.publish('" + topic_ + "', 'k', " + p + ", " + h + ", " + later + ")",
+          publish_bad);
+      ExpectRefused("SELECT outbox.prepare('" + topic_ + "', 'k', " + p + ", " + h + ")",
+                    prepare_bad);
+      ExpectRefused(
+          "SELECT outbox.prepare('" + topic_ + "', 'k', " + p + ", " + h + ", NULL, " + later + ")",
+          prepare_bad);
+    }
+    ExpectRefused("SELECT outbox.prepare('" + topic_ + "', 'k', " + p + ", '{}', interval '-1 s')",
+                  "outbox.prepare: check_immunity must not be negative");
+  }
+  // The topic is checked before the headers.
+  ExpectRefused("SELECT outbox.publish('', 'k', 'v', '[1]'::jsonb)",
+                "outbox.publish: topic must not be empty");
+  ExpectRefused("SELECT outbox.prepare('', 'k', 'v', '[1]'::jsonb)",
+                "outbox.prepare: topic must not be empty");
+  // What they accept: NULL headers mean {}.
+  db_->Exec("SELECT outbox.publish('" + topic_ + "', 'k', 'v'::text, NULL)");
+  db_->Exec("SELECT outbox.publish('" + topic_ + "', 'k', 'v'::text, NULL, " + later + ")");
+  db_->Exec("SELECT outbox.prepare('" + topic_ + "', 'k', 'v'::text, NULL)");
+  EXPECT_EQ(Written(), "1/1/1");
+  EXPECT_EQ(db_->Scalar("SELECT string_agg(headers::text, ',') FROM (SELECT headers FROM "
+                        "outbox.messages UNION ALL SELECT headers FROM outbox.delayed UNION ALL "
+                        "SELECT headers FROM outbox.prepared) h"),
+            "{},{},{}");
+}
+
+// A message of a key that has one waiting in outbox.delayed waits behind it (due no earlier);
+// other keys and messages without a key do not.
+TEST_F(WriteChecksIntegration, HoldBackBehindAWaitingMessageOfTheSameKey) {
+  auto publish = [&](const std::string& key, const std::string& deliver_at = "") {
+    return db_->Scalar("SELECT outbox.publish('" + topic_ + "', " + key + ", 'v'::text, '{}'" +
+                       (deliver_at.empty() ? "" : ", " + deliver_at) + ")");
+  };
+  auto due_of = [&](const std::string& id) {
+    return db_->Scalar("SELECT due_at AT TIME ZONE 'UTC' FROM outbox.delayed WHERE id = " + id);
+  };
+  const std::string first = publish("'k'", "'2100-01-01 00:00:00+00'");
+  const std::string plain = publish("'k'");
+  const std::string sooner = publish("'k'", "'2099-01-01 00:00:00+00'");
+  const std::string later = publish("'k'", "'2101-01-01 00:00:00+00'");
+  const std::string other_key = publish("'other'");
+  const std::string no_key = publish("NULL");
+  const std::string past = publish("'k'", "'2000-01-01 00:00:00+00'");
+  EXPECT_EQ(due_of(first), "2100-01-01 00:00:00");
+  EXPECT_EQ(due_of(plain), "2100-01-01 00:00:00") << "not held back behind its key";
+  EXPECT_EQ(due_of(sooner), "2100-01-01 00:00:00") << "due before an earlier one of its key";
+  EXPECT_EQ(due_of(later), "2101-01-01 00:00:00");
+  EXPECT_EQ(due_of(past), "2101-01-01 00:00:00") << "a past deliver_at skipped its key";
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.delayed"), "5");
+  EXPECT_EQ(db_->Scalar("SELECT string_agg(id::text, ',' ORDER BY id) FROM outbox.messages"),
+            other_key + "," + no_key);
+  // The same key in another topic is not held.
+  const std::string other_topic = NewTopic("t2", 1);
+  const std::string elsewhere =
+      db_->Scalar("SELECT outbox.publish('" + other_topic + "', 'k', 'v'::text)");
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.messages WHERE id = " + elsewhere), "1");
+}
+
+}  // namespace
+}  // namespace outboxd::testing
