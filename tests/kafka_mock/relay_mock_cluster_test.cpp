@@ -28,6 +28,7 @@
 #include "../support/fakes.h"
 #include "../support/log_counter.h"
 #include "../support/mock_cluster.h"
+#include "../support/running_relay.h"
 #include "kafka/producer.h"
 #include "relay.h"
 
@@ -151,42 +152,14 @@ void ExpectEveryRowDeliveredInKeyOrder(const std::vector<StoredRecord>& records,
   ::testing::Test::RecordProperty("duplicates", duplicates);
 }
 
-// Runs a relay with a real KafkaPublisher on its own thread for the life of the object. The
-// publisher is witnessed: the store refuses to remove a row without a persisted delivery report
-// from librdkafka, and Stop() checks that the relay never asked.
-class RunningRelay {
+// A relay with a real KafkaPublisher, witnessed (support/running_relay.h).
+class RunningRelay : public testing::RunningRelay {
  public:
   RunningRelay(Config config, FakeStore& store)
-      : config_(std::move(config)),
-        store_(store),
-        relay_(config_, store,
-               testing::Witnessed([this] { return KafkaPublisher::Create(config_.kafka); },
-                                  store.witness())),
-        thread_([this] { status_ = relay_.Run(stop_); }) {}
-  ~RunningRelay() { Stop(); }
-
-  // As SIGTERM does: the relay stops fetching and drains; returns at once.
-  void RequestStop() { stop_ = true; }
-  // Stops the relay (it drains as on SIGTERM) and joins its thread.
-  Relay::Stats Stop() {
-    stop_ = true;
-    if (thread_.joinable()) {
-      thread_.join();
-      EXPECT_EQ(store_.Unproven(), std::vector<int64_t>{})
-          << "the relay asked to remove rows that had no persisted report";
-    }
-    return relay_.stats();
-  }
-  Relay::Stats stats() const { return relay_.stats(); }
-  const Status& status() const { return status_; }
-
- private:
-  const Config config_;
-  FakeStore& store_;
-  std::atomic<bool> stop_{false};
-  Relay relay_;
-  Status status_;
-  std::thread thread_;
+      : testing::RunningRelay(std::move(config), store, [&store](const Config& c) {
+          return testing::Witnessed([&c] { return KafkaPublisher::Create(c.kafka); },
+                                    store.witness());
+        }) {}
 };
 
 class RelayMockCluster : public ::testing::Test {
