@@ -72,12 +72,16 @@ std::vector<double> LatencyBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
 }
 
-std::string Exposition::EscapeLabelValue(const std::string& v) {
+namespace {
+
+// The text format's escaping: the backslash and the newline always, the double quote in label
+// values only (a HELP text keeps it).
+std::string Escape(const std::string& v, bool quote) {
   std::string out;
   for (char c : v) {
     if (c == '\\') {
       out += "\\\\";
-    } else if (c == '"') {
+    } else if (c == '"' && quote) {
       out += "\\\"";
     } else if (c == '\n') {
       out += "\\n";
@@ -88,19 +92,11 @@ std::string Exposition::EscapeLabelValue(const std::string& v) {
   return out;
 }
 
-std::string Exposition::EscapeHelp(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
+}  // namespace
+
+std::string Exposition::EscapeLabelValue(const std::string& v) { return Escape(v, true); }
+
+std::string Exposition::EscapeHelp(const std::string& v) { return Escape(v, false); }
 
 std::string Exposition::FormatValue(double v) {
   if (std::isnan(v)) return "NaN";

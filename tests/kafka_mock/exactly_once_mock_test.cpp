@@ -24,6 +24,7 @@
 
 #include "../support/fakes.h"
 #include "../support/mock_cluster.h"
+#include "../support/running_relay.h"
 #include "kafka/checkpoint_topic.h"
 #include "kafka/producer.h"
 #include "relay.h"
@@ -74,39 +75,22 @@ CheckpointReader MockReadCommitted(CheckpointReader inner, FakeStore& store) {
   };
 }
 
-class RunningRelay {
+// A relay with a real transactional KafkaPublisher, witnessed (support/running_relay.h), and
+// the checkpoint reader outboxd uses (or MockReadCommitted over it).
+class RunningRelay : public testing::RunningRelay {
  public:
   RunningRelay(Config config, FakeStore& store, bool mock_read_committed = false)
-      : config_(std::move(config)),
-        store_(store),
-        relay_(
-            config_, store,
-            testing::Witnessed(
-                [this] { return KafkaPublisher::Create(config_.kafka, TransactionalId(config_)); },
-                store.witness()),
-            mock_read_committed ? MockReadCommitted(KafkaCheckpointReader(config_), store)
-                                : KafkaCheckpointReader(config_)),
-        thread_([this] { status_ = relay_.Run(stop_); }) {}
-  ~RunningRelay() { Stop(); }
-  Relay::Stats Stop() {
-    stop_ = true;
-    if (thread_.joinable()) {
-      thread_.join();
-      EXPECT_EQ(store_.Unproven(), std::vector<int64_t>{})
-          << "the relay asked to remove rows that had no persisted report";
-    }
-    return relay_.stats();
-  }
-  Relay::Stats stats() const { return relay_.stats(); }
-  const Status& status() const { return status_; }
-
- private:
-  const Config config_;
-  FakeStore& store_;
-  std::atomic<bool> stop_{false};
-  Relay relay_;
-  Status status_;
-  std::thread thread_;
+      : testing::RunningRelay(
+            std::move(config), store,
+            [&store](const Config& c) {
+              return testing::Witnessed(
+                  [&c] { return KafkaPublisher::Create(c.kafka, TransactionalId(c)); },
+                  store.witness());
+            },
+            [&store, mock_read_committed](const Config& c) {
+              return mock_read_committed ? MockReadCommitted(KafkaCheckpointReader(c), store)
+                                         : KafkaCheckpointReader(c);
+            }) {}
 };
 
 class ExactlyOnceMock : public ::testing::Test {

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include <gtest/gtest.h>
-#include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "../support/log_counter.h"
 #include "../support/mock_cluster.h"
 #include "kafka/producer.h"
 
@@ -21,47 +21,6 @@ namespace outboxd {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Keeps every log line with its level while it lives (the default logger is replaced).
-class LevelLog {
- public:
-  LevelLog() : previous_(spdlog::default_logger()), sink_(std::make_shared<Sink>()) {
-    auto logger = std::make_shared<spdlog::logger>("levels", sink_);
-    logger->set_level(spdlog::level::trace);
-    spdlog::set_default_logger(logger);
-  }
-  ~LevelLog() { spdlog::set_default_logger(previous_); }
-  // Lines at `level` or above containing `text`.
-  int Count(spdlog::level::level_enum level, const std::string& text) {
-    std::lock_guard l(sink_->lines_mutex);
-    int n = 0;
-    for (const auto& [lvl, line] : sink_->lines) {
-      n += lvl >= level && line.find(text) != std::string::npos;
-    }
-    return n;
-  }
-  std::string Dump(spdlog::level::level_enum level) {
-    std::lock_guard l(sink_->lines_mutex);
-    std::string out;
-    for (const auto& [lvl, line] : sink_->lines) {
-      if (lvl >= level) out += line + "\n";
-    }
-    return out;
-  }
-
- private:
-  struct Sink : spdlog::sinks::base_sink<std::mutex> {
-    std::mutex lines_mutex;
-    std::vector<std::pair<spdlog::level::level_enum, std::string>> lines;  // GUARDED_BY
-    void sink_it_(const spdlog::details::log_msg& msg) override {
-      std::lock_guard l(lines_mutex);
-      lines.emplace_back(msg.level, std::string(msg.payload.data(), msg.payload.size()));
-    }
-    void flush_() override {}
-  };
-  std::shared_ptr<spdlog::logger> previous_;
-  std::shared_ptr<Sink> sink_;
-};
 
 // Produces one message and polls until its report (or `timeout`); the report's outcome.
 std::optional<DeliveryReport::Outcome> ProduceAndWait(Publisher& p, const std::string& topic,
@@ -86,7 +45,7 @@ std::optional<DeliveryReport::Outcome> ProduceAndWait(Publisher& p, const std::s
 }
 
 TEST(KafkaLog, AnOutageIsOneLinePerKindAndRecoveryIsOneLine) {
-  LevelLog log;
+  testing::LogCounter log;
   testing::MockCluster cluster(/*brokers=*/1);
   const std::string topic = "quiet";
   ASSERT_NO_FATAL_FAILURE(cluster.CreateTopic(topic, 1));

@@ -28,6 +28,7 @@
 #include "../support/fakes.h"
 #include "../support/log_counter.h"
 #include "../support/mock_cluster.h"
+#include "../support/running_relay.h"
 #include "kafka/producer.h"
 #include "relay.h"
 
@@ -151,42 +152,14 @@ void ExpectEveryRowDeliveredInKeyOrder(const std::vector<StoredRecord>& records,
   ::testing::Test::RecordProperty("duplicates", duplicates);
 }
 
-// Runs a relay with a real KafkaPublisher on its own thread for the life of the object. The
-// publisher is witnessed: the store refuses to remove a row without a persisted delivery report
-// from librdkafka, and Stop() checks that the relay never asked.
-class RunningRelay {
+// A relay with a real KafkaPublisher, witnessed (support/running_relay.h).
+class RunningRelay : public testing::RunningRelay {
  public:
   RunningRelay(Config config, FakeStore& store)
-      : config_(std::move(config)),
-        store_(store),
-        relay_(config_, store,
-               testing::Witnessed([this] { return KafkaPublisher::Create(config_.kafka); },
-                                  store.witness())),
-        thread_([this] { status_ = relay_.Run(stop_); }) {}
-  ~RunningRelay() { Stop(); }
-
-  // As SIGTERM does: the relay stops fetching and drains; returns at once.
-  void RequestStop() { stop_ = true; }
-  // Stops the relay (it drains as on SIGTERM) and joins its thread.
-  Relay::Stats Stop() {
-    stop_ = true;
-    if (thread_.joinable()) {
-      thread_.join();
-      EXPECT_EQ(store_.Unproven(), std::vector<int64_t>{})
-          << "the relay asked to remove rows that had no persisted report";
-    }
-    return relay_.stats();
-  }
-  Relay::Stats stats() const { return relay_.stats(); }
-  const Status& status() const { return status_; }
-
- private:
-  const Config config_;
-  FakeStore& store_;
-  std::atomic<bool> stop_{false};
-  Relay relay_;
-  Status status_;
-  std::thread thread_;
+      : testing::RunningRelay(std::move(config), store, [&store](const Config& c) {
+          return testing::Witnessed([&c] { return KafkaPublisher::Create(c.kafka); },
+                                    store.witness());
+        }) {}
 };
 
 class RelayMockCluster : public ::testing::Test {
@@ -212,6 +185,20 @@ class RelayMockCluster : public ::testing::Test {
   void CreateTopic(const std::string& topic, int32_t leader = 0) {
     cluster_.CreateTopic(topic, kPartitions);
     cluster_.SetLeaders(topic, kPartitions, leader);
+  }
+
+  // A topic of which broker 1 leads every partition: taking broker 1 down is an outage.
+  std::string OneLeaderTopic() {
+    const std::string topic = topic_ + ".one-leader";
+    CreateTopic(topic, /*leader=*/1);
+    return topic;
+  }
+  // MockConfig reconnecting after `reconnect`, backing off to at most `reconnect_max`.
+  Config OutageConfig(Millis reconnect, Millis reconnect_max) const {
+    Config c = MockConfig();
+    c.kafka.properties["reconnect.backoff.ms"] = std::to_string(reconnect.count());
+    c.kafka.properties["reconnect.backoff.max.ms"] = std::to_string(reconnect_max.count());
+    return c;
   }
 
   bool AllRemoved(Millis timeout = kLongWait) {
@@ -291,11 +278,8 @@ TEST_F(RelayMockCluster, RetriableProduceErrorsAreRetriedInOrder) {
 // none can be acknowledged, and none leaves the outbox until the leader is back. (Formerly run
 // with message.timeout.ms=2000, which Config refuses: messages never time out in outboxd.)
 TEST_F(RelayMockCluster, LeaderDownRemovesNothingUntilItIsBack) {
-  const std::string topic = topic_ + ".one-leader";
-  CreateTopic(topic, /*leader=*/1);  // broker 1 leads every partition
-  Config c = MockConfig();
-  c.kafka.properties["reconnect.backoff.ms"] = "50";
-  c.kafka.properties["reconnect.backoff.max.ms"] = "500";
+  const std::string topic = OneLeaderTopic();
+  Config c = OutageConfig(Millis(50), Millis(500));
   AddRows(store_, written_, topic, 1, 500, 20);
   RunningRelay relay(c, store_);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
@@ -321,12 +305,9 @@ TEST_F(RelayMockCluster, LeaderDownRemovesNothingUntilItIsBack) {
 }
 
 TEST_F(RelayMockCluster, StopDuringAnOutageKeepsEveryUnacknowledgedRowForTheNextRun) {
-  const std::string topic = topic_ + ".one-leader";
-  CreateTopic(topic, /*leader=*/1);
-  Config c = MockConfig();
+  const std::string topic = OneLeaderTopic();
+  Config c = OutageConfig(Millis(50), Millis(500));
   c.relay.shutdown_timeout = Millis(1000);
-  c.kafka.properties["reconnect.backoff.ms"] = "50";
-  c.kafka.properties["reconnect.backoff.max.ms"] = "500";
   AddRows(store_, written_, topic, 1, 200, 20);
   RunningRelay first(c, store_);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
@@ -352,12 +333,9 @@ TEST_F(RelayMockCluster, StopDuringAnOutageKeepsEveryUnacknowledgedRowForTheNext
 // acknowledges then are removed before the relay exits.
 TEST_F(RelayMockCluster, RowsAcknowledgedDuringTheShutdownWaitAreRemoved) {
   LogCounter log;
-  const std::string topic = topic_ + ".one-leader";
-  CreateTopic(topic, /*leader=*/1);
-  Config c = MockConfig();
+  const std::string topic = OneLeaderTopic();
+  Config c = OutageConfig(Millis(20), Millis(100));
   c.relay.shutdown_timeout = Millis(20'000);
-  c.kafka.properties["reconnect.backoff.ms"] = "20";
-  c.kafka.properties["reconnect.backoff.max.ms"] = "100";
   AddRows(store_, written_, topic, 1, 100, 10);
   RunningRelay relay(c, store_);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
@@ -380,13 +358,10 @@ TEST_F(RelayMockCluster, RowsAcknowledgedDuringTheShutdownWaitAreRemoved) {
 // While Kafka is down, at most relay.max_in_flight messages wait in the producer; the rest stay
 // in the outbox (README, Limits).
 TEST_F(RelayMockCluster, MaxInFlightBoundsWhatWaitsDuringAnOutage) {
-  const std::string topic = topic_ + ".one-leader";
-  CreateTopic(topic, /*leader=*/1);
-  Config c = MockConfig();
+  const std::string topic = OneLeaderTopic();
+  Config c = OutageConfig(Millis(20), Millis(100));
   c.relay.batch_size = 100;
   c.relay.max_in_flight = 300;
-  c.kafka.properties["reconnect.backoff.ms"] = "20";
-  c.kafka.properties["reconnect.backoff.max.ms"] = "100";
   AddRows(store_, written_, topic, 1, 100, 10);
   RunningRelay relay(c, store_);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
@@ -512,11 +487,8 @@ TEST_F(RelayMockCluster, BrokerRefusingARequestDeadLettersNoHealthyRow) {
 // wait in the producer (message.timeout.ms is 0: they never time out; the former name of this
 // test promised timeouts, which Config no longer allows) and arrive in key order.
 TEST_F(RelayMockCluster, OutageWhileRowsKeepComingKeepsKeyOrder) {
-  const std::string topic = topic_ + ".one-leader";
-  CreateTopic(topic, /*leader=*/1);
-  Config c = MockConfig();
-  c.kafka.properties["reconnect.backoff.ms"] = "10";
-  c.kafka.properties["reconnect.backoff.max.ms"] = "100";
+  const std::string topic = OneLeaderTopic();
+  Config c = OutageConfig(Millis(10), Millis(100));
   AddRows(store_, written_, topic, 1, 100, 5);
   RunningRelay relay(c, store_);
   ASSERT_TRUE(AllRemoved());

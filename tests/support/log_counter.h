@@ -1,11 +1,12 @@
 // LogCounter: while it lives, every spdlog line (the relay's, and librdkafka's through the
-// producer's log callback) is also kept, so a test can count or wait for lines containing a text.
-// Warnings still reach stderr. Thread-safe.
+// producer's log callback) is also kept with its level, so a test can count or wait for lines
+// containing a text, or show them. Warnings still reach stderr. Thread-safe.
 #pragma once
 
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <spdlog/sinks/base_sink.h>
@@ -28,26 +29,43 @@ class LogCounter {
   LogCounter(const LogCounter&) = delete;
   LogCounter& operator=(const LogCounter&) = delete;
 
-  int Count(const std::string& text) { return sink_->Count(text); }
+  // Lines containing `text`, at any level.
+  int Count(const std::string& text) { return sink_->Count(spdlog::level::trace, text); }
+  // Lines at `level` or above containing `text`.
+  int Count(spdlog::level::level_enum level, const std::string& text) {
+    return sink_->Count(level, text);
+  }
+  // The lines at `level` or above, one a line (for failure messages).
+  std::string Dump(spdlog::level::level_enum level) { return sink_->Dump(level); }
 
  private:
   class Sink : public spdlog::sinks::base_sink<std::mutex> {
    public:
-    int Count(const std::string& text) {
+    int Count(spdlog::level::level_enum level, const std::string& text) {
       std::lock_guard l(mutex_);
       int n = 0;
-      for (const auto& line : lines_) n += line.find(text) != std::string::npos;
+      for (const auto& [at, line] : lines_) {
+        n += at >= level && line.find(text) != std::string::npos;
+      }
       return n;
+    }
+    std::string Dump(spdlog::level::level_enum level) {
+      std::lock_guard l(mutex_);
+      std::string out;
+      for (const auto& [at, line] : lines_) {
+        if (at >= level) out += line + "\n";
+      }
+      return out;
     }
 
    protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {
-      lines_.emplace_back(msg.payload.data(), msg.payload.size());
+      lines_.emplace_back(msg.level, std::string(msg.payload.data(), msg.payload.size()));
     }
     void flush_() override {}
 
    private:
-    std::vector<std::string> lines_;  // GUARDED_BY(mutex_)
+    std::vector<std::pair<spdlog::level::level_enum, std::string>> lines_;  // GUARDED_BY(mutex_)
   };
 
   std::shared_ptr<spdlog::logger> previous_;

@@ -36,5 +36,19 @@ TEST(PgConnection, ErrorMessagesAreOneLine) {
   EXPECT_NE(m.find("Connection refused; "), std::string::npos) << m;
 }
 
+// The test support's log capture (support/log_counter.h) counts by level as the log tests ask.
+TEST(LogCounter, CountsByLevelAndDumpsTheLinesAtALevel) {
+  LogCounter log;
+  spdlog::trace("kafka: attempt 1");
+  spdlog::info("kafka: reachable again");
+  spdlog::warn("kafka: down");
+  EXPECT_EQ(log.Count("kafka"), 3);
+  EXPECT_EQ(log.Count(spdlog::level::trace, "kafka"), 3);
+  EXPECT_EQ(log.Count(spdlog::level::info, "kafka"), 2);
+  EXPECT_EQ(log.Count(spdlog::level::warn, ""), 1);
+  EXPECT_EQ(log.Count(spdlog::level::err, ""), 0);
+  EXPECT_EQ(log.Dump(spdlog::level::info), "kafka: reachable again\nkafka: down\n");
+}
+
 }  // namespace
 }  // namespace outboxd

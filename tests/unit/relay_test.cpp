@@ -7,6 +7,7 @@
 
 #include "../support/fakes.h"
 #include "../support/log_counter.h"
+#include "../support/running_relay.h"
 #include "text.h"
 
 namespace outboxd {
@@ -21,34 +22,12 @@ using Outcome = DeliveryReport::Outcome;
 
 Config TestConfig() { return testing::FastRelayConfig(); }
 
-// Runs a relay on its own thread for the life of the object. Its publishers are witnessed, so the
-// store refuses to remove a row without a persisted report; Stop() checks that none was asked.
-class RunningRelay {
+// A relay over the fake store and the fake broker (support/running_relay.h).
+class RunningRelay : public testing::RunningRelay {
  public:
   RunningRelay(Config c, FakeStore& store, FakeBroker& broker)
-      : config_(std::move(c)),
-        store_(store),
-        relay_(config_, store, FakeFactory(broker, store)),
-        thread_([this] { status_ = relay_.Run(stop_); }) {}
-  ~RunningRelay() { Stop(); }
-  // As SIGTERM does: the relay stops fetching and drains; returns at once.
-  void RequestStop() { stop_ = true; }
-  void Stop() {
-    stop_ = true;
-    if (!thread_.joinable()) return;
-    thread_.join();
-    EXPECT_EQ(store_.Unproven(), std::vector<int64_t>{})
-        << "the relay asked to remove rows that had no persisted report";
-  }
-  Relay::Stats stats() const { return relay_.stats(); }
-
- private:
-  const Config config_;  // the relay keeps a reference: it must outlive it
-  FakeStore& store_;
-  std::atomic<bool> stop_{false};
-  Relay relay_;
-  Status status_;
-  std::thread thread_;
+      : testing::RunningRelay(std::move(c), store,
+                              [&](const Config&) { return FakeFactory(broker, store); }) {}
 };
 
 std::set<int64_t> Range(int64_t first, int64_t last) {
