@@ -209,11 +209,13 @@ void SecureKafka::TearDown() {
   ServicesTest::TearDown();
 }
 
-std::string SecureKafka::SaslToml(const std::string& password_file, const std::string& user) const {
+std::string SecureKafka::SaslToml(const std::string& password_file, const std::string& user,
+                                  const std::string& mechanism) const {
   return "bootstrap_servers = \"" + broker_.sasl_ssl +
          "\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n"
-         "\"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"" +
-         (user.empty() ? broker_.user : user) + "\"\n\"ssl.ca.location\" = \"" + broker_.certs +
+         "\"sasl.mechanism\" = \"" +
+         mechanism + "\"\n\"sasl.username\" = \"" + (user.empty() ? broker_.user : user) +
+         "\"\n\"ssl.ca.location\" = \"" + broker_.certs +
          "/ca.pem\"\n[kafka.property_files]\n\"sasl.password\" = \"" + password_file + "\"\n";
 }
 

@@ -57,8 +57,10 @@ class SecureKafka : public ServicesTest {
   void SetUp() override;
   void TearDown() override;
 
-  // [kafka] settings for SASL_SSL (PLAIN) as `user` with the password read from `password_file`.
-  std::string SaslToml(const std::string& password_file, const std::string& user = "") const;
+  // [kafka] settings for SASL_SSL (PLAIN, or `mechanism`) as `user` with the password read from
+  // `password_file`.
+  std::string SaslToml(const std::string& password_file, const std::string& user = "",
+                       const std::string& mechanism = "PLAIN") const;
   // [kafka] settings for SSL with the client certificate, trusting `ca`.
   std::string MtlsToml(const std::string& ca) const;
   // Writes a full configuration for `kafka_toml` (and `relay_toml` in [relay]) and starts outboxd.
