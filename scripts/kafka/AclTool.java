@@ -4,6 +4,7 @@
 //   AclTool <bootstrap> (add <principal> (<TYPE> <name> <OPERATION>)... | delete <principal>)...
 // TYPE: TOPIC, GROUP, CLUSTER, TRANSACTIONAL_ID (name "*": every one; "abc*": prefix abc); OPERATION: READ, WRITE,
 // CREATE, DESCRIBE, IDEMPOTENT_WRITE, ALL, ... (org.apache.kafka.common.acl.AclOperation).
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Properties;
@@ -65,9 +66,12 @@ public class AclTool {
     }
     Properties p = new Properties();
     p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, args[0]);
-    try (Admin admin = Admin.create(p)) {
-      if (!delete.isEmpty()) admin.deleteAcls(delete).all().get(30, TimeUnit.SECONDS);
-      if (!add.isEmpty()) admin.createAcls(add).all().get(30, TimeUnit.SECONDS);
+    Admin admin = Admin.create(p);
+    try {
+      if (!delete.isEmpty()) admin.deleteAcls(delete).all().get(60, TimeUnit.SECONDS);
+      if (!add.isEmpty()) admin.createAcls(add).all().get(60, TimeUnit.SECONDS);
+    } finally {
+      admin.close(Duration.ofSeconds(5));  // not forever when a request timed out
     }
   }
 }
