@@ -5,8 +5,10 @@
 // consumer reads the broker's PLAINTEXT listener, which outboxd is never given. Every log of these
 // tests is searched for the passwords used. A server certificate for another host name is refused
 // until the broker presents the right one again; outboxd, still running, then delivers every row.
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <regex>
 
@@ -55,6 +57,37 @@ TEST_F(SecureKafka, HostNameMismatchIsAClearErrorUntilTheRightCertificateIsBack)
   present("wrong-name-keystore.pem", "wrong.example");
   ExpectErrorUntilFixed(MtlsToml("ca.pem"), "", "mismatch (the certificate does not name the host",
                         [&] { present("server-keystore.pem", "localhost"); });
+}
+
+// Certificate rotation on the Kafka side: librdkafka 2.0.2 reads ssl.ca.location (and the client
+// certificate and key) when the producer is created. A CA file replaced while outboxd runs is not
+// used, however often librdkafka reconnects (at most every 500 ms here); a restart uses it.
+TEST_F(SecureKafka, ReplacedCaFileIsUsedOnlyAfterARestart) {
+  namespace fs = std::filesystem;
+  const std::string ca = TestFile(UniqueName("kafkaca"), "");
+  fs::copy_file(broker_.certs + "/other-ca.pem", ca, fs::copy_options::overwrite_existing);
+  const std::string toml = MtlsToml(ca) + "\"reconnect.backoff.max.ms\" = \"500\"\n";
+  ExpectedMessages expected = PublishMany(10, 2, topic_);
+  auto outboxd = Run(toml);
+  ASSERT_TRUE(
+      outboxd->WaitForLog("unable to get local issuer certificate", std::chrono::seconds(30)))
+      << outboxd->Log().substr(0, 4000);
+  fs::copy_file(broker_.certs + "/ca.pem", ca + ".new");
+  fs::rename(ca + ".new", ca);  // the right CA now
+  Consumer witness(services_, topic_);
+  EXPECT_TRUE(witness.ReadFor(std::chrono::milliseconds(4000)).empty())
+      << "librdkafka used the replaced CA file without a restart: update the README";
+  EXPECT_EQ(OutboxRows(), expected.size());
+  outboxd->Kill(SIGTERM);
+  EXPECT_EQ(outboxd->Wait(std::chrono::seconds(15)), 0);
+  Keep("running through the replacement", *outboxd);
+  auto restarted = Run(toml);
+  EXPECT_TRUE(witness.ReadUntilIds(Ids(expected), std::chrono::seconds(30)))
+      << restarted->Log().substr(0, 4000);
+  EXPECT_TRUE(WaitFor([&] { return OutboxRows() == 0; }, std::chrono::seconds(10)));
+  restarted->Kill(SIGTERM);
+  EXPECT_EQ(restarted->Wait(std::chrono::seconds(15)), 0);
+  Keep("restarted", *restarted);
 }
 
 // SCRAM-SHA-512 from outboxd. Debian's librdkafka 2.0.2 is refused by Kafka 4.x ("invalid

@@ -222,7 +222,8 @@ std::string SecureKafka::SaslToml(const std::string& password_file, const std::s
 std::string SecureKafka::MtlsToml(const std::string& ca) const {
   return "bootstrap_servers = \"" + broker_.ssl +
          "\"\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"" +
-         broker_.certs + "/" + ca + "\"\n\"ssl.certificate.location\" = \"" + broker_.certs +
+         (ca.rfind('/', 0) == 0 ? ca : broker_.certs + "/" + ca) +
+         "\"\n\"ssl.certificate.location\" = \"" + broker_.certs +
          "/client.pem\"\n\"ssl.key.location\" = \"" + broker_.certs + "/client.key\"\n";
 }
 

@@ -61,7 +61,8 @@ class SecureKafka : public ServicesTest {
   // `password_file`.
   std::string SaslToml(const std::string& password_file, const std::string& user = "",
                        const std::string& mechanism = "PLAIN") const;
-  // [kafka] settings for SSL with the client certificate, trusting `ca`.
+  // [kafka] settings for SSL with the client certificate, trusting `ca` (a file of the test
+  // certificates, or an absolute path).
   std::string MtlsToml(const std::string& ca) const;
   // Writes a full configuration for `kafka_toml` (and `relay_toml` in [relay]) and starts outboxd.
   std::unique_ptr<OutboxdProcess> Run(const std::string& kafka_toml,
