@@ -10,7 +10,7 @@ PACKAGES=(
   # C++ toolchain and libraries
   build-essential cmake ninja-build pkg-config clang-format
   libpq-dev librdkafka-dev libtoml11-dev libgtest-dev libgmock-dev
-  libspdlog-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
+  libspdlog-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev libssl-dev
   # PostgreSQL 15 server + client. The contrib modules ship inside
   # postgresql-15 on Debian 12 (it "Provides: postgresql-contrib-15", which
   # is a virtual name that cannot be queried/installed on its own).

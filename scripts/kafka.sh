@@ -4,6 +4,8 @@
 #   scripts/kafka.sh start|stop|restart|status|env [single|cluster]  (default single)
 #   scripts/kafka.sh kill <1|2|3>          SIGKILL one cluster node
 #   scripts/kafka.sh restart-node <1|2|3>  (re)start one cluster node, no reformat
+#   scripts/kafka.sh acl add PRINCIPAL (TYPE NAME OPERATION)...   ACLs of the secure broker
+#   scripts/kafka.sh acl delete PRINCIPAL                          (scripts/kafka/AclTool.java)
 # single : broker 127.0.0.1:${OUTBOXD_KAFKA_PORT:-59092}, controller port+1
 # cluster: brokers 127.0.0.1:19092/29092/39092, controllers 19093/29093/39093
 #          (OUTBOXD_CLUSTER_PORT=P moves them to P, P+10000, P+20000; controllers +1),
@@ -16,6 +18,15 @@
 #          time, and PLAIN, since librdkafka < 2.6.1 fails SCRAM against Kafka
 #          4.x), P+3 SSL that
 #          requires a client certificate. Certificates: scripts/certs.sh.
+#          ACLs: KRaft's StandardAuthorizer, nothing allowed without an ACL;
+#          User:ANONYMOUS (the PLAINTEXT and controller listeners: this script,
+#          test witnesses) is the super user. User:outboxd (SASL) and
+#          User:CN=outboxd (mTLS) get ALL on every topic and transactional id at
+#          start. A second PLAIN user 'outboxd_acl' (same password) gets only
+#          Write on transactional ids starting with acl_txn_ (librdkafka 2.0.2's
+#          admin API cannot name those); tests grant the rest. The SSL
+#          listener's keystore may be replaced at run time (AlterConfigs of
+#          listener.name.ssl.ssl.keystore.location), even for another name.
 #          'env secure' prints the addresses and file names.
 # status exits 0 when every node of the mode runs, 3 otherwise.
 set -euo pipefail
@@ -33,6 +44,7 @@ usage() {
   cat >&2 <<EOF
 usage: $0 start|stop|restart|status|env [single|cluster|secure]
        $0 kill|restart-node <1|2|3>     (cluster mode)
+       $0 acl add PRINCIPAL (TYPE NAME OPERATION)... | acl delete PRINCIPAL   (secure mode)
 EOF
   exit 2
 }
@@ -178,13 +190,18 @@ advertised.listeners=PLAINTEXT://127.0.0.1:${BROKER_PORT[$n]},CONTROLLER://127.0
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_outboxd="$pw";
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_outboxd="$pw" user_outboxd_acl="$pw";
 ssl.keystore.type=PEM
 ssl.keystore.location=$certs/server-keystore.pem
 ssl.truststore.type=PEM
 ssl.truststore.location=$certs/ca.pem
 listener.name.ssl.ssl.client.auth=required
 listener.name.sasl_ssl.ssl.client.auth=none
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+listener.name.ssl.ssl.allow.dn.changes=true
+listener.name.ssl.ssl.allow.san.changes=true
 EOF
 }
 
@@ -389,6 +406,7 @@ cmd_start() {
   format_mode
   if [[ "$MODE" == secure ]]; then
     start_secure_node
+    grant_secure_principals
     return 0
   fi
   for n in "${to_start[@]}"; do launch_node "$n"; done
@@ -438,6 +456,24 @@ start_secure_node() {
   wait_ready
 }
 
+# The principals of the SASL and mTLS tests may do anything with topics and transactional ids;
+# the least-privilege tests use outboxd_acl, which has nothing until they grant it.
+grant_secure_principals() {
+  local p args=()
+  for p in User:outboxd User:CN=outboxd; do
+    args+=(add "$p" TOPIC '*' ALL TRANSACTIONAL_ID '*' ALL)
+  done
+  args+=(add User:outboxd_acl TRANSACTIONAL_ID 'acl_txn_*' WRITE)
+  acl_tool "${args[@]}" || die "could not grant the ACLs of the test principals"
+  log "ACLs granted to User:outboxd, User:CN=outboxd (all) and User:outboxd_acl (acl_txn_*)"
+}
+
+# acl_tool add|delete ...: scripts/kafka/AclTool.java against the secure broker's PLAINTEXT
+# listener (its principal, User:ANONYMOUS, is the super user).
+acl_tool() {
+  java_tool "$(node_logs 1)" "$ROOT/scripts/kafka/AclTool.java" "$(bootstrap)" "$@"
+}
+
 cmd_stop() {
   lock_mode
   stop_nodes "${NODES[@]}"
@@ -464,6 +500,7 @@ cmd_env() {
     echo "export OUTBOXD_SECURE_KAFKA_SASL_SSL=127.0.0.1:$SASL_SSL_PORT"
     echo "export OUTBOXD_SECURE_KAFKA_SSL=127.0.0.1:$SSL_PORT"
     echo "export OUTBOXD_SECURE_KAFKA_SCRAM_USER=outboxd"
+    echo "export OUTBOXD_SECURE_KAFKA_ACL_USER=outboxd_acl"
     echo "export OUTBOXD_SECURE_KAFKA_SCRAM_PASSWORD_FILE=$(scram_password_file)"
     echo "export OUTBOXD_CERTS=$("$ROOT/scripts/certs.sh" dir)"
     return 0
@@ -520,6 +557,13 @@ case "$cmd" in
       status) cmd_status ;;
       env) cmd_env ;;
     esac
+    ;;
+  acl)
+    [[ "${2:-}" == add || "${2:-}" == delete ]] && [[ $# -ge 3 ]] || usage
+    set_mode secure
+    node_pid 1 >/dev/null || die "the secure broker is not running: $0 start secure"
+    check_java
+    acl_tool "${@:2}"
     ;;
   kill | restart-node)
     # accept "kill 2" and "kill cluster 2"

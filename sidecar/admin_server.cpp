@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "metrics.h"
+#include "secrets.h"
 
 namespace outboxd {
 namespace {
@@ -167,8 +168,11 @@ std::pair<int, std::string> AdminServer::Readiness() const {
       return answer(true,
                     "standing by: another instance leads; connected to PostgreSQL and ready to "
                     "take over (a standby does not connect to Kafka until it leads)");
-    case RelayMetrics::State::kUnavailable:
-      return answer(false, "PostgreSQL unavailable or leadership lost; retrying");
+    case RelayMetrics::State::kUnavailable: {
+      const std::string error = m.postgres_error();
+      return answer(false, "PostgreSQL unavailable or leadership lost; retrying" +
+                               (error.empty() ? std::string() : ": " + Redact(error)));
+    }
     case RelayMetrics::State::kStarting:
       break;
   }

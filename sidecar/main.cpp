@@ -294,6 +294,7 @@ int main(int argc, char** argv) {
 
   if (*version || show_version) {
     std::cout << "outboxd " << OUTBOXD_VERSION << "\n";
+    std::cout << "librdkafka " << rd_kafka_version_str() << " (loaded at run time)\n";
     return kExitOk;
   }
   config_path = ConfigPath(config_options, config_path);

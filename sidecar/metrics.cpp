@@ -64,6 +64,16 @@ RelayMetrics::RelayMetrics()
 
 void RelayMetrics::Beat() { heartbeat_ms.store(SteadyNowMs(), std::memory_order_relaxed); }
 
+void RelayMetrics::SetPostgresError(const std::string& error) {
+  std::lock_guard l(error_mu_);
+  postgres_error_ = error;
+}
+
+std::string RelayMetrics::postgres_error() const {
+  std::lock_guard l(error_mu_);
+  return postgres_error_;
+}
+
 std::vector<double> RoundTripBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,6 +69,15 @@ struct RelayMetrics {
   RelayMetrics();
   void Beat();
   State state_value() const { return static_cast<State>(state.load(std::memory_order_relaxed)); }
+
+  // The PostgreSQL error the relay is retrying after ("" once it connected), for /readyz. Set on
+  // a failure or a recovery only, never on the hot path: a mutex is fine here.
+  void SetPostgresError(const std::string& error);
+  std::string postgres_error() const;
+
+ private:
+  mutable std::mutex error_mu_;
+  std::string postgres_error_;  // GUARDED_BY(error_mu_)
 };
 
 int64_t SteadyNowMs();

@@ -56,6 +56,7 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       Status s = store_.Lead();
       if (s.ok()) {
         pg_log_.Recovered();
+        metrics_.SetPostgresError("");
         backoff_.Reset();  // the next outage starts from backoff.initial again
         leading_ = true;
         set_state(State::kLeading);
@@ -69,6 +70,7 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       }
       if (s.code() == Status::Code::kNotLeader) {
         pg_log_.Recovered();
+        metrics_.SetPostgresError("");
         set_state(State::kStandby);
         if (!standby_logged_) spdlog::info("standing by: {}", s.message());
         standby_logged_ = true;
@@ -76,6 +78,7 @@ Status Relay::Run(const std::atomic<bool>& stop) {
       } else {
         set_state(State::kUnavailable);
         pg_log_.Failure(s.message());
+        metrics_.SetPostgresError(s.message());
         WaitInterruptibly(backoff_.Next(), stop);
       }
       continue;

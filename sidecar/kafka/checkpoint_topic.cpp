@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kafka/producer.h"
+#include "kafka/tls_verify.h"
 
 namespace outboxd {
 
@@ -53,6 +54,7 @@ Result<KafkaPtr> MakeHandle(rd_kafka_type_t type, const KafkaConfig& kafka,
   rd_kafka_conf_set_log_cb(conf.get(), [](const rd_kafka_t*, int, const char* fac, const char* b) {
     spdlog::debug("kafka checkpoint {}: {}", fac, b);
   });
+  InstallCertificateVerifyReasons(conf.get());
   rd_kafka_t* rk = rd_kafka_new(type, conf.get(), err, sizeof(err));
   if (rk == nullptr) return Status::Invalid(std::string("kafka checkpoint client: ") + err);
   conf.release();

@@ -6,6 +6,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "kafka/tls_verify.h"
+
 namespace outboxd {
 
 DeliveryReport::Outcome ClassifyDeliveryError(rd_kafka_resp_err_t err) {
@@ -95,6 +97,8 @@ void OnLog(const rd_kafka_t*, int level, const char* fac, const char* buf) {
   const std::string_view facility(fac), text(buf);
   // A broker connection failure comes again through the error callback (OnError), said once.
   if (facility == "FAIL") lvl = spdlog::level::debug;
+  // A refused certificate is said once a minute by the verify callback (kafka/tls_verify).
+  if (facility == "SSLCERTVRFY") lvl = spdlog::level::debug;
   // outboxd sets enable.gapless.guarantee on purpose; librdkafka calls it experimental.
   if (facility == "CONFWARN" && text.find("enable.gapless.guarantee") != std::string_view::npos) {
     lvl = spdlog::level::debug;
@@ -141,6 +145,7 @@ Result<PublisherPtr> KafkaPublisher::Create(const KafkaConfig& config,
   rd_kafka_conf_set_dr_msg_cb(conf.get(), &KafkaPublisher::OnDelivery);
   rd_kafka_conf_set_error_cb(conf.get(), &KafkaPublisher::OnError);
   rd_kafka_conf_set_log_cb(conf.get(), &OnLog);
+  InstallCertificateVerifyReasons(conf.get());
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof(err));
   if (rk == nullptr) return Status::Invalid(std::string("kafka producer: ") + err);
   conf.release();  // rd_kafka_new took ownership on success

@@ -200,6 +200,29 @@ TEST_F(AdminServerTest, ProbesAnswerJsonWithTheReason) {
   EXPECT_EQ(nlohmann::json::parse(health->body)["status"], "ok");
 }
 
+// The PostgreSQL error the relay retries after is in /readyz's reason (with any password hidden),
+// and gone once it connected.
+TEST_F(AdminServerTest, ReadinessNamesThePostgresErrorWhileItRetries) {
+  store_.FailNext(
+      1000000, Status::Unavailable("PostgreSQL: connection failed: FATAL:  password authentication "
+                                   "failed for user \"outboxd\" password=hunter22"));
+  StartRelay();
+  std::string reason;
+  ASSERT_TRUE(testing::Eventually([&] {
+    auto r = Get("/readyz");
+    if (!r || r->status != 503) return false;
+    reason = nlohmann::json::parse(r->body)["reason"].get<std::string>();
+    return reason.find("password authentication failed") != std::string::npos;
+  })) << reason;
+  EXPECT_EQ(reason.find("hunter22"), std::string::npos) << reason;
+  store_.FailNext(0);
+  ASSERT_TRUE(testing::Eventually([&] {
+    auto r = Get("/readyz");
+    return r && r->status == 200 && nlohmann::json::parse(r->body)["role"] == "leader" &&
+           r->body.find("password authentication") == std::string::npos;
+  }));
+}
+
 TEST_F(AdminServerTest, HostileRequestsAreRefusedAndTheListenerStaysUp) {
   EXPECT_EQ(StatusLine(Raw("GARBAGE\r\n\r\n")), "HTTP/1.1 400 Bad Request");
   EXPECT_EQ(StatusLine(Raw("GET /metrics HTTP/9.9 extra\r\n\r\n")), "HTTP/1.1 400 Bad Request");
