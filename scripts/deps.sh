@@ -27,6 +27,8 @@ PACKAGES=(
   prometheus
   # tests/scripts/deploy_files_valid.sh parses deploy/*.yaml
   python3-yaml
+  # scripts/rdkafka-wheel.sh fetches a newer librdkafka (the SCRAM test) with pip
+  python3-pip
 )
 
 # Go builds the e2e harness (tests/e2e). A Go already on the machine (PATH or /usr/local/go) is used;
