@@ -734,13 +734,14 @@ bool Relay::PrepareTransactions(const std::atomic<bool>& stop) {
                  took);
   } else {
     const Checkpoint& c = **checkpoint;
-    if (!c.sent.empty() && !StoreOk(store_.MarkSent(c.sent))) return false;
-    for (int64_t id : c.dead) {
-      DeadLetterRow(id,
-                    "dead-lettered by a transaction committed before a restart (the error is in "
-                    "the copy's outbox-error header)");
-    }
-    if (!MoveDeadLetters()) return false;
+    // Rows an admin command put back after the checkpoint's fetch (a higher put-back generation)
+    // are not the ones it carried: they stay and are sent.
+    auto dead = store_.RemoveCheckpointed(
+        c,
+        "dead-lettered by a transaction committed before a restart (the error is in the copy's "
+        "outbox-error header)");
+    if (!StoreOk(dead.status())) return false;
+    stats_.dead_lettered += *dead;
     stats_.checkpoint_rows_removed += static_cast<int64_t>(c.sent.size() + c.dead.size());
     spdlog::info(
         "exactly-once: transactions ready ({} ms); the last committed transaction carried {} rows "
@@ -790,6 +791,9 @@ bool Relay::ProduceCheckpoint() {
   const std::optional<std::string> key = transactional_id_;
   Checkpoint c = exactly_once_->checkpoint();
   c.outbox = incarnation_;
+  // The rows come from the last fetch (dead-letter copies from earlier ones, rows that no command
+  // can put back while they wait in the outbox): none was put back after this generation.
+  c.put_back = store_.PutBackGeneration();
   const std::optional<std::string> value = EncodeCheckpoint(std::move(c));
   const Headers headers;
   OutgoingMessage m{&config_.relay.checkpoint_topic, &key, &value, &headers};
