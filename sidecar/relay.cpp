@@ -481,7 +481,14 @@ bool Relay::Recover(const std::atomic<bool>& stop) {
     publisher_.reset();  // Run builds a new one
     fatal_ = false;
     ++stats_.producer_rebuilds;
-    if (exactly_once_) exactly_once_->Reset();  // the new one initializes and reads the checkpoint
+    if (exactly_once_) {
+      // The new one initializes; it reads the checkpoint only if a commit was cut off. The open
+      // transaction's rows go again (they were fetched: without a rewind the scan would pass them).
+      for (int64_t id : exactly_once_->ProducerRebuilt(ledger_)) {
+        auto pending = dead_letters_.find(id);
+        if (pending != dead_letters_.end()) pending->second.in_flight = false;
+      }
+    }
   }
   if (auto rewind_to = ledger_.rewind_to()) {
     kafka_log_.Failure(last_failure_);
@@ -719,6 +726,15 @@ bool Relay::PrepareTransactions(const std::atomic<bool>& stop) {
     exactly_once_->SetInitialized();
   }
   // Every earlier transaction of this transactional.id is now committed or aborted.
+  if (exactly_once_->checkpoint_applied()) {
+    // A new producer in the same term whose last transaction never asked to commit: it was
+    // aborted, and every committed one is the relay's own, its rows removed or marked. Reading
+    // the checkpoint again would tell nothing new (docs/design.md, section 10).
+    spdlog::info("exactly-once: new producer ready ({} ms); the checkpoint is already applied",
+                 std::chrono::duration_cast<Millis>(Clock::now() - started).count());
+    exactly_once_->SetReady();
+    return true;
+  }
   auto incarnation = store_.Incarnation();
   if (!StoreOk(incarnation.status())) return false;
   incarnation_ = *incarnation;
@@ -829,6 +845,7 @@ bool Relay::EndTransaction(bool commit, const std::atomic<bool>& stop) {
                   " did not finish in time: " + last_failure_);
       return leading_;
     }
+    if (commit) exactly_once_->CommitRequested();
     Status s = commit ? publisher_->CommitTransaction(Millis(1000))
                       : publisher_->AbortTransaction(Millis(1000));
     if (s.ok()) break;

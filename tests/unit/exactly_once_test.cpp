@@ -73,6 +73,47 @@ TEST(Checkpoint, RefusesWhatItDidNotWrite) {
   }
 }
 
+TEST(ExactlyOnce, ARebuiltProducerRereadsTheCheckpointOnlyIfACommitWasAskedFor) {
+  InFlightLedger ledger;
+  ExactlyOnce eo;
+  eo.SetInitialized();
+  eo.SetReady();
+  Entry a{1, "k", false, false}, b{2, "k", false, false};
+  // Rebuilt mid-transaction, no commit asked for: it aborted; its rows go again from the lowest.
+  eo.Begin();
+  eo.Carried(a);
+  eo.Carried(b);
+  eo.Held(a);
+  EXPECT_TRUE(eo.ProducerRebuilt(ledger).empty());
+  EXPECT_FALSE(eo.ready());
+  EXPECT_FALSE(eo.initialized());
+  EXPECT_FALSE(eo.open());
+  EXPECT_TRUE(eo.checkpoint_applied());
+  EXPECT_EQ(ledger.rewind_to(), 1);
+  EXPECT_TRUE(ledger.marks().empty());
+  // A commit was asked for and cut off: its outcome is the checkpoint's to tell.
+  ledger.StartAttempt();
+  eo.SetInitialized();
+  eo.SetReady();
+  eo.Begin();
+  eo.Carried(a);
+  eo.Held(a);
+  eo.CommitRequested();
+  eo.ProducerRebuilt(ledger);
+  EXPECT_FALSE(eo.checkpoint_applied());
+  // A committed transaction's outcome is known again.
+  eo.SetReady();
+  eo.Begin();
+  eo.Carried(b);
+  eo.CommitRequested();
+  eo.Committed(ledger, Clock::now());
+  eo.ProducerRebuilt(ledger);
+  EXPECT_TRUE(eo.checkpoint_applied());
+  // A new term always reads it.
+  eo.Reset();
+  EXPECT_FALSE(eo.checkpoint_applied());
+}
+
 TEST(ExactlyOnce, AcksOfAnOpenTransactionRemoveNothingUntilItCommits) {
   InFlightLedger ledger;
   ExactlyOnce eo;
