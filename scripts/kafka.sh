@@ -3,7 +3,8 @@
 # jars fetched with Maven (scripts/kafka/pom.xml) into .cache/kafka/lib.
 #   scripts/kafka.sh start|stop|restart|status|env [single|cluster]  (default single)
 #   scripts/kafka.sh kill <1|2|3>          SIGKILL one cluster node
-#   scripts/kafka.sh restart-node <1|2|3>  (re)start one cluster node, no reformat
+#   scripts/kafka.sh restart-node <1|2|3>  (re)start one cluster node, no reformat; waits while it
+#                                         rejoins (OUTBOXD_KAFKA_REJOIN_TIMEOUT, _REJOIN_STALL)
 # single : broker 127.0.0.1:${OUTBOXD_KAFKA_PORT:-59092}, controller port+1
 # cluster: brokers 127.0.0.1:19092/29092/39092, controllers 19093/29093/39093
 #          (OUTBOXD_CLUSTER_PORT=P moves them to P, P+10000, P+20000; controllers +1),
