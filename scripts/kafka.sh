@@ -3,7 +3,8 @@
 # jars fetched with Maven (scripts/kafka/pom.xml) into .cache/kafka/lib.
 #   scripts/kafka.sh start|stop|restart|status|env [single|cluster]  (default single)
 #   scripts/kafka.sh kill <1|2|3>          SIGKILL one cluster node
-#   scripts/kafka.sh restart-node <1|2|3>  (re)start one cluster node, no reformat
+#   scripts/kafka.sh restart-node <1|2|3>  (re)start one cluster node, no reformat; waits while it
+#                                         rejoins (OUTBOXD_KAFKA_REJOIN_TIMEOUT, _REJOIN_STALL)
 #   scripts/kafka.sh acl add PRINCIPAL (TYPE NAME OPERATION)...   ACLs of the secure broker
 #   scripts/kafka.sh acl delete PRINCIPAL                          (scripts/kafka/AclTool.java)
 # single : broker 127.0.0.1:${OUTBOXD_KAFKA_PORT:-59092}, controller port+1
@@ -541,8 +542,63 @@ cmd_restart_node() {
   check_ports_free "$n"
   check_java
   fetch_jars
+  local server_log t0=$SECONDS from
+  server_log="$(node_logs "$n")/server.log"
+  from=$(stat -c %s "$server_log" 2>/dev/null || echo 0)
   launch_node "$n"
-  wait_ready
+  wait_rejoin "$n" "$server_log"
+  rejoin_phases "$n" "$server_log" "$from" "$t0"
+}
+
+# A node restarted after a SIGKILL rejoins in phases: the JVM starts, the logs left unclean are
+# recovered (every partition it holds, __transaction_state and __consumer_offsets included), it
+# catches up with the metadata log and waits for the controller to unfence it. On a loaded 2-core
+# machine that took more than 120 s once (tests/e2e/README.md). So a rejoin is waited for as long
+# as the node is alive and its server.log grows (it is working through those phases), up to
+# OUTBOXD_KAFKA_REJOIN_TIMEOUT (600 s); it fails at once when the node dies, and after
+# OUTBOXD_KAFKA_REJOIN_STALL (90 s) without a line written and without being ready.
+REJOIN_TIMEOUT="${OUTBOXD_KAFKA_REJOIN_TIMEOUT:-600}"
+REJOIN_STALL="${OUTBOXD_KAFKA_REJOIN_STALL:-90}"
+wait_rejoin() {
+  local n=$1 server_log=$2 t0=$SECONDS last_size=-1 last_change=$SECONDS size
+  while true; do
+    if nodes_ready_or_dead; then
+      node_pid "$n" >/dev/null || {
+        dump_logs "$n"
+        die "node $n exited while rejoining (logs above)"
+      }
+      log "node $n rejoined in $((SECONDS - t0)) s: $(bootstrap)"
+      return 0
+    fi
+    size=$(stat -c %s "$server_log" 2>/dev/null || echo 0)
+    if ((size != last_size)); then
+      last_size=$size
+      last_change=$SECONDS
+    fi
+    if ((SECONDS - last_change >= REJOIN_STALL || SECONDS - t0 >= REJOIN_TIMEOUT)); then
+      dump_logs "$n"
+      die "node $n did not rejoin after $((SECONDS - t0)) s (its server.log idle for $((SECONDS - last_change)) s)"
+    fi
+    sleep 0.5
+  done
+}
+
+# rejoin_phases <n> <server.log> <offset of this start> <t0>: when each phase of the rejoin ended,
+# in seconds after the restart began (from the node's own log lines).
+rejoin_phases() {
+  local n=$1 server_log=$2 from=$3 t0=$4 start_epoch line phase summary=""
+  start_epoch=$(($(date +%s) - (SECONDS - t0)))
+  for phase in "Loaded [0-9]* logs in" "Transitioning from STARTING to RECOVERY" \
+    "has been unfenced" "Kafka Server started"; do
+    line=$(tail -c +"$((from + 1))" "$server_log" 2>/dev/null | grep -m1 -E "$phase" || true)
+    [[ -n "$line" ]] || continue
+    local ts
+    ts=$(date -d "$(echo "$line" | sed -n 's/^\[\([0-9-]* [0-9:]*\),.*/\1/p')" +%s 2>/dev/null) || continue
+    summary+=" ${phase%% \[*}:+$((ts - start_epoch))s"
+  done
+  local loaded
+  loaded=$(tail -c +"$((from + 1))" "$server_log" 2>/dev/null | grep -m1 -oE "Loaded [0-9]+ logs in [0-9]+ms" || true)
+  log "node $n rejoin phases:${summary:- (none found)}${loaded:+ ($loaded)}"
 }
 
 cmd=${1:-}

@@ -36,6 +36,17 @@ Status InTransaction(pg::Connection& conn, Body body) {
   return conn.Exec("COMMIT");
 }
 
+// The put-back generation of a command that puts rows back (schema 010): bumped before any row is
+// touched, in the command's transaction, and stamped on each row it puts back. A fetch that does
+// not see this command's rows saw a lower generation, so an exactly-once recovery never takes a
+// row put back here for the one an earlier checkpoint carried (docs/design.md, section 10).
+Result<int64_t> NextPutBackGeneration(pg::Connection& conn) {
+  auto r = conn.Query("UPDATE outbox.relay_state SET put_back = put_back + 1 RETURNING put_back");
+  if (!r.ok()) return r.status();
+  if (r->rows() != 1) return Status::Invalid("outbox.relay_state has no row");
+  return r->GetInt(0, 0);
+}
+
 // Inside the transaction that put rows back from `lowest` on: the running relay's request to
 // rescan from there, and a wake-up in case it sleeps.
 Status RequestRescan(pg::Connection& conn, int64_t lowest) {
@@ -117,14 +128,16 @@ Status RequeueDeadLetters(pg::Connection& conn, const std::vector<int64_t>& ids,
   if (Status s = CheckSchemaCurrent(conn); !s.ok()) return s;
   std::vector<int64_t> moved;
   Status s = InTransaction(conn, [&]() -> Status {
+    auto generation = NextPutBackGeneration(conn);
+    if (!generation.ok()) return generation.status();
     pg::Params p;
-    p.Add(pg::ArrayLiteral(ids)).Add(std::string(all ? "true" : "false"));
+    p.Add(pg::ArrayLiteral(ids)).Add(std::string(all ? "true" : "false")).Add(*generation);
     // In id order, with the original id (the outbox-id header) and created_at.
     auto r = conn.Query(R"sql(
 WITH moved AS (DELETE FROM outbox.dead_letters WHERE $2::boolean OR id = ANY($1::bigint[])
                RETURNING id, topic, key, payload, headers, created_at)
-INSERT INTO outbox.messages (id, topic, key, payload, headers, created_at)
-SELECT id, topic, key, payload, headers, created_at FROM moved ORDER BY id
+INSERT INTO outbox.messages (id, topic, key, payload, headers, created_at, put_back)
+SELECT id, topic, key, payload, headers, created_at, $3 FROM moved ORDER BY id
 RETURNING id)sql",
                         p);
     if (!r.ok()) return r.status();
@@ -199,12 +212,18 @@ Status Replay(pg::Connection& conn, const Config& config, const ReplayRange& ran
   }
   int64_t count = 0, lowest = 0, highest = 0;
   Status s = InTransaction(conn, [&]() -> Status {
+    auto generation = NextPutBackGeneration(conn);
+    if (!generation.ok()) return generation.status();
+    pg::Params with_generation = p;
+    with_generation.Add(*generation);
+    const std::string generation_param = range.since ? "$4" : "$3";
     auto r = conn.Query(
-        "WITH r AS (UPDATE outbox.messages SET sent_at = NULL WHERE sent_at IS NOT NULL "
-        "AND id BETWEEN $1 AND $2 AND " +
+        "WITH r AS (UPDATE outbox.messages SET sent_at = NULL, put_back = " + generation_param +
+            "::bigint WHERE sent_at IS NOT NULL "
+            "AND id BETWEEN $1 AND $2 AND " +
             since_sql +
             " RETURNING id) SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM r",
-        p);
+        with_generation);
     if (!r.ok()) return r.status();
     count = r->GetInt(0, 0);
     lowest = r->GetInt(0, 1);

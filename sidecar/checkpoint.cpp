@@ -65,8 +65,10 @@ std::string IdRanges(const std::vector<int64_t>& ids) {
 std::string EncodeCheckpoint(Checkpoint c) {
   Normalize(&c.sent);
   Normalize(&c.dead);
-  return std::string(kMagic) + " outbox=" + c.outbox + " sent=" + IdRanges(c.sent) +
-         " dead=" + IdRanges(c.dead);
+  std::string text = std::string(kMagic) + " outbox=" + c.outbox + " sent=" + IdRanges(c.sent) +
+                     " dead=" + IdRanges(c.dead);
+  if (c.put_back != 0) text += " put_back=" + std::to_string(c.put_back);
+  return text;
 }
 
 Result<Checkpoint> ParseCheckpoint(const std::string& text) {
@@ -74,7 +76,8 @@ Result<Checkpoint> ParseCheckpoint(const std::string& text) {
   auto invalid = [&] { return Status::Invalid("not an outboxd checkpoint: \"" + text + "\""); };
   if (t.substr(0, kMagic.size()) != kMagic) return invalid();
   t.remove_prefix(kMagic.size());
-  constexpr std::string_view kOutbox = " outbox=", kSent = " sent=", kDead = " dead=";
+  constexpr std::string_view kOutbox = " outbox=", kSent = " sent=", kDead = " dead=",
+                             kPutBack = " put_back=";
   if (t.substr(0, kOutbox.size()) != kOutbox) return invalid();
   t.remove_prefix(kOutbox.size());
   size_t sent_at = t.find(kSent);
@@ -85,8 +88,14 @@ Result<Checkpoint> ParseCheckpoint(const std::string& text) {
   t.remove_prefix(sent_at + kSent.size());
   size_t dead_at = t.find(kDead);
   if (dead_at == std::string_view::npos) return invalid();
-  if (!ParseRanges(t.substr(0, dead_at), &c.sent) ||
-      !ParseRanges(t.substr(dead_at + kDead.size()), &c.dead)) {
+  std::string_view dead = t.substr(dead_at + kDead.size());
+  // Optional (a record written before schema 010, or without put-backs): generation 0.
+  size_t put_back_at = dead.find(kPutBack);
+  if (put_back_at != std::string_view::npos) {
+    if (!ParseId(dead.substr(put_back_at + kPutBack.size()), &c.put_back)) return invalid();
+    dead = dead.substr(0, put_back_at);
+  }
+  if (!ParseRanges(t.substr(0, dead_at), &c.sent) || !ParseRanges(dead, &c.dead)) {
     return invalid();
   }
   Normalize(&c.sent);

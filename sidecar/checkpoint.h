@@ -1,9 +1,10 @@
 // Checkpoint: what one Kafka transaction of the exactly-once mode carried, as outbox id ranges.
 // Its text is the value of the transaction's record on the checkpoint topic (key: the outbox's
-// transactional.id): "outboxd-checkpoint v1 outbox=<incarnation> sent=1-5,9 dead=7". `sent` are
-// rows delivered to their topics, `dead` rows whose copy went to the dead-letter topic. A new
-// leader reads the last committed one (read_committed) and removes those rows without sending them
-// again (docs/design.md).
+// transactional.id): "outboxd-checkpoint v1 outbox=<incarnation> sent=1-5,9 dead=7 put_back=3".
+// `sent` are rows delivered to their topics, `dead` rows whose copy went to the dead-letter topic,
+// `put_back` the put-back generation of the fetch (OutboxStore::PutBackGeneration; the field is
+// left out when 0). A new leader reads the last committed one (read_committed) and removes those
+// rows without sending them again, unless an admin command put them back later (docs/design.md).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,7 @@ struct Checkpoint {
   std::string outbox;         // the outbox's incarnation (OutboxStore::Incarnation), no spaces
   std::vector<int64_t> sent;  // ascending, no repeats
   std::vector<int64_t> dead;  // ascending, no repeats
+  int64_t put_back = 0;       // rows put back at a higher generation are not the ones carried
 
   bool empty() const { return sent.empty() && dead.empty(); }
 };

@@ -5,6 +5,8 @@ namespace outboxd {
 void ExactlyOnce::Reset() {
   ready_ = false;
   initialized_ = false;
+  checkpoint_applied_ = false;
+  commit_requested_ = false;
   checkpoint_reported_ = false;
   open_ = false;
   must_abort_ = false;
@@ -13,8 +15,18 @@ void ExactlyOnce::Reset() {
   checkpoint_token_.reset();
 }
 
+std::vector<int64_t> ExactlyOnce::ProducerRebuilt(InFlightLedger& ledger) {
+  if (commit_requested_) checkpoint_applied_ = false;
+  std::vector<int64_t> again = open_ ? Aborted(ledger) : std::vector<int64_t>();
+  ready_ = false;
+  initialized_ = false;
+  commit_requested_ = false;
+  return again;
+}
+
 void ExactlyOnce::Begin() {
   open_ = true;
+  commit_requested_ = false;
   checkpoint_reported_ = false;
   must_abort_ = false;
   carried_.clear();
@@ -44,6 +56,7 @@ std::vector<int64_t> ExactlyOnce::Committed(InFlightLedger& ledger,
     }
   }
   open_ = false;
+  commit_requested_ = false;
   carried_.clear();
   held_.clear();
   checkpoint_token_.reset();
@@ -61,6 +74,7 @@ std::vector<int64_t> ExactlyOnce::Aborted(InFlightLedger& ledger) {
   }
   open_ = false;
   must_abort_ = false;
+  commit_requested_ = false;
   carried_.clear();
   held_.clear();
   checkpoint_token_.reset();

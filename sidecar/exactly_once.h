@@ -24,13 +24,29 @@ class ExactlyOnce {
 
   // Transactions initialized and the last checkpoint applied, for this term and producer.
   bool ready() const { return ready_; }
-  void SetReady() { ready_ = true; }
+  void SetReady() {
+    ready_ = true;
+    checkpoint_applied_ = true;
+  }
   // InitTransactions succeeded on this producer (it may be called only once per producer).
   bool initialized() const { return initialized_; }
   void SetInitialized() { initialized_ = true; }
-  // The producer or the leadership is gone: the open transaction's outcome is Kafka's to decide
-  // (the next InitTransactions commits or aborts it); nothing it carried is removed here.
+  // The leadership is gone: the open transaction's outcome is Kafka's to decide (the next
+  // InitTransactions commits or aborts it); nothing it carried is removed here.
   void Reset();
+  // The producer is rebuilt within the term (a fatal error): the open transaction, if any, ends
+  // here as if aborted (its rows failed, the ledger rewinds to the lowest; returns the ids whose
+  // dead-letter copies must be produced again). If its commit had not been asked for, it can
+  // only abort, and the relay's own record is the last committed checkpoint's: the new producer
+  // needs InitTransactions but no checkpoint read. If it had, the outcome is unknown until the
+  // new producer's InitTransactions: the checkpoint must be read again (its rows, if it
+  // committed, are then removed and not fetched again).
+  std::vector<int64_t> ProducerRebuilt(InFlightLedger& ledger);
+  // The last committed checkpoint is applied in this term, and nothing committed since that the
+  // relay does not know of: a new producer may skip reading it.
+  bool checkpoint_applied() const { return checkpoint_applied_; }
+  // CommitTransaction is about to be called: the outcome is unknown until it returns ok.
+  void CommitRequested() { commit_requested_ = true; }
 
   bool open() const { return open_; }
   void Begin();
@@ -64,6 +80,8 @@ class ExactlyOnce {
  private:
   bool ready_ = false;
   bool initialized_ = false;
+  bool checkpoint_applied_ = false;
+  bool commit_requested_ = false;
   bool checkpoint_reported_ = false;
   bool open_ = false;
   bool must_abort_ = false;

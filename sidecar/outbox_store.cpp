@@ -17,7 +17,8 @@ constexpr const char* kFetchSql = R"sql(
 SELECT 0 AS branch, NULL::bigint AS id, s::text AS topic,
        -- how far the next xid is past xmax; age() reads the next xid without assigning one
        age((pg_snapshot_xmax(s)::text::numeric % 4294967296)::text::xid)::text AS key,
-       NULL::bytea AS payload,
+       -- the put-back generation (schema 010), as text
+       (SELECT convert_to(put_back::text, 'UTF8') FROM outbox.relay_state) AS payload,
        -- an admin command's request to look again from this id (schema/007)
        (SELECT rescan_from::text FROM outbox.relay_state) AS headers,
        NULL::timestamptz AS created_at
@@ -47,6 +48,20 @@ WITH moved AS (DELETE FROM outbox.messages WHERE id = $1
                RETURNING id, topic, key, payload, headers, created_at)
 INSERT INTO outbox.dead_letters (id, topic, key, payload, headers, created_at, error)
 SELECT id, topic, key, payload, headers, created_at, $2 FROM moved
+ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now())sql";
+// Exactly-once recovery: only the versions of the rows that the checkpoint carried (put back at
+// its generation $2 or earlier, or never).
+constexpr const char* kDeleteCheckpointedSql =
+    "DELETE FROM outbox.messages WHERE id = ANY($1::bigint[]) AND coalesce(put_back, 0) <= $2";
+constexpr const char* kRetainCheckpointedSql =
+    "UPDATE outbox.messages SET sent_at = now() WHERE id = ANY($1::bigint[]) AND sent_at IS NULL "
+    "AND coalesce(put_back, 0) <= $2";
+constexpr const char* kDeadLetterCheckpointedSql = R"sql(
+WITH moved AS (DELETE FROM outbox.messages
+               WHERE id = ANY($1::bigint[]) AND coalesce(put_back, 0) <= $2
+               RETURNING id, topic, key, payload, headers, created_at)
+INSERT INTO outbox.dead_letters (id, topic, key, payload, headers, created_at, error)
+SELECT id, topic, key, payload, headers, created_at, $3 FROM moved
 ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now())sql";
 constexpr const char* kSleepSql = "UPDATE outbox.relay_state SET sleeping = $1";
 constexpr const char* kCleanupSql = R"sql(
@@ -189,6 +204,7 @@ Status PgOutboxStore::ReadFetch(const pg::PgResult& result, std::vector<OutboxRo
       long long ahead = std::atoll(std::string(r->Get(i, 3)).c_str());
       snap->next_xid = ahead >= 0 && ahead < (1LL << 30) ? snap->xmax + ahead : UINT64_MAX;
       if (!r->IsNull(i, 5)) rescan_request_ = std::atoll(std::string(r->Get(i, 5)).c_str());
+      if (!r->IsNull(i, 4)) put_back_ = std::atoll(std::string(r->Get(i, 4)).c_str());
       continue;
     }
     OutboxRow row;
@@ -291,6 +307,25 @@ Result<int64_t> PgOutboxStore::RemoveSentBefore(Millis retention) {
   pg::Params p;
   p.Add(std::to_string(retention.count()) + " milliseconds");
   auto r = conn_->Query(kCleanupSql, p);
+  if (!r.ok()) return Failed(r.status());
+  return r->Affected();
+}
+
+Result<int64_t> PgOutboxStore::RemoveCheckpointed(const Checkpoint& checkpoint,
+                                                  const std::string& error) {
+  if (!leader_) return Status::NotLeader("not leading");
+  last_statement_ = std::chrono::steady_clock::now();
+  if (!checkpoint.sent.empty()) {
+    pg::Params p;
+    p.Add(pg::ArrayLiteral(checkpoint.sent)).Add(checkpoint.put_back);
+    auto r = conn_->Query(
+        on_sent_ == OnSent::kDelete ? kDeleteCheckpointedSql : kRetainCheckpointedSql, p);
+    if (!r.ok()) return Failed(r.status());
+  }
+  if (checkpoint.dead.empty()) return int64_t{0};
+  pg::Params p;
+  p.Add(pg::ArrayLiteral(checkpoint.dead)).Add(checkpoint.put_back).Add(error);
+  auto r = conn_->Query(kDeadLetterCheckpointedSql, p);
   if (!r.ok()) return Failed(r.status());
   return r->Affected();
 }

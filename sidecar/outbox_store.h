@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint.h"
 #include "config.h"
 #include "duration.h"
 #include "leader_session.h"
@@ -86,6 +87,25 @@ class OutboxStore {
   // The outbox's incarnation (outbox.relay_state.incarnation, made once per outbox): exactly-once
   // checkpoints carry it. "" for a store without one (the tests' fakes).
   virtual Result<std::string> Incarnation() { return std::string(); }
+  // The put-back generation (outbox.relay_state.put_back, schema 010) in the last fetch's
+  // snapshot: every row that fetch returned was put back by an admin command at this generation or
+  // earlier (or never), and a row put back after it gets a higher one. Exactly-once checkpoints
+  // carry it. 0 for a store without put-backs (the tests' fakes).
+  virtual int64_t PutBackGeneration() const { return 0; }
+  // Exactly-once recovery at a term's start: removes the rows the last committed checkpoint
+  // carried (its `sent` as MarkSent does, its `dead` moved to outbox.dead_letters with `error`),
+  // but only the versions it carried: a row put back by an admin command after the checkpoint's
+  // generation stays, to be sent. Each in one statement, so a command committing meanwhile is
+  // either seen (its stamp) or not yet there. Returns the number of rows dead-lettered. This
+  // default, for stores without put-backs, removes every row named.
+  virtual Result<int64_t> RemoveCheckpointed(const Checkpoint& checkpoint,
+                                             const std::string& error) {
+    if (Status s = MarkSent(checkpoint.sent); !s.ok()) return s;
+    for (int64_t id : checkpoint.dead) {
+      if (Status s = DeadLetter(id, error); !s.ok()) return s;
+    }
+    return static_cast<int64_t>(checkpoint.dead.size());
+  }
 
  private:
   std::vector<int64_t> round_ids_;  // the default StartRound's ids
@@ -119,6 +139,9 @@ class PgOutboxStore : public OutboxStore {
   Result<bool> WaitForNotify(Millis timeout) override;
   Result<int64_t> RemoveSentBefore(Millis retention) override;
   Result<std::string> Incarnation() override;
+  int64_t PutBackGeneration() const override { return put_back_; }
+  Result<int64_t> RemoveCheckpointed(const Checkpoint& checkpoint,
+                                     const std::string& error) override;
 
  private:
   Status Prepare();
@@ -144,6 +167,7 @@ class PgOutboxStore : public OutboxStore {
   ScanWindow window_;
   bool round_marks_ = false;               // the pipelined round includes a removal
   std::optional<int64_t> rescan_request_;  // seen by the last fetch, not yet taken
+  int64_t put_back_ = 0;                   // relay_state.put_back in the last fetch's snapshot
 };
 
 }  // namespace outboxd

@@ -484,7 +484,14 @@ bool Relay::Recover(const std::atomic<bool>& stop) {
     publisher_.reset();  // Run builds a new one
     fatal_ = false;
     ++stats_.producer_rebuilds;
-    if (exactly_once_) exactly_once_->Reset();  // the new one initializes and reads the checkpoint
+    if (exactly_once_) {
+      // The new one initializes; it reads the checkpoint only if a commit was cut off. The open
+      // transaction's rows go again (they were fetched: without a rewind the scan would pass them).
+      for (int64_t id : exactly_once_->ProducerRebuilt(ledger_)) {
+        auto pending = dead_letters_.find(id);
+        if (pending != dead_letters_.end()) pending->second.in_flight = false;
+      }
+    }
   }
   if (auto rewind_to = ledger_.rewind_to()) {
     kafka_log_.Failure(last_failure_);
@@ -722,6 +729,15 @@ bool Relay::PrepareTransactions(const std::atomic<bool>& stop) {
     exactly_once_->SetInitialized();
   }
   // Every earlier transaction of this transactional.id is now committed or aborted.
+  if (exactly_once_->checkpoint_applied()) {
+    // A new producer in the same term whose last transaction never asked to commit: it was
+    // aborted, and every committed one is the relay's own, its rows removed or marked. Reading
+    // the checkpoint again would tell nothing new (docs/design.md, section 10).
+    spdlog::info("exactly-once: new producer ready ({} ms); the checkpoint is already applied",
+                 std::chrono::duration_cast<Millis>(Clock::now() - started).count());
+    exactly_once_->SetReady();
+    return true;
+  }
   auto incarnation = store_.Incarnation();
   if (!StoreOk(incarnation.status())) return false;
   incarnation_ = *incarnation;
@@ -737,13 +753,14 @@ bool Relay::PrepareTransactions(const std::atomic<bool>& stop) {
                  took);
   } else {
     const Checkpoint& c = **checkpoint;
-    if (!c.sent.empty() && !StoreOk(store_.MarkSent(c.sent))) return false;
-    for (int64_t id : c.dead) {
-      DeadLetterRow(id,
-                    "dead-lettered by a transaction committed before a restart (the error is in "
-                    "the copy's outbox-error header)");
-    }
-    if (!MoveDeadLetters()) return false;
+    // Rows an admin command put back after the checkpoint's fetch (a higher put-back generation)
+    // are not the ones it carried: they stay and are sent.
+    auto dead = store_.RemoveCheckpointed(
+        c,
+        "dead-lettered by a transaction committed before a restart (the error is in the copy's "
+        "outbox-error header)");
+    if (!StoreOk(dead.status())) return false;
+    stats_.dead_lettered += *dead;
     stats_.checkpoint_rows_removed += static_cast<int64_t>(c.sent.size() + c.dead.size());
     spdlog::info(
         "exactly-once: transactions ready ({} ms); the last committed transaction carried {} rows "
@@ -793,6 +810,9 @@ bool Relay::ProduceCheckpoint() {
   const std::optional<std::string> key = transactional_id_;
   Checkpoint c = exactly_once_->checkpoint();
   c.outbox = incarnation_;
+  // The rows come from the last fetch (dead-letter copies from earlier ones, rows that no command
+  // can put back while they wait in the outbox): none was put back after this generation.
+  c.put_back = store_.PutBackGeneration();
   const std::optional<std::string> value = EncodeCheckpoint(std::move(c));
   const Headers headers;
   OutgoingMessage m{&config_.relay.checkpoint_topic, &key, &value, &headers};
@@ -828,6 +848,7 @@ bool Relay::EndTransaction(bool commit, const std::atomic<bool>& stop) {
                   " did not finish in time: " + last_failure_);
       return leading_;
     }
+    if (commit) exactly_once_->CommitRequested();
     Status s = commit ? publisher_->CommitTransaction(Millis(1000))
                       : publisher_->AbortTransaction(Millis(1000));
     if (s.ok()) break;

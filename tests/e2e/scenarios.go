@@ -29,8 +29,9 @@ type Scenario struct {
 	allowMovedKeys bool
 	props          map[string]string // extra [kafka.properties] for outboxd in this scenario
 	fault          func(ctx context.Context, e *Env)
-	eo             bool // relay.delivery = "exactly_once": read_committed witness, a duplicate fails
-	bulk           bool // writers commit up to 100 messages per transaction without pauses (a big stream)
+	eo             bool  // relay.delivery = "exactly_once": read_committed witness, a duplicate fails
+	bulk           bool  // writers commit up to 100 messages per transaction without pauses (a big stream)
+	target         int64 // long form: the writers stop once this many messages committed (`long` is then the time limit)
 }
 
 // Env is what a scenario's fault function works with.
@@ -45,6 +46,8 @@ type Env struct {
 	writers   *Writers
 	prefix    string
 	paused    atomic.Bool // supervisor off: the fault function owns outboxd's life now
+	tid       string      // exactly-once: outboxd's transactional.id
+	target    int64       // the writers stop at this many committed messages (0: at the time limit)
 	countsMu  sync.Mutex
 	counts    map[string][]int // partition counts each topic had while written
 	faultLock sync.Mutex
@@ -184,6 +187,12 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 
 	e := &Env{h: h, r: r, rnd: rand.New(rand.NewSource(time.Now().UnixNano())), adm: adm, brokers: brokers,
 		outboxd: od, topics: &TopicSet{}, prefix: "e2e-" + tag, counts: map[string][]int{}}
+	if r.ExactlyOnce {
+		e.tid = "outboxd-" + db
+	}
+	if h.Long {
+		e.target = s.target
+	}
 	led := NewLedger()
 	e.writers = &Writers{Conninfo: h.conninfo(db), Topics: e.topics, Ledger: led, Cfg: defaultWriterConfig(h.Long),
 		seed: time.Now().UnixNano()}
@@ -235,6 +244,15 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 		writeFor = s.long
 	}
 	runCtx, stopRun := context.WithTimeout(ctx, writeFor)
+	if e.target > 0 {
+		// Count-bound: the writers stop once the target committed (writeFor is the time limit).
+		go func() {
+			for runCtx.Err() == nil && e.writers.Written.Load() < e.target {
+				sleepCtx(runCtx, 100*time.Millisecond)
+			}
+			stopRun()
+		}()
+	}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); e.writers.Run(runCtx) }()

@@ -36,13 +36,19 @@ func (h *Harness) conninfo(db string) string {
 
 // script runs one of the project's scripts (scripts/pg.sh, scripts/kafka.sh) with the ports exported.
 func (h *Harness) script(ctx context.Context, name string, args ...string) error {
+	_, err := h.scriptOutput(ctx, name, args...)
+	return err
+}
+
+// scriptOutput is script that also returns what the script printed.
+func (h *Harness) scriptOutput(ctx context.Context, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(h.Root, "scripts", name), args...)
 	cmd.Env = os.Environ()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("scripts/%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("scripts/%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
-	return nil
+	return string(out), nil
 }
 
 // createDatabase makes a fresh database for one scenario run and applies the schema with outboxd migrate.

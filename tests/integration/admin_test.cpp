@@ -392,5 +392,89 @@ TEST_F(AdminIntegrationTest, ReplaySendsSentRowsAgainWhileALeaderRuns) {
   EXPECT_NE(none.second.find("no sent row matches"), std::string::npos);
 }
 
+// Exactly-once recovery against rows put back by an operator. The leader dies (SIGKILL) right
+// after a delivery, so the last committed checkpoint names the delivered rows; the operator then
+// puts some of them back (replay, or requeue of a dead letter). The next leader's recovery removes
+// the rows that checkpoint carried without sending them: it must not take the rows put back for
+// them (that removed them unsent: lost). The witness reads read_committed (librdkafka's default).
+std::string ExactlyOnceToml(const std::string& name, const std::string& more = "") {
+  return "delivery = \"exactly_once\"\ntransactional_id = \"" + name + "\"\n" + more;
+}
+
+TEST_F(AdminIntegrationTest, ReplayedRowsAreSentAfterAnExactlyOnceLeaderDies) {
+  const std::string relay = ExactlyOnceToml("replay-" + topic_, "on_sent = \"retain\"\n");
+  OutboxdProcess first(services_, *db_, relay, "[admin]\nlisten = \"\"\n");
+  first.Start();
+  Consumer consumer(services_, topic_);
+  ExpectedMessages sent = PublishMany(10, 2, topic_);
+  ASSERT_TRUE(consumer.ReadUntilIds(Ids(sent), 60s)) << first.Log();
+  ASSERT_TRUE(WaitFor([&] { return Count("outbox.messages WHERE sent_at IS NULL") == 0; }, 20s))
+      << first.Log();
+  first.Kill(SIGKILL);
+  ASSERT_TRUE(first.Wait(10s));
+  const int64_t lo = sent.begin()->first, hi = sent.rbegin()->first;
+  auto replayed = Json(Command(first, {"replay", "--from-id", std::to_string(lo), "--json"}));
+  ASSERT_EQ(replayed["replayed"], 10) << replayed.dump();
+
+  OutboxdProcess second(services_, *db_, relay, "[admin]\nlisten = \"\"\n");
+  second.Start();
+  const bool again = WaitFor(
+      [&] {
+        consumer.ReadFor(200ms);
+        auto copies = Copies(consumer.records());
+        for (int64_t id = lo; id <= hi; ++id) {
+          if (copies[id] < 2) return false;
+        }
+        return true;
+      },
+      30s);
+  ASSERT_TRUE(again) << "replayed rows were not sent again: the new leader's recovery took them "
+                        "for the rows of the last checkpoint\n"
+                     << second.Log();
+  ExpectedMessages markers = PublishMarkers(topic_);
+  ASSERT_TRUE(consumer.ReadUntilIds(Ids(markers), 30s)) << second.Log();
+  auto copies = Copies(consumer.records());
+  for (int64_t id = lo; id <= hi; ++id) EXPECT_EQ(copies[id], 2) << "id " << id;
+  EXPECT_TRUE(WaitFor([&] { return Count("outbox.messages WHERE sent_at IS NULL") == 0; }, 20s));
+}
+
+TEST_F(AdminIntegrationTest, RequeuedDeadLetterIsSentAfterAnExactlyOnceLeaderDies) {
+  // With a dead-letter topic the poison row's copy travels in a transaction, so the checkpoint
+  // names it (`dead=`).
+  const std::string dead_topic = NewTopic("dlt", 1);
+  const std::string relay =
+      ExactlyOnceToml("requeue-" + topic_, "dead_letter_topic = \"" + dead_topic + "\"\n");
+  OutboxdProcess first(services_, *db_, relay, "[admin]\nlisten = \"\"\n");
+  first.Start();
+  Consumer consumer(services_, topic_);
+  Consumer dead_consumer(services_, dead_topic);
+  const int64_t poison = InsertPoison("key-0");
+  ASSERT_TRUE(dead_consumer.ReadUntilIds({poison}, 60s)) << first.Log();
+  ASSERT_TRUE(WaitFor([&] { return Count("outbox.dead_letters") == 1; }, 20s)) << first.Log();
+  ASSERT_EQ(Count("outbox.messages"), 0);
+  first.Kill(SIGKILL);
+  ASSERT_TRUE(first.Wait(10s));
+  db_->Exec("UPDATE outbox.dead_letters SET headers = '{\"fixed\": \"yes\"}'");
+  auto requeued = Json(Command(first, {"dead-letters", "requeue", "--all", "--json"}));
+  ASSERT_EQ(requeued["requeued"], nlohmann::json::array({poison}));
+
+  OutboxdProcess second(services_, *db_, relay, "[admin]\nlisten = \"\"\n");
+  second.Start();
+  ASSERT_TRUE(consumer.ReadUntilIds({poison}, 30s))
+      << "the requeued row never arrived: the new leader's recovery dead-lettered it again ("
+      << Count("outbox.dead_letters") << " dead letter(s) now)\n"
+      << second.Log();
+  ExpectedMessages markers = PublishMarkers(topic_);
+  ASSERT_TRUE(consumer.ReadUntilIds(Ids(markers), 30s)) << second.Log();
+  EXPECT_EQ(Copies(consumer.records())[poison], 1);
+  for (const Record& r : consumer.records()) {
+    if (r.outbox_id() == poison) {
+      EXPECT_EQ(r.Header("fixed"), "yes");
+    }
+  }
+  EXPECT_EQ(Count("outbox.dead_letters"), 0);
+  EXPECT_TRUE(WaitFor([&] { return Count("outbox.messages") == 0; }, 20s));
+}
+
 }  // namespace
 }  // namespace outboxd::testing

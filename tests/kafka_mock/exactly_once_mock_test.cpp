@@ -57,29 +57,11 @@ std::map<int64_t, int> CopiesIn(const MockCluster& cluster, const std::string& t
   return copies;
 }
 
-// librdkafka 2.0.2's mock cluster writes no transaction markers, so even a read_committed reader
-// sees the checkpoint record of an aborted transaction there; a real broker never shows it (the
-// e2e harness tests that). Where a test makes the relay give its producer up in the middle of an
-// aborted transaction, this stands in for the broker's filter: a checkpoint counts only if the
-// broker acknowledged every message it names, as it did for every committed transaction.
-CheckpointReader MockReadCommitted(CheckpointReader inner, FakeStore& store) {
-  return [inner = std::move(inner), &store](const std::string& outbox) {
-    auto c = inner(outbox);
-    if (!c.ok() || !*c) return c;
-    for (int64_t id : (*c)->sent) {
-      if (!store.witness().HasId(id)) {
-        return Result<std::optional<Checkpoint>>(std::optional<Checkpoint>());
-      }
-    }
-    return c;
-  };
-}
-
 // A relay with a real transactional KafkaPublisher, witnessed (support/running_relay.h), and
-// the checkpoint reader outboxd uses (or MockReadCommitted over it).
+// the checkpoint reader outboxd uses.
 class RunningRelay : public testing::RunningRelay {
  public:
-  RunningRelay(Config config, FakeStore& store, bool mock_read_committed = false)
+  RunningRelay(Config config, FakeStore& store)
       : testing::RunningRelay(
             std::move(config), store,
             [&store](const Config& c) {
@@ -87,10 +69,7 @@ class RunningRelay : public testing::RunningRelay {
                   [&c] { return KafkaPublisher::Create(c.kafka, TransactionalId(c)); },
                   store.witness());
             },
-            [&store, mock_read_committed](const Config& c) {
-              return mock_read_committed ? MockReadCommitted(KafkaCheckpointReader(c), store)
-                                         : KafkaCheckpointReader(c);
-            }) {}
+            [](const Config& c) { return KafkaCheckpointReader(c); }) {}
 };
 
 class ExactlyOnceMock : public ::testing::Test {
@@ -268,9 +247,9 @@ TEST_F(ExactlyOnceMock, TransactionNotAcknowledgedInTimeIsAbortedAndSentAgain) {
   c.kafka.properties["transaction.timeout.ms"] = "2000";
   AddRows(1, 400);
   // The timeouts may also make the mock report a fatal error mid-abort: the relay gives its
-  // producer up and reads the checkpoint, which the mock would show with the aborted transaction's
-  // ids.
-  RunningRelay relay(c, store_, /*mock_read_committed=*/true);
+  // producer up; its commit never asked for, the transaction aborted, and the new producer does
+  // not read the checkpoint again (AbortThatFailsFatallySendsTheTransactionsRowsAgain).
+  RunningRelay relay(c, store_);
   ASSERT_TRUE(Eventually([&] { return store_.Removed().size() >= 200; }, kLongWait));
   for (int32_t b = 1; b <= kBrokers; ++b) {
     rd_kafka_mock_broker_push_request_error_rtts(cluster_.get(), b, kProduceApi, 2,
@@ -330,6 +309,44 @@ TEST_F(ExactlyOnceMock, PoisonRowIsDeadLetteredThroughATransactionWhileTheRestFl
   }
   std::cout << "[ eo-poison ] committed " << s.transactions_committed << ", aborted "
             << s.transactions_aborted << ", dead-lettered " << s.dead_lettered << "\n";
+}
+
+// A transaction that must abort (its rows refused: MSG_SIZE_TOO_LARGE) whose abort then fails
+// fatally (EndTxn answered TRANSACTIONAL_ID_AUTHORIZATION_FAILED): the relay rebuilds its producer
+// within the term. Its commit was never asked for, so it aborted: the relay sends its rows again
+// and does not read the checkpoint again. (This mock writes no transaction markers: a reader
+// there shows the aborted transaction's checkpoint, naming rows that were never written, and
+// removing them would lose them; a real broker would not show it, and the rows the relay had
+// fetched must still be fetched again in this term, not left behind for the next one.)
+TEST_F(ExactlyOnceMock, AbortThatFailsFatallySendsTheTransactionsRowsAgain) {
+  constexpr int16_t kProduceApi = 0, kEndTxnApi = 26;
+  Config c = EoConfig();
+  // Rows on broker 2, the checkpoint record on broker 1: the refusal hits the rows only.
+  for (int32_t p = 0; p < kPartitions; ++p) {
+    rd_kafka_mock_partition_set_leader(cluster_.get(), topic_.c_str(), p, 2);
+  }
+  rd_kafka_mock_partition_set_leader(cluster_.get(), c.relay.checkpoint_topic.c_str(), 0, 1);
+  AddRows(1, 300);
+  RunningRelay relay(c, store_);
+  ASSERT_TRUE(AllRemoved());
+  rd_kafka_mock_push_request_errors(cluster_.get(), kEndTxnApi, 1,
+                                    RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+  // The refusal comes late (500 ms): the checkpoint record is written first, as it would be
+  // when the failing partition's leader answers last.
+  rd_kafka_mock_broker_push_request_error_rtts(cluster_.get(), 2, kProduceApi, 1,
+                                               RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, 500);
+  AddRows(301, 310);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  AddRows(311, 600);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  Relay::Stats s = relay.Stop();
+  EXPECT_GE(s.producer_rebuilds, 1) << "the abort did not fail fatally: no rebuild to test";
+  EXPECT_TRUE(store_.DeadLetters().empty());
+  std::map<std::string, std::vector<int64_t>> per_key;
+  auto copies = CopiesIn(cluster_, topic_, &per_key);
+  ExpectNoLossInKeyOrder(600, copies, per_key);
+  std::cout << "[ eo-abort-fatal ] committed " << s.transactions_committed << ", aborted "
+            << s.transactions_aborted << ", producer rebuilds " << s.producer_rebuilds << "\n";
 }
 
 // The coordinator answers a commit with PRODUCER_FENCED (a newer producer of the transactional.id

@@ -29,13 +29,6 @@ class ReportWitness {
     std::lock_guard l(mu_);
     return persisted_.count({topic, id}) > 0;
   }
-  bool HasId(int64_t id) {  // on any topic
-    std::lock_guard l(mu_);
-    for (const auto& [topic, i] : persisted_) {
-      if (i == id) return true;
-    }
-    return false;
-  }
 
  private:
   std::mutex mu_;

@@ -38,6 +38,29 @@ TEST(Checkpoint, LateCommitsOfLowerIdsAreCarriedExactly) {
   EXPECT_EQ(back->sent, (std::vector<int64_t>{3, 10, 11, 12}));
 }
 
+TEST(Checkpoint, CarriesThePutBackGenerationOnlyWhenThereIsOne) {
+  Checkpoint c{"u", {4, 5}, {6}, 3};
+  std::string text = EncodeCheckpoint(c);
+  EXPECT_EQ(text, "outboxd-checkpoint v1 outbox=u sent=4-5 dead=6 put_back=3");
+  auto back = ParseCheckpoint(text);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->put_back, 3);
+  EXPECT_EQ(back->dead, (std::vector<int64_t>{6}));
+  // Generation 0 (no put-back yet, or a record of an older outboxd): the field is absent.
+  auto old = ParseCheckpoint("outboxd-checkpoint v1 outbox=u sent=4 dead=");
+  ASSERT_TRUE(old.ok());
+  EXPECT_EQ(old->put_back, 0);
+  EXPECT_EQ(EncodeCheckpoint(*old), "outboxd-checkpoint v1 outbox=u sent=4 dead=");
+  auto empty_dead = ParseCheckpoint("outboxd-checkpoint v1 outbox=u sent=4 dead= put_back=9");
+  ASSERT_TRUE(empty_dead.ok());
+  EXPECT_TRUE(empty_dead->dead.empty());
+  EXPECT_EQ(empty_dead->put_back, 9);
+  for (const char* bad : {"outboxd-checkpoint v1 outbox=u sent=4 dead= put_back=",
+                          "outboxd-checkpoint v1 outbox=u sent=4 dead= put_back=-1x"}) {
+    EXPECT_FALSE(ParseCheckpoint(bad).ok()) << bad;
+  }
+}
+
 TEST(Checkpoint, RefusesWhatItDidNotWrite) {
   for (const char* bad : {"", "hello", "outboxd-checkpoint v1 outbox=x sent=1-5",
                           "outboxd-checkpoint v1 outbox=x sent=5-1 dead=",
@@ -48,6 +71,47 @@ TEST(Checkpoint, RefusesWhatItDidNotWrite) {
                           "outboxd-checkpoint v1 sent=1 dead="}) {
     EXPECT_FALSE(ParseCheckpoint(bad).ok()) << bad;
   }
+}
+
+TEST(ExactlyOnce, ARebuiltProducerRereadsTheCheckpointOnlyIfACommitWasAskedFor) {
+  InFlightLedger ledger;
+  ExactlyOnce eo;
+  eo.SetInitialized();
+  eo.SetReady();
+  Entry a{1, "k", false, false}, b{2, "k", false, false};
+  // Rebuilt mid-transaction, no commit asked for: it aborted; its rows go again from the lowest.
+  eo.Begin();
+  eo.Carried(a);
+  eo.Carried(b);
+  eo.Held(a);
+  EXPECT_TRUE(eo.ProducerRebuilt(ledger).empty());
+  EXPECT_FALSE(eo.ready());
+  EXPECT_FALSE(eo.initialized());
+  EXPECT_FALSE(eo.open());
+  EXPECT_TRUE(eo.checkpoint_applied());
+  EXPECT_EQ(ledger.rewind_to(), 1);
+  EXPECT_TRUE(ledger.marks().empty());
+  // A commit was asked for and cut off: its outcome is the checkpoint's to tell.
+  ledger.StartAttempt();
+  eo.SetInitialized();
+  eo.SetReady();
+  eo.Begin();
+  eo.Carried(a);
+  eo.Held(a);
+  eo.CommitRequested();
+  eo.ProducerRebuilt(ledger);
+  EXPECT_FALSE(eo.checkpoint_applied());
+  // A committed transaction's outcome is known again.
+  eo.SetReady();
+  eo.Begin();
+  eo.Carried(b);
+  eo.CommitRequested();
+  eo.Committed(ledger, Clock::now());
+  eo.ProducerRebuilt(ledger);
+  EXPECT_TRUE(eo.checkpoint_applied());
+  // A new term always reads it.
+  eo.Reset();
+  EXPECT_FALSE(eo.checkpoint_applied());
 }
 
 TEST(ExactlyOnce, AcksOfAnOpenTransactionRemoveNothingUntilItCommits) {
