@@ -359,7 +359,7 @@ Config Build(const toml::value& root, const std::string& file, std::vector<std::
       relay, p,
       {"batch_size", "max_in_flight", "poll_interval", "idle_poll_interval", "idle_grace", "notify",
        "on_sent", "retention", "cleanup_interval", "shutdown_timeout", "dead_letter_topic",
-       "delivery", "checkpoint_topic", "transactional_id", "remove_interval"});
+       "delivery", "checkpoint_topic", "transactional_id", "remove_interval", "sleep_below_rate"});
   RelayConfig& rc = c.relay;
   r.MaybeInt(relay, p, "batch_size", 1, 100'000, &rc.batch_size);
   r.MaybeInt(relay, p, "max_in_flight", 1, 1'000'000, &rc.max_in_flight);
@@ -372,6 +372,7 @@ Config Build(const toml::value& root, const std::string& file, std::vector<std::
   r.MaybeDuration(relay, p, "idle_poll_interval", Millis(1), &rc.idle_poll_interval);
   r.MaybeDuration(relay, p, "idle_grace", Millis(0), &rc.idle_grace);
   r.MaybeBool(relay, p, "notify", &rc.notify);
+  r.MaybeInt(relay, p, "sleep_below_rate", 0, 1'000'000, &rc.sleep_below_rate);
   if (const toml::value* v = r.Find(relay, "on_sent")) {
     std::string s = r.String(*v, "relay.on_sent");
     if (s == "delete") {

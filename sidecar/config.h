@@ -45,6 +45,10 @@ struct RelayConfig {
   // Acknowledged rows are removed together once this old, or once batch_size of them gathered
   // (0: in every round).
   Millis remove_interval{0};
+  // Arrivals slower than this (messages per second, measured between the last two rounds that
+  // found rows): sleep on LISTEN as soon as caught up instead of polling through idle_grace, so
+  // the next commit wakes the relay by NOTIFY (0: always wait idle_grace).
+  int sleep_below_rate = 30;
 };
 
 struct BackoffConfig {

@@ -178,17 +178,21 @@ bool Relay::Step(const std::atomic<bool>& stop) {
     return Rescan();
   }
   if (rows.empty()) return IdleWait(stop);
-  if (!Wake()) return false;
+  RowsArrived(rows.size());
   pending_rows_ = std::move(rows);
   if (static_cast<int>(pending_rows_.size()) < config_.relay.batch_size) {
-    // Caught up: send these now, then let the next rows gather for a moment instead of asking
-    // PostgreSQL again at once (back-to-back rounds of a few rows cost the application's commits).
+    // Caught up: send these now (a relay woken by NOTIFY clears the flag after, not before), then
+    // let the next rows gather for a moment instead of asking PostgreSQL again at once
+    // (back-to-back rounds of a few rows cost the application's commits).
     if (!ProducePending()) return false;
+    if (!Wake()) return false;
     auto until = Clock::now() + config_.relay.idle_poll_interval;
     while (leading_ && Clock::now() < until) {
       // Rounded up: the last fraction of a millisecond is a wait too, not a spin of Poll(0).
       ServeReports(std::chrono::ceil<Millis>(until - Clock::now()));
     }
+  } else if (!Wake()) {
+    return false;
   }
   return leading_;
 }
@@ -563,13 +567,28 @@ void Relay::LoseLeadership(const Status& why) {
   store_.Disconnect();
   idle_since_.reset();
   asleep_ = false;  // the next leader clears the flag when it takes over
+  last_rows_at_.reset();
+  arrival_rate_ = -1;
+}
+
+void Relay::RowsArrived(size_t rows) {
+  const auto now = Clock::now();
+  if (last_rows_at_) {
+    const double seconds = std::chrono::duration<double>(now - *last_rows_at_).count();
+    arrival_rate_ = seconds > 0 ? static_cast<double>(rows) / seconds : 1e9;
+  }
+  last_rows_at_ = now;
 }
 
 bool Relay::IdleWait(const std::atomic<bool>& stop) {
   auto now = Clock::now();
   if (!idle_since_) idle_since_ = now;
+  // Rows arrive slower than polling through the grace is worth: sleep now, and the next commit
+  // notifies (issue 12, "waking without a pause").
+  const bool slow = config_.relay.notify && config_.relay.sleep_below_rate > 0 &&
+                    arrival_rate_ >= 0 && arrival_rate_ < config_.relay.sleep_below_rate;
   if (!ledger_.empty() || !ledger_.marks().empty() ||
-      now - *idle_since_ < config_.relay.idle_grace) {
+      (!slow && now - *idle_since_ < config_.relay.idle_grace)) {
     if (ledger_.empty()) {
       WaitInterruptibly(config_.relay.idle_poll_interval, stop);
     } else {

@@ -118,6 +118,8 @@ class Relay {
   void LoseLeadership(const Status& why);
   // Nothing to fetch: poll again soon, or (notify = true) sleep on LISTEN.
   bool IdleWait(const std::atomic<bool>& stop);
+  // A round found `rows` rows: measures the arrival rate for IdleWait.
+  void RowsArrived(size_t rows);
   // Rows arrived: leave the sleeping state, so publish() stops notifying.
   bool Wake();
   void Drain();
@@ -151,6 +153,10 @@ class Relay {
   std::vector<OutboxRow> pending_rows_;  // fetched, produced during the next round
   std::optional<std::chrono::steady_clock::time_point> idle_since_;
   bool asleep_ = false;  // outbox.relay_state.sleeping is set
+  // When the last round that found rows ended, and the arrival rate it measured (rows per second
+  // since the one before; negative: not known yet).
+  std::optional<std::chrono::steady_clock::time_point> last_rows_at_;
+  double arrival_rate_ = -1;
   std::chrono::steady_clock::time_point next_cleanup_;
   Backoff backoff_;
   OnceLogger pg_log_{"PostgreSQL"};

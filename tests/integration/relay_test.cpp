@@ -380,7 +380,10 @@ std::map<std::string, int> NotificationsUntilMarker(pg::Connection& c, milliseco
 // publish() notifies only while outboxd sleeps (README, Limits): commits that arrive while it
 // is awake (faster than idle_grace apart) send no NOTIFY, which would serialize them.
 TEST_F(RelayIntegration, PublishNotifiesOnlyWhileTheRelaySleeps) {
-  OutboxdProcess outboxd(services_, *db_, "poll_interval = \"30s\"\nidle_grace = \"2s\"");
+  // (sleep_below_rate = 0: the first of the 200 commits comes long after the one before, and
+  // would send the relay to sleep at once; see SlowCommitsPutTheRelayToSleepAtOnce.)
+  OutboxdProcess outboxd(services_, *db_,
+                         "poll_interval = \"30s\"\nidle_grace = \"2s\"\nsleep_below_rate = 0");
   outboxd.Start();
   pg::Connection listener = db_->Connect();
   ASSERT_TRUE(listener.Exec("LISTEN outbox; LISTEN test_marker").ok());
@@ -411,6 +414,34 @@ TEST_F(RelayIntegration, PublishNotifiesOnlyWhileTheRelaySleeps) {
   EXPECT_EQ(NotificationsUntilMarker(listener, seconds(10))["outbox"], 1);
   Consumer consumer(services_, topic_);
   EXPECT_EQ(consumer.ReadUntil(202, seconds(30)).size(), 202u) << outboxd.Log();
+}
+
+// Issue 12, waking without a pause: commits slower than relay.sleep_below_rate put the relay to
+// sleep on LISTEN as soon as it caught up, long before idle_grace, so the next commit notifies and
+// wakes it at once (instead of waiting for the next poll).
+TEST_F(RelayIntegration, SlowCommitsPutTheRelayToSleepAtOnce) {
+  OutboxdProcess outboxd(services_, *db_,
+                         "poll_interval = \"30s\"\nidle_grace = \"30s\"\nsleep_below_rate = 30");
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("leading the outbox", seconds(20))) << outboxd.Log();
+  pg::Connection listener = db_->Connect();
+  ASSERT_TRUE(listener.Exec("LISTEN outbox; LISTEN test_marker").ok());
+  auto sleeping = [&] { return db_->Scalar("SELECT sleeping FROM outbox.relay_state") == "t"; };
+  pg::Connection app = db_->Connect();
+  // Two commits 300 ms apart (3 a second, or fewer on a loaded machine): the second one measures
+  // the rate.
+  ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ + "', 'k', 'first')").ok());
+  std::this_thread::sleep_for(milliseconds(300));
+  ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ + "', 'k', 'second')").ok());
+  // Asleep well before idle_grace (30 s) ends.
+  ASSERT_TRUE(WaitFor(sleeping, seconds(10))) << outboxd.Log();
+  ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ + "', 'k', 'third')").ok());
+  ASSERT_TRUE(app.Exec("NOTIFY test_marker").ok());
+  EXPECT_EQ(NotificationsUntilMarker(listener, seconds(10))["outbox"], 1)
+      << "the commit after the sleep notified once";
+  Consumer consumer(services_, topic_);
+  // poll_interval is 30 s: only the NOTIFY brings the third row this soon.
+  EXPECT_EQ(consumer.ReadUntil(3, seconds(10)).size(), 3u) << outboxd.Log();
 }
 
 // The roles of the README: outbox_writer may call publish() and nothing else; outbox_relay is

@@ -295,7 +295,11 @@ class FakeStore : public OutboxStore {
     if (it == rows_.end()) return std::optional<OutboxRow>();
     return std::optional<OutboxRow>(it->second);
   }
-  Status SetSleeping(bool) override { return Status::Ok(); }
+  Status SetSleeping(bool sleeping) override {
+    if (sleeping) ++sleeps;
+    return Status::Ok();
+  }
+  std::atomic<int> sleeps{0};  // times the relay set the sleeping flag
   Result<bool> WaitForNotify(Millis timeout) override {
     std::this_thread::sleep_for(std::min(timeout, Millis(2)));
     return false;

@@ -520,5 +520,37 @@ TEST(Relay, ThePauseBetweenCaughtUpRoundsWaitsInsteadOfSpinning) {
   EXPECT_LE(broker.zero_timeout_polls.load(), 4 * store.fetches()) << store.fetches() << " fetches";
 }
 
+// Issue 12, waking without a pause: rows that arrive slower than relay.sleep_below_rate send the
+// relay to sleep on LISTEN as soon as it caught up (the next commit notifies), instead of polling
+// every idle_poll_interval through idle_grace. With sleep_below_rate = 0 it polls as before.
+int SleepsWhileRowsTrickleIn(int sleep_below_rate) {
+  FakeStore store;
+  FakeBroker broker;
+  Config c = TestConfig();
+  c.relay.idle_poll_interval = Millis(5);
+  c.relay.idle_grace = Millis(5000);  // longer than the whole test: only the rate may end it
+  c.relay.sleep_below_rate = sleep_below_rate;
+  RunningRelay relay(c, store, broker);
+  const int n = 6;
+  for (int i = 1; i <= n; ++i) {
+    store.Add(i, "t", "k", "v");
+    EXPECT_TRUE(Eventually([&] { return relay.stats().acknowledged >= i; }));
+    // 10 rows a second at most (the pause stretches on a loaded machine: slower still).
+    std::this_thread::sleep_for(Millis(100));
+  }
+  EXPECT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
+  relay.Stop();
+  return store.sleeps.load();
+}
+
+TEST(Relay, SlowArrivalsSleepAsSoonAsCaughtUp) {
+  // The rate is known from the second row on: each of rows 2..6 is followed by a sleep.
+  EXPECT_GE(SleepsWhileRowsTrickleIn(50), 5);
+}
+
+TEST(Relay, WithoutSleepBelowRateTheRelayPollsThroughTheGrace) {
+  EXPECT_EQ(SleepsWhileRowsTrickleIn(0), 0);
+}
+
 }  // namespace
 }  // namespace outboxd
