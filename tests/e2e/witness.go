@@ -73,30 +73,44 @@ func endOffsets(ctx context.Context, brokers []string, topics []string) (map[str
 		return nil, nil, err
 	}
 	defer cl.Close()
-	listed, err := adm.ListEndOffsets(ctx, topics...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list end offsets: %w", err)
-	}
-	ends := map[string]map[int32]int64{}
-	counts := map[string]int{}
-	var listErr error
-	listed.Each(func(o kadm.ListedOffset) {
-		if o.Err != nil {
-			if o.Err != kerr.UnknownTopicOrPartition {
-				listErr = fmt.Errorf("end offset of %s/%d: %w", o.Topic, o.Partition, o.Err)
+	// Right after a leader election a partition's new leader answers OFFSET_NOT_AVAILABLE (or
+	// NOT_LEADER...) until its high watermark has caught up: a retriable error is asked again until
+	// ctx ends, any other fails the read.
+	for {
+		listed, err := adm.ListEndOffsets(ctx, topics...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("list end offsets: %w", err)
+		}
+		ends := map[string]map[int32]int64{}
+		counts := map[string]int{}
+		var listErr error
+		retry := false
+		listed.Each(func(o kadm.ListedOffset) {
+			if o.Err != nil {
+				if o.Err != kerr.UnknownTopicOrPartition {
+					listErr = fmt.Errorf("end offset of %s/%d: %w", o.Topic, o.Partition, o.Err)
+					retry = retry || kerr.IsRetriable(o.Err)
+				}
+				return
 			}
-			return
+			counts[o.Topic]++
+			if ends[o.Topic] == nil {
+				ends[o.Topic] = map[int32]int64{}
+			}
+			ends[o.Topic][o.Partition] = o.Offset
+		})
+		if listErr == nil {
+			return ends, counts, nil
 		}
-		counts[o.Topic]++
-		if ends[o.Topic] == nil {
-			ends[o.Topic] = map[int32]int64{}
+		if !retry {
+			return nil, nil, listErr
 		}
-		ends[o.Topic][o.Partition] = o.Offset
-	})
-	if listErr != nil {
-		return nil, nil, listErr
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("%w (still at %v)", listErr, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	return ends, counts, nil
 }
 
 // readPartitions is the witness's one read loop: a franz-go consumer (with `opts`) of the partitions
