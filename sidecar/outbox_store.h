@@ -159,6 +159,9 @@ class PgOutboxStore : public OutboxStore {
   const int batch_size_;
   const bool notify_;
   const OnSent on_sent_;
+  // Exactly-once: a removal must be durable before the next transaction commits (its checkpoint
+  // names only its own rows), so the session keeps synchronous_commit on.
+  const bool durable_removals_;
 
   std::optional<pg::Connection> conn_;
   bool leader_ = false;
