@@ -40,9 +40,14 @@ UNION ALL
 // Binary timestamptz: microseconds since 2000-01-01 UTC.
 constexpr int64_t kPgEpochUnixMicros = 946'684'800'000'000;
 
-constexpr const char* kDeleteSql = "DELETE FROM outbox.messages WHERE id = ANY($1::bigint[])";
-constexpr const char* kRetainSql =
-    "UPDATE outbox.messages SET sent_at = now() WHERE id = ANY($1::bigint[]) AND sent_at IS NULL";
+// $1, $2: the acknowledged ids as runs (ToRuns), each read by one index range scan.
+constexpr const char* kDeleteSql = R"sql(
+DELETE FROM outbox.messages m USING unnest($1::bigint[], $2::bigint[]) AS r(first, last)
+ WHERE m.id BETWEEN r.first AND r.last)sql";
+constexpr const char* kRetainSql = R"sql(
+UPDATE outbox.messages m SET sent_at = now()
+  FROM unnest($1::bigint[], $2::bigint[]) AS r(first, last)
+ WHERE m.id BETWEEN r.first AND r.last AND m.sent_at IS NULL)sql";
 constexpr const char* kDeadLetterSql = R"sql(
 WITH moved AS (DELETE FROM outbox.messages WHERE id = $1
                RETURNING id, topic, key, payload, headers, created_at)
@@ -68,7 +73,30 @@ constexpr const char* kCleanupSql = R"sql(
 DELETE FROM outbox.messages WHERE id IN (
   SELECT id FROM outbox.messages WHERE sent_at < now() - $1::interval LIMIT 10000))sql";
 
+// The mark_sent statement's parameters.
+pg::Params RunParams(std::vector<int64_t> ids) {
+  IdRuns runs = ToRuns(std::move(ids));
+  pg::Params p;
+  p.Add(pg::ArrayLiteral(runs.starts)).Add(pg::ArrayLiteral(runs.ends));
+  return p;
+}
+
 }  // namespace
+
+IdRuns ToRuns(std::vector<int64_t> ids) {
+  std::sort(ids.begin(), ids.end());
+  IdRuns runs;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0 && ids[i] == ids[i - 1]) continue;
+    if (runs.ends.empty() || ids[i] != runs.ends.back() + 1) {
+      runs.starts.push_back(ids[i]);
+      runs.ends.push_back(ids[i]);
+    } else {
+      runs.ends.back() = ids[i];
+    }
+  }
+  return runs;
+}
 
 PgOutboxStore::PgOutboxStore(const Config& config)
     : conninfo_(config.postgres.conninfo),
@@ -179,8 +207,7 @@ Status PgOutboxStore::StartRound(std::vector<int64_t> ids) {
   last_statement_ = std::chrono::steady_clock::now();
   round_marks_ = !ids.empty();
   std::vector<pg::Connection::Statement> statements;
-  if (round_marks_)
-    statements.push_back({"mark_sent", pg::Params().Add(pg::ArrayLiteral(ids)), false});
+  if (round_marks_) statements.push_back({"mark_sent", RunParams(std::move(ids)), false});
   statements.push_back({"fetch", FetchParams(), true});
   return Failed(conn_->SendPipeline(statements));
 }
@@ -247,9 +274,7 @@ Status PgOutboxStore::MarkSent(const std::vector<int64_t>& ids) {
   if (ids.empty()) return Status::Ok();
   if (!leader_) return Status::NotLeader("not leading");
   last_statement_ = std::chrono::steady_clock::now();
-  pg::Params p;
-  p.Add(pg::ArrayLiteral(ids));
-  return Failed(conn_->ExecPrepared("mark_sent", p).status());
+  return Failed(conn_->ExecPrepared("mark_sent", RunParams(ids)).status());
 }
 
 Status PgOutboxStore::DeadLetter(int64_t id, const std::string& error) {

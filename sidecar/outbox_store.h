@@ -32,6 +32,15 @@ struct OutboxRow {
   int64_t created_at_us = 0;           // created_at: microseconds since 1970-01-01 UTC
 };
 
+// Ids as runs of consecutive values, ascending and without repeats: {7, 1, 3, 2, 9, 10} gives
+// starts {1, 7, 9} and ends {3, 7, 10}. A removal names the runs rather than each id, so
+// PostgreSQL reads each run by one B-tree range scan instead of one descent per id; every id
+// inside a run is one of the ids, so no other row can match.
+struct IdRuns {
+  std::vector<int64_t> starts, ends;
+};
+IdRuns ToRuns(std::vector<int64_t> ids);
+
 class OutboxStore {
  public:
   virtual ~OutboxStore() = default;

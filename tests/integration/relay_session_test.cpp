@@ -9,6 +9,9 @@
 //
 // The witness is PostgreSQL's own: with jit_dump_bitcode = on, every compilation writes
 // <pid>.<n>.bc into the data directory.
+//
+// Also here: the removal statement, which names acknowledged ids as runs (ToRuns), removes (or
+// marks) exactly the named rows in both on_sent modes.
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -111,6 +114,45 @@ TEST(RelaySession, StatementsAreNotJitCompiledWhenTheirPlanLooksExpensive) {
       << "PostgreSQL did not JIT-compile a statement costing 1e10: is JIT (llvmjit) installed?";
   EXPECT_EQ(relay_compilations, 0) << "the relay's session JIT-compiled " << relay_compilations
                                    << " modules in " << fetches << " fetches";
+}
+
+// Removes the named ids (unsorted, repeated, in runs and alone) from 30 rows and returns the ids
+// whose row is gone (delete) or marked sent (retain), in order.
+std::string RemovedIds(Services& services, OnSent on_sent) {
+  TestDatabase db(services);
+  db.Exec("SELECT count(outbox.publish('t', 'k', 'x')) FROM generate_series(1, 30)");
+  const int64_t first = std::stoll(db.Scalar("SELECT min(id) FROM outbox.messages"));
+  Config config;
+  config.postgres.conninfo = db.conninfo();
+  config.relay.on_sent = on_sent;
+  PgOutboxStore store(config);
+  Status led = store.Lead();
+  EXPECT_TRUE(led.ok()) << led.message();
+  std::vector<int64_t> ids;
+  for (int64_t offset : {12, 3, 4, 5, 0, 29, 4, 20, 21, 7, 28}) ids.push_back(first + offset);
+  Status marked = store.MarkSent(ids);
+  EXPECT_TRUE(marked.ok()) << marked.message();
+  store.Disconnect();
+  const std::string gone =
+      on_sent == OnSent::kDelete
+          ? "SELECT g FROM generate_series(0, 29) g WHERE NOT EXISTS (SELECT FROM "
+            "outbox.messages WHERE id = " +
+                std::to_string(first) + " + g)"
+          : "SELECT id - " + std::to_string(first) +
+                " FROM outbox.messages WHERE sent_at IS NOT NULL";
+  return db.Scalar("SELECT string_agg(g::text, ',' ORDER BY g) FROM (" + gone + ") AS s(g)");
+}
+
+TEST(RelaySession, RemovalTakesExactlyTheNamedRows) {
+  Services services;
+  OUTBOXD_REQUIRE_SERVICES(services);
+  EXPECT_EQ(RemovedIds(services, OnSent::kDelete), "0,3,4,5,7,12,20,21,28,29");
+}
+
+TEST(RelaySession, RetainModeMarksExactlyTheNamedRows) {
+  Services services;
+  OUTBOXD_REQUIRE_SERVICES(services);
+  EXPECT_EQ(RemovedIds(services, OnSent::kRetain), "0,3,4,5,7,12,20,21,28,29");
 }
 
 }  // namespace
