@@ -3,7 +3,8 @@
 # fixed rates, the cost to the application's commits, outboxd's peak RSS, and the Debezium peer on
 # the same workload. Prints a table; writes bench/results/latest.json (and a dated copy).
 #   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
-#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer,eo,norelay,ab,peerapp,profile,logcost
+#   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer,eo,norelay,ab,peerapp,profile,logcost,
+#   writepath
 #   (and delay, run only when named), e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
 #   not latest.json). A 10M drain: BENCH_MESSAGES=10000000 BENCH_ONLY=drain make bench
 set -euo pipefail
@@ -19,7 +20,7 @@ want() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
 "$ROOT/scripts/build.sh" >&2
 eval "$("$ROOT/scripts/services.sh" start)"
 B="$ROOT/build/bench/outboxd_bench"
-OUTBOXD="$ROOT/build/outboxd"
+OUTBOXD=${BENCH_OUTBOXD:-$ROOT/build/outboxd}  # another build: its binary (and its schema)
 PGPORT=${OUTBOXD_PG_PORT:-55432}
 DB=outboxd_bench
 CONN="host=127.0.0.1 port=$PGPORT dbname=$DB user=postgres"
@@ -455,6 +456,33 @@ if [[ $ONLY == *delay* ]]; then
   log "delay: the machine may be loaded (other work shares the cores): compare the two runs, not absolutes"
   run_delay delay_none_waiting 0 "${BENCH_DELAY_DUE:-100000}"
   run_delay delay_waiting "${BENCH_DELAY_WAITING:-1000000}" "${BENCH_DELAY_DUE:-100000}"
+fi
+
+# 12. The application's write path (BENCH_ONLY=writepath): the time of one transaction that
+# calls a write function once, beside one that INSERTs the same row: pgbench, one client, for
+# BENCH_WRITEPATH_SECONDS (5) each, with synchronous_commit = off so that no fsync is timed; the best
+# of 3. No relay runs. The difference to the INSERT is what the function adds to every message (one
+# call per transaction, as an application calls it: a loop of calls in one transaction would keep
+# what PostgreSQL caches per transaction and hide a statement planned at every call).
+if want writepath; then
+  fresh_db
+  declare -A WRITE=(
+    [insert]="INSERT INTO outbox.messages (topic, key, payload) VALUES ('w', 'key-' || (random() * 1000)::int, convert_to(repeat('x', 200), 'UTF8'));"
+    [publish_bytea]="SELECT outbox.publish('w', 'key-' || (random() * 1000)::int, convert_to(repeat('x', 200), 'UTF8'));"
+    [publish_text]="SELECT outbox.publish('w', 'key-' || (random() * 1000)::int, repeat('x', 200));"
+    [publish_jsonb]="SELECT outbox.publish('w', 'key-' || (random() * 1000)::int, jsonb_build_object('x', repeat('x', 190)));"
+    [prepare_text]="SELECT outbox.prepare('w', 'key-' || (random() * 1000)::int, repeat('x', 200));")
+  for f in insert publish_bytea publish_text publish_jsonb prepare_text; do
+    echo "${WRITE[$f]}" >"$W/write-$f.sql"
+    best=0
+    for _ in 1 2 3; do
+      tps=$(PGOPTIONS="-c synchronous_commit=off" /usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" \
+        -U postgres -n -c 1 -j 1 -T "${BENCH_WRITEPATH_SECONDS:-5}" -f "$W/write-$f.sql" "$DB" 2>/dev/null |
+        awk '/tps = / {print $3; exit}')
+      best=$(python3 -c "print(max($best, $tps))")
+    done
+    record "writepath_$f" "{\"tps\": $best, \"us_per_tx\": $(python3 -c "print(round(1e6 / $best, 1))")}"
+  done
 fi
 
 python3 "$ROOT/bench/report.py" "$RESULTS" "$ROOT/bench/results" "${ONLY:+$ONLY-$N}"
