@@ -69,18 +69,73 @@ for name, r in sorted(results.items()):
                         f"p99 {r['from_commit_returned_p99_ms']:.1f} ms")
         add(f"live latency at {r['offered_per_s']:,}/s offered ({r['achieved_per_s']:,}/s achieved), COMMIT sent -> broker append",
             f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} / max {r['max_ms']:.0f} ms", base,
-            f"{r['matched']:,} of {r['expected']:,} matched{returned}; RSS {r['peak_rss_kib'] / 1024:.1f} MiB (targets p50 <= 5, p99 <= 25 ms)")
+            f"{r['matched']:,} of {r['expected']:,} matched{returned}; RSS {r['peak_rss_kib'] / 1024:.1f} MiB")
 a = results.get("app_cost")
 if a:
     off = a["tps_without_outboxd"]
     add("application commits/s (pgbench, 8 clients, 1 publish per tx)",
         f"{a['tps_with_outboxd_notify']:,} (notify on) / {a['tps_with_outboxd_no_notify']:,} (notify off)",
         f"{off:,} without outboxd",
-        f"{a['tps_with_outboxd_notify'] / off:.2f} / {a['tps_with_outboxd_no_notify'] / off:.2f} of without (target >= 0.9)")
+        f"{a['tps_with_outboxd_notify'] / off:.2f} / {a['tps_with_outboxd_no_notify'] / off:.2f} of without")
+for f in ("publish_bytea", "publish_text", "publish_jsonb", "prepare_text"):
+    w, ins = results.get("writepath_" + f), results.get("writepath_insert")
+    if w and ins:
+        add(f"one transaction with one {f.replace('_', '() of a ', 1)} payload, 1 client, no fsync",
+            f"{w['us_per_tx']:.0f} us", f"plain INSERT of the row {ins['us_per_tx']:.0f} us",
+            f"the function adds {w['us_per_tx'] - ins['us_per_tx']:.0f} us")
+
+# The targets of issue 12, each beside its same-run baseline, met or not.
+targets = []
+def target(what, measured, baseline, ratio, met):
+    targets.append((what, measured, baseline, ratio, "yes" if met else "**no**"))
+def lat(r):
+    return f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms ({r['achieved_per_s']:,}/s achieved)"
+def peer_lat(name):
+    p = results.get("debezium_" + name)
+    return f"Debezium p50 {p['p50_ms']:.1f} / p99 {p['p99_ms']:.1f} ms" if p else "(peer not run)"
+for rate, p50_max, p99_max in ((5000, 3, 10), (7000, None, 15)):
+    r = results.get(f"latency_{rate}")
+    if r:
+        ret = (f"; from COMMIT returned p50 {r['from_commit_returned_p50_ms']:.1f} ms"
+               if "from_commit_returned_p50_ms" in r else "")
+        goal = (f"p50 <= {p50_max}, " if p50_max else "") + f"p99 <= {p99_max} ms"
+        target(f"live latency at {rate:,}/s offered, COMMIT sent -> broker append: {goal}", lat(r) + ret,
+               peer_lat(f"latency_{rate}"), "",
+               (p50_max is None or r["p50_ms"] <= p50_max) and r["p99_ms"] <= p99_max)
+if a:
+    off = a["tps_without_outboxd"]
+    target("application commits with outboxd >= 0.95 of without (notify on)",
+           f"{a['tps_with_outboxd_notify']:,} tps", f"{off:,} tps without outboxd",
+           f"{a['tps_with_outboxd_notify'] / off:.2f}", a["tps_with_outboxd_notify"] >= 0.95 * off)
+if d and dbc and kc:
+    target("drain >= 0.8 of the serial ceiling 1/(1/DB-only + 1/Kafka-only)", f"{d['msgs_per_s']:,.0f} msgs/s",
+           f"DB-only {dbc['msgs_per_s']:,.0f}, Kafka-only {kc['msgs_per_s']:,.0f}, serial {serial:,.0f} msgs/s",
+           f"{d['msgs_per_s'] / serial:.2f} of the serial, {d['msgs_per_s'] / ceiling:.2f} of the smaller",
+           d["msgs_per_s"] >= 0.8 * serial)
+if d and dd:
+    target(">= 10x the Debezium peer's drain", f"{d['msgs_per_s']:,.0f} msgs/s", f"Debezium {dd['msgs_per_s']:,.0f} msgs/s",
+           f"{d['msgs_per_s'] / dd['msgs_per_s']:.1f}x", d["msgs_per_s"] >= 10 * dd["msgs_per_s"])
+for name, r in sorted(results.items()):
+    p = results.get("debezium_" + name)
+    if name.startswith("latency_") and not name.endswith("_cost") and p:
+        target(f"live p99 ahead of the Debezium peer's, {r['offered_per_s']:,}/s offered", f"p99 {r['p99_ms']:.1f} ms",
+               f"Debezium p99 {p['p99_ms']:.1f} ms", f"{p['p99_ms'] / r['p99_ms']:.0f}x", r["p99_ms"] < p["p99_ms"])
+if d:
+    flat = d["last_tenth_msgs_per_s"] >= 0.9 * d["first_tenth_msgs_per_s"]
+    target(f"flat throughput from the first to the last tenth ({d['messages']:,} drained; the target names 10M)",
+           f"last tenth {d['last_tenth_msgs_per_s']:,.0f} msgs/s", f"first tenth {d['first_tenth_msgs_per_s']:,.0f} msgs/s",
+           f"{d['last_tenth_msgs_per_s'] / d['first_tenth_msgs_per_s']:.2f}", flat and d["messages"] >= 10_000_000)
+    rss = max([d["peak_rss_kib"]] + [r["peak_rss_kib"] for n, r in results.items()
+                                      if n.startswith("latency_") and "peak_rss_kib" in r])
+    target("peak RSS <= 64 MiB (drain and live runs)", f"{rss / 1024:.1f} MiB", "", "", rss <= 64 * 1024)
 
 table = ["| measurement | outboxd | same-run baseline | ratio / note |", "|---|---|---|---|"]
 table += [f"| {w} | {v} | {b} | {n} |" for w, v, b, n in rows]
-text = f"Machine: {machine}. Date: {now}. Commit: {commit}. Command: `make bench`.\n\n" + "\n".join(table)
+text = f"Machine: {machine}. Date: {now}. Commit: {commit}. Command: `make bench`.\n\n"
+if targets:
+    text += ("| target (issue 12) | measured | same-run baseline | ratio | met? |\n|---|---|---|---|---|\n"
+             + "\n".join(f"| {w} | {m} | {b} | {r} | {v} |" for w, m, b, r, v in targets) + "\n\n")
+text += "\n".join(table)
 
 # Cost per message (issue 12): CPU seconds per million messages of each party and WAL bytes per
 # message, from every run that recorded a "<name>_cost" beside it; the load average says how busy
