@@ -5,7 +5,7 @@
 #   BENCH_MESSAGES (1000000)  BENCH_RATES ("5000 7000")  BENCH_SECONDS (60)  BENCH_PEER (1: run Debezium)
 #   BENCH_ONLY: a subset of drain,latency,inflight,appcost,peer,eo,norelay,ab,peerapp,profile,logcost,
 #   writepath
-#   (and delay, run only when named), e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
+#   (and ab and delay, run only when named), e.g. "drain" (then results go to bench/results/<date>-drain-<N>.json,
 #   not latest.json). A 10M drain: BENCH_MESSAGES=10000000 BENCH_ONLY=drain make bench
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -294,7 +294,7 @@ fi
 # BENCH_AB_KAFKA are B's too. BENCH_AB_ROUNDS (2), BENCH_AB_RUNS ("drain latency"; also
 # "appcost": 20 s of pgbench, 8 clients, with the variant running). Every run records its cost
 # (CPU and WAL per message) and its rate, latency or tps, named ab_<V>_<round>_<run>. BENCH_ONLY=ab
-if want ab; then
+if [[ ",$ONLY," == *",ab,"* ]]; then  # only when named: a full run has no variants to compare
   BENCH_AB_B_BIN=${BENCH_AB_B_BIN:-${BENCH_AB_BIN:-}}
   BENCH_AB_B_RELAY=${BENCH_AB_B_RELAY:-${BENCH_AB_RELAY:-}}
   BENCH_AB_B_KAFKA=${BENCH_AB_B_KAFKA:-${BENCH_AB_KAFKA:-}}
