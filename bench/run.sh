@@ -31,6 +31,7 @@ RESULTS="$W/results.jsonl"
 RUN=$(date +%s)  # topics are new in every run, so no earlier run's records are read
 : >"$RESULTS"
 psql_db() { psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d "$DB" -qtAX "$@"; }
+pgbench_db() { /usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n "$@" "$DB"; }
 record() { echo "{\"name\": \"$1\", \"result\": $2}" >>"$RESULTS"; log "$1: $2"; }
 source "$ROOT/bench/cost.sh"  # cost_mark / cost_json: CPU seconds and WAL bytes per message
 
@@ -150,8 +151,7 @@ fi
 # 3. Cost to the application: pgbench commit rate of one publish per transaction.
 if want appcost; then
 echo "SELECT outbox.publish('appcost-$RUN', 'key-' || (random() * 1000)::int, repeat('x', 200));" >"$W/publish.sql"
-pgbench_tps() { /usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -c 8 -j 2 -T 20 \
-  -f "$W/publish.sql" "$DB" 2>/dev/null | awk '/tps = / {print int($3); exit}'; }
+pgbench_tps() { pgbench_db -c 8 -j 2 -T 20 -f "$W/publish.sql" 2>/dev/null | awk '/tps = / {print int($3); exit}'; }
 fresh_db
 "$B" topic --bootstrap "$K" --topic appcost-$RUN --partitions 6 >/dev/null
 off=$(pgbench_tps)
@@ -311,7 +311,7 @@ if [[ ",$ONLY," == *",ab,"* ]]; then  # only when named: a full run has no varia
           OPID=
           [[ $OUTBOXD != none ]] && { start_outboxd; sleep 1; }
           cost_mark "$W/cost-a" checkpoint
-          out=$(/usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -c 8 -j 2 -T 20 -f "$W/ab-publish.sql" "$DB" 2>/dev/null)
+          out=$(pgbench_db -c 8 -j 2 -T 20 -f "$W/ab-publish.sql" 2>/dev/null)
           cost_mark "$W/cost-b"
           [[ $OUTBOXD != none ]] && stop_outboxd >/dev/null
           tx=$(awk '/number of transactions actually processed/ {print $NF}' <<<"$out" | cut -d/ -f1)
@@ -346,7 +346,7 @@ if [[ $PEER == 1 ]] && want peerapp; then
   pgbench_cost() { # pgbench_cost SCRIPT NAME: a 20 s pgbench run; records tps, CPU and WAL per transaction
     local out tx
     cost_mark "$W/cost-a"
-    out=$(/usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" -U postgres -n -c 8 -j 2 -T 20 -f "$1" "$DB" 2>/dev/null)
+    out=$(pgbench_db -c 8 -j 2 -T 20 -f "$1" 2>/dev/null)
     cost_mark "$W/cost-b"
     tx=$(awk '/number of transactions actually processed/ {print $NF}' <<<"$out" | cut -d/ -f1)
     record "$2" "$(python3 -c "import json; d=json.loads('$(cost_json "$W/cost-a" "$W/cost-b" "$tx")'); d['tps']=int(float('$(awk '/tps = / {print $3; exit}' <<<"$out")')); print(json.dumps(d))")"
@@ -476,9 +476,8 @@ if want writepath; then
     echo "${WRITE[$f]}" >"$W/write-$f.sql"
     best=0
     for _ in 1 2 3; do
-      tps=$(PGOPTIONS="-c synchronous_commit=off" /usr/lib/postgresql/15/bin/pgbench -h 127.0.0.1 -p "$PGPORT" \
-        -U postgres -n -c 1 -j 1 -T "${BENCH_WRITEPATH_SECONDS:-5}" -f "$W/write-$f.sql" "$DB" 2>/dev/null |
-        awk '/tps = / {print $3; exit}')
+      tps=$(PGOPTIONS="-c synchronous_commit=off" pgbench_db -c 1 -j 1 -T "${BENCH_WRITEPATH_SECONDS:-5}" \
+        -f "$W/write-$f.sql" 2>/dev/null | awk '/tps = / {print $3; exit}')
       best=$(python3 -c "print(max($best, $tps))")
     done
     record "writepath_$f" "{\"tps\": $best, \"us_per_tx\": $(python3 -c "print(round(1e6 / $best, 1))")}"
