@@ -371,6 +371,12 @@ std::optional<size_t> KeyLineValue(const std::string& line) {
 // The value token of a key line from `v`: [begin, end), a quoted string or up to whitespace or a
 // comment.
 std::pair<size_t, size_t> Token(const std::string& line, size_t v) {
+  for (const char* triple : {"\"\"\"", "'''"}) {
+    if (line.compare(v, 3, triple) == 0) {
+      size_t close = line.find(triple, v + 3);
+      return {v, close == std::string::npos ? line.size() : close + 3};
+    }
+  }
   if (line[v] == '"' || line[v] == '\'') {
     size_t close = line.find(line[v], v + 1);
     return {v, close == std::string::npos ? line.size() : close + 1};
@@ -504,7 +510,8 @@ class Rewriter {
         const auto [b, e] = Token(l, *KeyLineValue(l));
         const std::string value = l.substr(b, e - b);
         std::string respelt = value;
-        if (value.size() >= 2 && value[0] == '"' && value.back() == '"') {
+        if (value.size() >= 2 && value[0] == '"' && value.back() == '"' &&
+            value.compare(0, 3, "\"\"\"") != 0) {  // a basic string, not yet respelt
           respelt = String(value);
         } else if (!value.empty() && value.size() < 19 &&
                    value.find_first_not_of("0123456789", value[0] == '-' ? 1 : 0) ==
