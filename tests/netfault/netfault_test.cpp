@@ -379,8 +379,9 @@ TEST_F(NetFault, SlowLossyLinkLosesNothing) {
 // The leader hangs (SIGSTOP) for 20 s (or OUTBOXD_NETFAULT_FREEZE_SECONDS), then continues. Its
 // kernel still answers TCP, so only the session timeout can depose it: B takes over within the
 // bound. When A continues, its first statement fails (its session is gone), it stops delivering and
-// stands by. Witnesses, not its log: with B's work drained, no record arrives after A wakes, and
-// the outbox's removal audit shows no row removed by A once B led.
+// stands by. Witnesses, not its log: B drains the outbox and is stopped for a few seconds (it keeps
+// the lock) while 100 new rows wait; A wakes: no record arrives, the 100 rows stay, and the
+// outbox's removal audit shows no row removed by A once B led. Then B delivers them.
 TEST_F(NetFault, FrozenLeaderIsReplacedAndStandsByWhenItWakes) {
   AuditRemovals();
   Writer writer(*db_, topic_);
@@ -397,16 +398,44 @@ TEST_F(NetFault, FrozenLeaderIsReplacedAndStandsByWhenItWakes) {
   ASSERT_TRUE(took_over) << b_->Log();
   const size_t drained = DrainWithB(writer, consumer);
   while (Since(frozen) < freeze_seconds) std::this_thread::sleep_for(milliseconds(100));
+  // Bait for A: B is frozen a few seconds (well inside its 10 s session timeout, so it keeps the
+  // lock) while rows wait in the outbox. Anything produced or removed meanwhile is A's.
+  b_->Kill(SIGSTOP);
+  const auto b_frozen = Clock::now();
+  ExpectedMessages bait = PublishMany(100, 10, topic_);
   a_->Kill(SIGCONT);
   std::cout << "leader frozen (SIGSTOP): standby leads after " << takeover << " s\n";
   EXPECT_LE(takeover, std::chrono::duration<double>(kTakeoverBound).count());
   auto woke = Clock::now();
-  ASSERT_TRUE(a_->WaitForLog("stopped delivering", seconds(30))) << a_->Log();
-  std::cout << "the frozen leader noticed " << Since(woke) << " s after SIGCONT\n";
-  EXPECT_TRUE(a_->WaitForLog("standing by", seconds(30))) << a_->Log();  // then judge it
-  ExpectOldLeaderInert(consumer, drained, "frozen leader");
+  const bool stood_by = a_->WaitForLog("standing by", seconds(4));  // a pause, not the verdict
+  const double stood_by_after = Since(woke);
+  consumer.ReadFor(seconds(2));
+  const size_t during = consumer.records().size();
+  const int64_t left = Remaining();
+  const int64_t removed_by_a = RemovedByAAfterB();
+  b_->Kill(SIGCONT);
+  const double b_stopped = Since(b_frozen);
+  std::cout << "the frozen leader stood by " << stood_by_after << " s after SIGCONT; B was stopped "
+            << b_stopped << " s\n";
+  ASSERT_LT(b_stopped, 8.0) << "B was stopped too long to be sure it kept the lock";
+  EXPECT_EQ(during, drained) << "records arrived while only the woken leader ran\nA:\n"
+                             << a_->Log();
+  EXPECT_EQ(left, 100) << "the woken leader removed bait rows\nA:\n" << a_->Log();
+  EXPECT_EQ(removed_by_a, 0) << "the woken leader removed rows after B led\nA:\n" << a_->Log();
+  EXPECT_GT(RemovedByA(), 0) << "the witness never saw A remove a row";
+  EXPECT_TRUE(stood_by) << a_->Log();
   EXPECT_EQ(LockHolders(), "1");
-  ExpectAllDelivered(writer, consumer, "frozen leader");
+  // B delivers the bait; everything arrives.
+  ASSERT_TRUE(WaitFor([&] { return Remaining() == 0; }, seconds(60))) << b_->Log();
+  ExpectedMessages expected = writer.expected();
+  expected.insert(bait.begin(), bait.end());
+  consumer.ReadUntil(expected.size(), seconds(60));
+  consumer.ReadFor(seconds(1));
+  DeliveryCheck check = CheckDelivery(expected, consumer.records(), kPartitions);
+  std::cout << "frozen leader: " << check.Summary() << "\n";
+  EXPECT_EQ(check.lost, 0u) << check.Summary();
+  EXPECT_EQ(check.out_of_order, 0u) << check.Summary();
+  EXPECT_EQ(check.unexpected, 0u) << check.Summary();
 }
 
 }  // namespace
