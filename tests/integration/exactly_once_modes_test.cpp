@@ -21,7 +21,7 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-class ExactlyOnceIntegration : public ServicesTest {
+class ExactlyOnceModes : public ServicesTest {
  protected:
   void SetUp() override {
     ServicesTest::SetUp();
@@ -63,7 +63,7 @@ class ExactlyOnceIntegration : public ServicesTest {
 // SIGTERM while a backlog of 20,000 rows goes out in transactions of 200 back to back: outboxd
 // ends its transaction, removes what was committed and exits 0. What it left in the outbox is
 // exactly what no consumer saw; a second run delivers the rest, and every row arrives once.
-TEST_F(ExactlyOnceIntegration, SigtermMidStreamEndsCleanAndTheNextRunSendsNothingTwice) {
+TEST_F(ExactlyOnceModes, SigtermMidStreamEndsCleanAndTheNextRunSendsNothingTwice) {
   constexpr int kRows = 20'000;
   ExpectedMessages expected = PublishMany(kRows, 50, topic_);
   Consumer consumer(services_, topic_);
@@ -100,7 +100,7 @@ TEST_F(ExactlyOnceIntegration, SigtermMidStreamEndsCleanAndTheNextRunSendsNothin
 
 // Half messages in exactly-once mode: the committed one arrives once (with its prepared id), the
 // rolled-back one and the unresolved one never, across a restart of outboxd too.
-TEST_F(ExactlyOnceIntegration, HalfMessagesCommittedArriveOnceRolledBackNever) {
+TEST_F(ExactlyOnceModes, HalfMessagesCommittedArriveOnceRolledBackNever) {
   pg::Connection app = db_->Connect();
   auto prepare = [&](const std::string& key, const std::string& value) {
     auto r = app.Query("SELECT outbox.prepare('" + topic_ + "', '" + key + "', '" + value + "')");
@@ -161,7 +161,7 @@ TEST_F(ExactlyOnceIntegration, HalfMessagesCommittedArriveOnceRolledBackNever) {
 
 // Delayed messages in exactly-once mode: each arrives once, no earlier than its time, and holds
 // back the later messages of its key; outboxd restarts (SIGTERM) while they wait.
-TEST_F(ExactlyOnceIntegration, DelayedMessagesArriveOnceAfterTheirTimeAcrossARestart) {
+TEST_F(ExactlyOnceModes, DelayedMessagesArriveOnceAfterTheirTimeAcrossARestart) {
   pg::Connection app = db_->Connect();
   auto publish = [&](const std::string& key, const std::string& value, const std::string& at) {
     auto r = app.Query("SELECT outbox.publish('" + topic_ + "', '" + key + "', '" + value + "'" +
