@@ -40,7 +40,7 @@ class SchemaIntegration : public ServicesTest {
   }
   static std::string MigrateConfig(const TestDatabase& db) {
     return TestFile(UniqueName("migrate") + ".toml", "[postgres]\nconninfo = \"" + db.conninfo() +
-                                                         "\"\n[kafka]\nbootstrap = \"" +
+                                                         "\"\n[kafka]\nbootstrap_servers = \"" +
                                                          "127.0.0.1:1\"\n");
   }
 };
@@ -73,9 +73,9 @@ TEST_F(SchemaIntegration, MigrateUpgradesFromEveryEarlierVersion) {
               std::to_string(all.size()));
     EXPECT_EQ(db.Scalar("SELECT count(*) FROM outbox.messages"), "1");
     if (version >= 4) {
-      EXPECT_EQ(db.Scalar("SELECT outbox.consume_once('billing', 4711, 1765000000000000)"), "false")
+      EXPECT_EQ(db.Scalar("SELECT outbox.consume_once('billing', 4711, 1765000000000000)"), "f")
           << "an inbox row written by id alone no longer turns its id away";
-      EXPECT_EQ(db.Scalar("SELECT outbox.consume_once('billing', 4712, 1765000000000000)"), "true");
+      EXPECT_EQ(db.Scalar("SELECT outbox.consume_once('billing', 4712, 1765000000000000)"), "t");
     }
     if (version >= 5) {
       EXPECT_EQ(db.Scalar("SELECT string_agg(key, ',') FROM outbox.delayed_keys"), "waiting");
@@ -101,16 +101,16 @@ TEST_F(SchemaIntegration, InboxKeyIsTheIdAndCreatedAtPair) {
     return db_->Scalar("SELECT outbox.consume_once('" + consumer + "', " + id + ", " + created +
                        ")");
   };
-  EXPECT_EQ(once("billing", "7", "1765000000000001"), "true");
-  EXPECT_EQ(once("billing", "7", "1765000000000001"), "false");  // a redelivery
-  EXPECT_EQ(once("billing", "7", "1765000000999999"), "true");   // the id came back
-  EXPECT_EQ(once("billing", "7", "1765000000999999"), "false");
-  EXPECT_EQ(once("shipping", "7", "1765000000000001"), "true");
+  EXPECT_EQ(once("billing", "7", "1765000000000001"), "t");
+  EXPECT_EQ(once("billing", "7", "1765000000000001"), "f");  // a redelivery
+  EXPECT_EQ(once("billing", "7", "1765000000999999"), "t");   // the id came back
+  EXPECT_EQ(once("billing", "7", "1765000000999999"), "f");
+  EXPECT_EQ(once("shipping", "7", "1765000000000001"), "t");
   // The id-only form keeps its meaning: one per id, whatever the created_at.
-  EXPECT_EQ(db_->Scalar("SELECT outbox.consume_once('old', 9)"), "true");
-  EXPECT_EQ(db_->Scalar("SELECT outbox.consume_once('old', 9)"), "false");
-  EXPECT_EQ(once("old", "9", "1765000000000001"), "false");
-  EXPECT_EQ(db_->Scalar("SELECT outbox.consume_once('billing', 7)"), "false");
+  EXPECT_EQ(db_->Scalar("SELECT outbox.consume_once('old', 9)"), "t");
+  EXPECT_EQ(db_->Scalar("SELECT outbox.consume_once('old', 9)"), "f");
+  EXPECT_EQ(once("old", "9", "1765000000000001"), "f");
+  EXPECT_EQ(db_->Scalar("SELECT outbox.consume_once('billing', 7)"), "f");
   for (const std::string& bad : {std::string("NULL"), std::string("0")}) {
     Status s = db_->Connect().Exec("SELECT outbox.consume_once('billing', 8, " + bad + ")");
     EXPECT_NE(s.message().find("SQLSTATE 22023"), std::string::npos) << s.message();
@@ -118,7 +118,7 @@ TEST_F(SchemaIntegration, InboxKeyIsTheIdAndCreatedAtPair) {
   // A consumer's role may call it.
   EXPECT_EQ(db_->Scalar("SELECT has_function_privilege('outbox_consumer', "
                         "'outbox.consume_once(text, bigint, bigint)', 'EXECUTE')"),
-            "true");
+            "t");
 }
 
 // The leader removes inbox rows processed longer ago than inbox.retention, every

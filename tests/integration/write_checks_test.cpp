@@ -176,11 +176,11 @@ TEST_F(WriteChecksIntegration, HoldBackHoldsForRepeatableReadAndSerializableWrit
 // The release removes the key rows of the keys it emptied, and only those.
 TEST_F(WriteChecksIntegration, ReleaseRemovesTheKeyRowsOfKeysItEmptied) {
   db_->Exec("SELECT outbox.publish('" + topic_ +
-            "', 'soon', 'v'::text, '{}', clock_timestamp() + interval '10 ms')");
+            "', 'soon', 'v'::text, '{}', clock_timestamp() + interval '1 s')");
   db_->Exec("SELECT outbox.publish('" + topic_ +
             "', 'later', 'v'::text, '{}', clock_timestamp() + interval '1 hour')");
   db_->Exec("SELECT outbox.publish('" + topic_ +
-            "', 'both', 'v'::text, '{}', clock_timestamp() + interval '10 ms')");
+            "', 'both', 'v'::text, '{}', clock_timestamp() + interval '1 s')");
   db_->Exec("SELECT outbox.publish('" + topic_ +
             "', 'both', 'v'::text, '{}', clock_timestamp() + interval '1 hour')");
   EXPECT_EQ(db_->Scalar("SELECT string_agg(key, ',' ORDER BY key) FROM outbox.delayed_keys"),
@@ -190,7 +190,7 @@ TEST_F(WriteChecksIntegration, ReleaseRemovesTheKeyRowsOfKeysItEmptied) {
         return db_->Scalar(
                    "SELECT count(*) FROM outbox.delayed WHERE due_at <= clock_timestamp()") == "2";
       },
-      std::chrono::seconds(5)));
+      std::chrono::seconds(10)));
   EXPECT_EQ(db_->Scalar("SELECT outbox.release_due(100)"), "2");
   EXPECT_EQ(db_->Scalar("SELECT string_agg(key, ',' ORDER BY key) FROM outbox.delayed_keys"),
             "both,later");
