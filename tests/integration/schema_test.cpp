@@ -103,7 +103,7 @@ TEST_F(SchemaIntegration, InboxKeyIsTheIdAndCreatedAtPair) {
   };
   EXPECT_EQ(once("billing", "7", "1765000000000001"), "t");
   EXPECT_EQ(once("billing", "7", "1765000000000001"), "f");  // a redelivery
-  EXPECT_EQ(once("billing", "7", "1765000000999999"), "t");   // the id came back
+  EXPECT_EQ(once("billing", "7", "1765000000999999"), "t");  // the id came back
   EXPECT_EQ(once("billing", "7", "1765000000999999"), "f");
   EXPECT_EQ(once("shipping", "7", "1765000000000001"), "t");
   // The id-only form keeps its meaning: one per id, whatever the created_at.
