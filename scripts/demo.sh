@@ -55,12 +55,42 @@ if [[ "${1:-}" == stop ]]; then
   exit 0
 fi
 
-"$ROOT/scripts/build.sh"
-"$ROOT/scripts/services.sh" start >/dev/null
+# Each phase's wall-clock time, printed at the end (phase_done NAME after each one).
+PHASES=()
+phase_t0=$(_now_us)
+demo_t0=$phase_t0
+seconds_since() {
+  local d=$(($(_now_us) - $1))
+  printf '%d.%d' $((d / 1000000)) $((d / 100000 % 10))
+}
+phase_done() {
+  PHASES+=("$(printf '%-34s %6s s' "$1" "$(seconds_since "$phase_t0")")")
+  phase_t0=$(_now_us)
+}
+
+mkdir -p "$DEMO"
+"$ROOT/scripts/deps.sh" run
+phase_done "deps (Debian packages)"
+
+# PostgreSQL and Kafka start (the first time: initdb, Kafka's jars from Maven) while outboxd builds.
+log "starting PostgreSQL and Kafka in the background (log: $DEMO/services.log), building outboxd"
+(
+  t=$(_now_us)
+  "$ROOT/scripts/services.sh" start >/dev/null
+  seconds_since "$t" >"$DEMO/services.took"
+) >"$DEMO/services.log" 2>&1 &
+services_pid=$!
+"$ROOT/scripts/build.sh" run
+phase_done "build (the outboxd target)"
+if ! wait "$services_pid"; then
+  tail -n 30 "$DEMO/services.log" >&2
+  die "PostgreSQL or Kafka did not start (log: $DEMO/services.log)"
+fi
+phase_done "services (after the build)"
+PHASES+=("$(printf '%-34s %6s s' "  services alone, beside the build" "$(cat "$DEMO/services.took")")")
 eval "$("$ROOT/scripts/services.sh" env)"
 # config/outboxd.toml takes the two ports from the environment.
 export OUTBOXD_PG_PORT="${OUTBOXD_PG_PORT:-55432}" OUTBOXD_KAFKA_PORT="${OUTBOXD_KAFKA_PORT:-59092}"
-mkdir -p "$DEMO"
 OUTBOXD="$ROOT/build/outboxd"
 # OUTBOXD_CONFIG (as for outboxd itself) runs the demo with another configuration file.
 CONFIG="${OUTBOXD_CONFIG:-$ROOT/config/outboxd.toml}"
@@ -69,8 +99,19 @@ psql_app() { PGOPTIONS="-c client_min_messages=warning" "$ROOT/scripts/pg.sh" ps
 # Bounded, so that a Kafka that does not answer cannot stall the demo.
 kcat_topic() { timeout 10 kcat -C -b "$OUTBOXD_KAFKA_BOOTSTRAP" -t "$TOPIC" -o beginning -e -q "$@"; }
 
+# The brokers do not create topics on first use (as production brokers don't): the demo creates
+# its topic, in the background while the schema is applied and outboxd starts (a JVM starts).
+log "creating topic '$TOPIC' (scripts/kafka.sh create-topic $TOPIC 1)"
+(
+  t=$(_now_us)
+  "$ROOT/scripts/kafka.sh" create-topic "$TOPIC" 1
+  seconds_since "$t" >"$DEMO/topic.took"
+) >"$DEMO/topic.log" 2>&1 &
+topic_pid=$!
+
 log "applying the schema: outboxd migrate --config ${CONFIG#"$ROOT"/}"
 "$OUTBOXD" migrate --config "$CONFIG"
+phase_done "schema (outboxd migrate)"
 
 stop_outboxd
 # Each run has its own log (the previous one is kept as outboxd.log.1): only this run's lines count.
@@ -85,6 +126,15 @@ until grep -q "leading the outbox" "$OUTBOXD_LOG"; do
   ((SECONDS < deadline)) || die_outboxd "outboxd did not lead the outbox within 30 s"
   sleep 0.1
 done
+phase_done "outboxd start (until it leads)"
+
+if ! wait "$topic_pid"; then
+  cat "$DEMO/topic.log" >&2
+  die "could not create topic '$TOPIC' (log: $DEMO/topic.log)"
+fi
+sed 's/^/  /' "$DEMO/topic.log" | grep -v '^  *$' >&2 || true
+phase_done "topic (after outboxd's start)"
+PHASES+=("$(printf '%-34s %6s s' "  topic alone, beside schema+start" "$(cat "$DEMO/topic.took")")")
 
 RUN="demo-$(date +%s)"
 log "the application commits four orders, each with its message, and rolls one back (run $RUN)"
@@ -136,12 +186,16 @@ if grep -q cancelled <(kcat_topic -f '%s %h\n' | grep "demo-run=$RUN"); then
   die "the rolled-back message arrived: this is a bug"
 fi
 log "$n messages arrived, in commit order per key; the rolled-back one did not."
+phase_done "messages (commit to read back)"
 log "outbox rows left: $(psql_app -tA -c 'SELECT count(*) FROM outbox.messages') (removed after Kafka acknowledged them)"
 check_outboxd_alive
 # The commands below need this run's ports when they are not the defaults.
 ports=""
 [[ "$OUTBOXD_PG_PORT" != 55432 || "$OUTBOXD_KAFKA_PORT" != 59092 ]] &&
   ports="OUTBOXD_PG_PORT=$OUTBOXD_PG_PORT OUTBOXD_KAFKA_PORT=$OUTBOXD_KAFKA_PORT "
+log "time per phase:"
+printf '  %s\n' "${PHASES[@]}" >&2
+printf '  %-34s %6s s\n' "total" "$(seconds_since "$demo_t0")" >&2
 cat <<EOF2
 
 outboxd is still running (pid $OUTBOXD_PID, log $OUTBOXD_LOG). Try:

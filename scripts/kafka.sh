@@ -7,6 +7,8 @@
 #                                         rejoins (OUTBOXD_KAFKA_REJOIN_TIMEOUT, _REJOIN_STALL)
 #   scripts/kafka.sh acl add PRINCIPAL (TYPE NAME OPERATION)...   ACLs of the secure broker
 #   scripts/kafka.sh acl delete PRINCIPAL                          (scripts/kafka/AclTool.java)
+#   scripts/kafka.sh create-topic TOPIC PARTITIONS [single|cluster]  unless it exists (the brokers
+#                                         do not create topics on first use; TopicTool.java)
 # single : broker 127.0.0.1:${OUTBOXD_KAFKA_PORT:-59092}, controller port+1
 # cluster: brokers 127.0.0.1:19092/29092/39092, controllers 19093/29093/39093
 #          (OUTBOXD_CLUSTER_PORT=P moves them to P, P+10000, P+20000; controllers +1),
@@ -46,6 +48,7 @@ usage() {
 usage: $0 start|stop|restart|status|env [single|cluster|secure]
        $0 kill|restart-node <1|2|3>     (cluster mode)
        $0 acl add PRINCIPAL (TYPE NAME OPERATION)... | acl delete PRINCIPAL   (secure mode)
+       $0 create-topic TOPIC PARTITIONS [single|cluster]
 EOF
   exit 2
 }
@@ -162,7 +165,7 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$d/data
 num.partitions=1
-auto.create.topics.enable=true
+auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
 default.replication.factor=$RF
 min.insync.replicas=$MIN_ISR
@@ -620,6 +623,15 @@ case "$cmd" in
     node_pid 1 >/dev/null || die "the secure broker is not running: $0 start secure"
     check_java
     acl_tool "${@:2}"
+    ;;
+  create-topic)
+    [[ $# -ge 3 && $# -le 4 && "$3" =~ ^[1-9][0-9]*$ ]] || usage
+    set_mode "${4:-single}"
+    running=()
+    for n in "${NODES[@]}"; do node_pid "$n" >/dev/null && running+=("$n"); done
+    ((${#running[@]} > 0)) || die "Kafka ($MODE) is not running: $0 start $MODE"
+    check_java
+    java_tool "$(node_logs "${running[0]}")" "$ROOT/scripts/kafka/TopicTool.java" "$(bootstrap)" "$2" "$3"
     ;;
   kill | restart-node)
     # accept "kill 2" and "kill cluster 2"
