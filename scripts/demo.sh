@@ -139,31 +139,31 @@ PHASES+=("$(printf '%-34s %6s s' "  topic alone, beside schema+start" "$(cat "$D
 RUN="demo-$(date +%s)"
 log "the application commits four orders, each with its message, and rolls one back (run $RUN)"
 psql_app -o /dev/null <<SQL
-CREATE TABLE IF NOT EXISTS demo_orders (id int PRIMARY KEY, status text NOT NULL);
-INSERT INTO demo_orders VALUES (42, 'new'), (43, 'new') ON CONFLICT (id) DO UPDATE SET status = 'new';
+CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, status text NOT NULL);
+INSERT INTO orders VALUES (42, 'new'), (43, 'new') ON CONFLICT (id) DO UPDATE SET status = 'new';
 
 BEGIN;
-UPDATE demo_orders SET status = 'paid' WHERE id = 42;
+UPDATE orders SET status = 'paid' WHERE id = 42;
 SELECT outbox.publish('$TOPIC', '42', '{"order":42,"event":"paid"}', '{"demo-run":"$RUN"}');
 COMMIT;
 
 BEGIN;
-UPDATE demo_orders SET status = 'paid' WHERE id = 43;
+UPDATE orders SET status = 'paid' WHERE id = 43;
 SELECT outbox.publish('$TOPIC', '43', jsonb_build_object('order', 43, 'event', 'paid'), '{"demo-run":"$RUN"}');
 COMMIT;
 
 BEGIN;
-UPDATE demo_orders SET status = 'shipped' WHERE id = 42;
+UPDATE orders SET status = 'shipped' WHERE id = 42;
 SELECT outbox.publish('$TOPIC', '42', '{"order":42,"event":"shipped"}', '{"demo-run":"$RUN"}');
 COMMIT;
 
 BEGIN;
-UPDATE demo_orders SET status = 'cancelled' WHERE id = 43;
+UPDATE orders SET status = 'cancelled' WHERE id = 43;
 SELECT outbox.publish('$TOPIC', '43', '{"order":43,"event":"cancelled (rolled back: never sent)"}', '{"demo-run":"$RUN"}');
 ROLLBACK;
 
 BEGIN;
-UPDATE demo_orders SET status = 'shipped' WHERE id = 43;
+UPDATE orders SET status = 'shipped' WHERE id = 43;
 SELECT outbox.publish('$TOPIC', '43', '{"order":43,"event":"shipped"}', '{"demo-run":"$RUN"}');
 COMMIT;
 SQL
