@@ -64,7 +64,7 @@ seconds_since() {
   printf '%d.%d' $((d / 1000000)) $((d / 100000 % 10))
 }
 phase_done() {
-  PHASES+=("$(printf '%-34s %6s s' "$1" "$(seconds_since "$phase_t0")")")
+  PHASES+=("$(printf '%-36s %6s s' "$1" "$(seconds_since "$phase_t0")")")
   phase_t0=$(_now_us)
 }
 
@@ -72,22 +72,37 @@ mkdir -p "$DEMO"
 "$ROOT/scripts/deps.sh" run
 phase_done "deps (Debian packages)"
 
-# PostgreSQL and Kafka start (the first time: initdb, Kafka's jars from Maven) while outboxd builds.
-log "starting PostgreSQL and Kafka in the background (log: $DEMO/services.log), building outboxd"
+# PostgreSQL and Kafka start (the first time: initdb, Kafka's jars from Maven) while outboxd builds;
+# then the demo's topic is created, while the build, the schema and outboxd's start go on. The
+# brokers do not create topics on first use (as production brokers don't), and kcat cannot create
+# one: scripts/kafka.sh create-topic runs Kafka's admin client when the topic is missing.
+log "starting PostgreSQL and Kafka, then creating topic '$TOPIC', in the background (log: $DEMO/services.log); building outboxd"
+rm -f "$DEMO/services.ready"
 (
   t=$(_now_us)
   "$ROOT/scripts/services.sh" start >/dev/null
   seconds_since "$t" >"$DEMO/services.took"
+  touch "$DEMO/services.ready"
+  t=$(_now_us)
+  "$ROOT/scripts/kafka.sh" create-topic "$TOPIC" 1
+  seconds_since "$t" >"$DEMO/topic.took"
 ) >"$DEMO/services.log" 2>&1 &
-services_pid=$!
+background_pid=$!
 "$ROOT/scripts/build.sh" run
 phase_done "build (the outboxd target)"
-if ! wait "$services_pid"; then
+# die_background <what>: the background job's log, then the error.
+die_background() {
+  wait "$background_pid" || true
   tail -n 30 "$DEMO/services.log" >&2
-  die "PostgreSQL or Kafka did not start (log: $DEMO/services.log)"
-fi
+  die "$1 (log: $DEMO/services.log)"
+}
+until [[ -f "$DEMO/services.ready" ]]; do
+  kill -0 "$background_pid" 2>/dev/null || [[ -f "$DEMO/services.ready" ]] ||
+    die_background "PostgreSQL or Kafka did not start"
+  sleep 0.2
+done
 phase_done "services (after the build)"
-PHASES+=("$(printf '%-34s %6s s' "  services alone, beside the build" "$(cat "$DEMO/services.took")")")
+PHASES+=("$(printf '%-36s %6s s' "  services alone, beside the build" "$(cat "$DEMO/services.took")")")
 eval "$("$ROOT/scripts/services.sh" env)"
 # config/outboxd.toml takes the two ports from the environment.
 export OUTBOXD_PG_PORT="${OUTBOXD_PG_PORT:-55432}" OUTBOXD_KAFKA_PORT="${OUTBOXD_KAFKA_PORT:-59092}"
@@ -98,16 +113,6 @@ OUTBOXD_LOG="$DEMO/outboxd.log"
 psql_app() { PGOPTIONS="-c client_min_messages=warning" "$ROOT/scripts/pg.sh" psql -v ON_ERROR_STOP=1 -q "$@"; }
 # Bounded, so that a Kafka that does not answer cannot stall the demo.
 kcat_topic() { timeout 10 kcat -C -b "$OUTBOXD_KAFKA_BOOTSTRAP" -t "$TOPIC" -o beginning -e -q "$@"; }
-
-# The brokers do not create topics on first use (as production brokers don't): the demo creates
-# its topic, in the background while the schema is applied and outboxd starts (a JVM starts).
-log "creating topic '$TOPIC' (scripts/kafka.sh create-topic $TOPIC 1)"
-(
-  t=$(_now_us)
-  "$ROOT/scripts/kafka.sh" create-topic "$TOPIC" 1
-  seconds_since "$t" >"$DEMO/topic.took"
-) >"$DEMO/topic.log" 2>&1 &
-topic_pid=$!
 
 log "applying the schema: outboxd migrate --config ${CONFIG#"$ROOT"/}"
 "$OUTBOXD" migrate --config "$CONFIG"
@@ -128,13 +133,10 @@ until grep -q "leading the outbox" "$OUTBOXD_LOG"; do
 done
 phase_done "outboxd start (until it leads)"
 
-if ! wait "$topic_pid"; then
-  cat "$DEMO/topic.log" >&2
-  die "could not create topic '$TOPIC' (log: $DEMO/topic.log)"
-fi
-sed 's/^/  /' "$DEMO/topic.log" | grep -v '^  *$' >&2 || true
+wait "$background_pid" || die_background "could not create topic '$TOPIC'"
+grep -E "^(created topic|topic) " "$DEMO/services.log" | sed 's/^/  /' >&2 || true
 phase_done "topic (after outboxd's start)"
-PHASES+=("$(printf '%-34s %6s s' "  topic alone, beside schema+start" "$(cat "$DEMO/topic.took")")")
+PHASES+=("$(printf '%-36s %6s s' "  topic alone, after the services" "$(cat "$DEMO/topic.took")")")
 
 RUN="demo-$(date +%s)"
 log "the application commits four orders, each with its message, and rolls one back (run $RUN)"
@@ -195,7 +197,7 @@ ports=""
   ports="OUTBOXD_PG_PORT=$OUTBOXD_PG_PORT OUTBOXD_KAFKA_PORT=$OUTBOXD_KAFKA_PORT "
 log "time per phase:"
 printf '  %s\n' "${PHASES[@]}" >&2
-printf '  %-34s %6s s\n' "total" "$(seconds_since "$demo_t0")" >&2
+printf '  %-36s %6s s\n' "total" "$(seconds_since "$demo_t0")" >&2
 cat <<EOF2
 
 outboxd is still running (pid $OUTBOXD_PID, log $OUTBOXD_LOG). Try:

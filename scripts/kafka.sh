@@ -630,8 +630,15 @@ case "$cmd" in
     running=()
     for n in "${NODES[@]}"; do node_pid "$n" >/dev/null && running+=("$n"); done
     ((${#running[@]} > 0)) || die "Kafka ($MODE) is not running: $0 start $MODE"
-    check_java
-    java_tool "$(node_logs "${running[0]}")" "$ROOT/scripts/kafka/TopicTool.java" "$(bootstrap)" "$2" "$3"
+    # kcat's metadata answers at once when the topic is there; the JVM only creates a missing one.
+    have=$(timeout 10 kcat -L -b "$(bootstrap)" -t "$2" 2>/dev/null |
+      sed -n "s/^ *topic \"$2\" with \([0-9]*\) partitions:\$/\1/p" || true)
+    if [[ -n "$have" && "$have" == "$3" ]]; then
+      echo "topic $2 exists ($have partitions)"
+    else
+      check_java
+      java_tool "$(node_logs "${running[0]}")" "$ROOT/scripts/kafka/TopicTool.java" "$(bootstrap)" "$2" "$3"
+    fi
     ;;
   kill | restart-node)
     # accept "kill 2" and "kill cluster 2"
