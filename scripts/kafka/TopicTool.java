@@ -1,9 +1,10 @@
-// Creates a topic on the local brokers, which do not create topics on first use (as production
-// brokers don't). Run by scripts/kafka.sh create-topic with the broker's jars on the class path;
-// Java runs this file from source. kcat cannot create topics.
+// Creates a topic (run by scripts/kafka.sh create-topic with the broker's jars on the class path;
+// Java runs this file from source). The project's brokers do not auto-create topics, as
+// production brokers do not: whoever writes to a topic creates it first.
 //   TopicTool <bootstrap> <topic> <partitions>
-// A topic that exists already is left as it is (exit 0) when it has that many partitions; with
-// another count it is an error (exit 1): the caller asked for something the topic is not.
+// The replication factor and the topic's settings are the broker's defaults. A topic that exists
+// already is left as it is (exit 0, said on stderr), so a script may run again. Returns once every
+// partition has a leader, so that a producer started next finds the topic whole.
 import java.time.Duration;
 import java.util.List;
 import java.util.Optional;
@@ -15,34 +16,44 @@ import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.common.errors.TopicExistsException;
+import org.apache.kafka.common.errors.UnknownTopicOrPartitionException;
 
 public class TopicTool {
+  static boolean Led(Admin admin, String name) throws Exception {
+    try {
+      TopicDescription d =
+          admin.describeTopics(List.of(name)).allTopicNames().get(10, TimeUnit.SECONDS).get(name);
+      return d.partitions().stream().allMatch(pi -> pi.leader() != null && !pi.leader().isEmpty());
+    } catch (ExecutionException e) {
+      if (e.getCause() instanceof UnknownTopicOrPartitionException) return false;
+      throw e;
+    }
+  }
+
   public static void main(String[] args) throws Exception {
     if (args.length != 3) {
       System.err.println("usage: TopicTool <bootstrap> <topic> <partitions>");
       System.exit(2);
     }
-    String topic = args[1];
     int partitions = Integer.parseInt(args[2]);
     Properties p = new Properties();
     p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, args[0]);
     Admin admin = Admin.create(p);
     try {
       try {
-        // The broker's default replication factor (scripts/kafka.sh sets it per mode).
-        admin.createTopics(List.of(new NewTopic(topic, Optional.of(partitions), Optional.empty())))
-            .all().get(60, TimeUnit.SECONDS);
-        System.out.println("created topic " + topic + " (" + partitions + " partitions)");
+        NewTopic topic = new NewTopic(args[1], Optional.of(partitions), Optional.empty());
+        admin.createTopics(List.of(topic)).all().get(60, TimeUnit.SECONDS);
       } catch (ExecutionException e) {
         if (!(e.getCause() instanceof TopicExistsException)) throw e;
-        TopicDescription d = admin.describeTopics(List.of(topic)).allTopicNames()
-            .get(60, TimeUnit.SECONDS).get(topic);
-        int have = d.partitions().size();
-        if (have != partitions) {
-          System.err.println("topic " + topic + " exists with " + have + " partitions, not " + partitions);
+        System.err.println("topic " + args[1] + " exists already: left as it is");
+      }
+      long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+      while (!Led(admin, args[1])) {
+        if (System.nanoTime() > deadline) {
+          System.err.println("topic " + args[1] + ": a partition has no leader after 60 s");
           System.exit(1);
         }
-        System.out.println("topic " + topic + " exists (" + have + " partitions)");
+        Thread.sleep(100);
       }
     } finally {
       admin.close(Duration.ofSeconds(5));  // not forever when a request timed out
