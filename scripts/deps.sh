@@ -3,13 +3,14 @@
 # update` runs only when something is missing, so the warm path is a single dpkg-query (< 1 s).
 #   scripts/deps.sh run   what building and running outboxd with the local services needs (the demo)
 #   scripts/deps.sh dev   run + what developing and testing needs (the default: build, test)
+#   scripts/deps.sh image dev + what building and testing the container image needs (make image)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SET=${1:-dev}
-[[ "$SET" == run || "$SET" == dev ]] || {
-  echo "usage: $0 [run|dev]" >&2
+[[ "$SET" == run || "$SET" == dev || "$SET" == image ]] || {
+  echo "usage: $0 [run|dev|image]" >&2
   exit 2
 }
 
@@ -43,8 +44,16 @@ DEV_PACKAGES=(
   python3-pip
 )
 
+# `scripts/deps.sh image` (make image: scripts/image.sh, tests/scripts/image_test.sh) adds Podman with
+# runc (Podman would otherwise take crun, which refuses hybrid cgroup hierarchies) and mmdebstrap,
+# which makes the Debian base images.
+IMAGE_PACKAGES=(podman runc mmdebstrap)
+
 PACKAGES=("${RUN_PACKAGES[@]}")
-if [[ "$SET" == dev ]]; then
+if [[ "$SET" == image ]]; then
+  PACKAGES+=("${IMAGE_PACKAGES[@]}")
+fi
+if [[ "$SET" == dev || "$SET" == image ]]; then
   PACKAGES+=("${DEV_PACKAGES[@]}")
   # Go builds the e2e harness (tests/e2e). A Go already on the machine (PATH or /usr/local/go) is
   # used; otherwise Debian 12's golang-go (1.19), which tests/e2e/go.mod's `go 1.19` directive and
