@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "leader_session.h"
+#include "migrate.h"
 #include "pg/connection.h"
 
 namespace outboxd {
@@ -420,6 +421,19 @@ void CheckPostgres(const Config& config, std::vector<Finding>* out, std::set<std
     out->push_back(Make("outbox", "schema", "installed", "no", Health::kRisk,
                         "outbox.messages does not exist", "outboxd migrate"));
     return;
+  }
+  // The scan window needs ids taken one at a time; outboxd refuses to lead without it.
+  const std::string cache = Scalar(c,
+                                   "SELECT s.seqcache FROM pg_catalog.pg_sequence s "
+                                   "WHERE s.seqrelid = to_regclass('outbox.messages_id_seq')")
+                                .value_or("?");
+  if (Status s = CheckIdSequence(c); s.ok()) {
+    out->push_back(Make("outbox", "messages_id_seq", "cache", cache, Health::kOk,
+                        "ids are taken one at a time, as the relay's scan needs"));
+  } else {
+    out->push_back(Make("outbox", "messages_id_seq", "cache", cache, Health::kRisk,
+                        s.message() + " (outboxd refuses to lead until then)",
+                        "ALTER SEQUENCE outbox.messages_id_seq CACHE 1"));
   }
   auto r = c.Query(
       "SELECT DISTINCT topic FROM (SELECT topic FROM outbox.messages WHERE sent_at IS NULL "

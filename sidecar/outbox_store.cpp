@@ -143,6 +143,10 @@ Status PgOutboxStore::Lead() {
     Disconnect();
     return s;
   }
+  if (Status s = CheckIdSequence(*conn_); !s.ok()) {
+    Disconnect();
+    return s;
+  }
   if (Status s = Prepare(); !s.ok()) {
     Disconnect();
     return s;

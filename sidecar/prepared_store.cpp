@@ -65,6 +65,10 @@ Status PgPreparedStore::Connect() {
   // An application transaction holding a prepared row (it is committing it) must not stall
   // check-back for long: give up on that message this round, it is checked again next round.
   Status s = c->Exec("SET lock_timeout = '2s'");
+  // A settlement that PostgreSQL acknowledged but lost in a crash would be made again: a committed
+  // half message would go out a second time under a new outbox-id and created_at, a duplicate no
+  // consumer can tell. So every settlement waits for its WAL flush, whatever the role's default.
+  if (s.ok()) s = c->Exec("SET synchronous_commit = on");
   if (s.ok()) s = c->Prepare("due", kDueSql);
   if (s.ok()) s = c->Prepare("leading", "SELECT " + LeaderHoldsLockSql(1));
   if (s.ok()) s = c->Prepare("settle", SettleSql());
