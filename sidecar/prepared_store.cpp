@@ -33,7 +33,7 @@ constexpr const char* kCleanupSql = R"sql(
 DELETE FROM outbox.prepared WHERE id IN (
   SELECT id FROM outbox.prepared
    WHERE state IN ('committed', 'rolled_back') AND settled_at < now() - $1::interval
-   LIMIT 10000))sql";
+   ORDER BY settled_at LIMIT $2))sql";
 
 const char* SettlementName(Settlement s) {
   switch (s) {
@@ -153,7 +153,7 @@ Result<bool> PgPreparedStore::RecordUnknown(int64_t id, Millis check_interval,
 Result<int64_t> PgPreparedStore::RemoveSettledBefore(Millis retention) {
   if (!conn_) return Status::Unavailable("check-back: not connected");
   pg::Params p;
-  p.Add(IntervalLiteral(retention));
+  p.Add(IntervalLiteral(retention)).Add(kRemoveSettledBatch);
   auto r = conn_->Query(kCleanupSql, p);
   if (!r.ok()) return Failed(r.status());
   return r->Affected();
