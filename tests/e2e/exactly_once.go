@@ -341,6 +341,7 @@ func exactlyOnceScenarios() []Scenario {
 		{name: "eo-broker-outage", about: "exactly-once: the single broker down for 70 s while writing (long form only)",
 			longOnly: true, eo: true, topics: 4, partitions: 6, replicas: 1, short: 90 * time.Second, long: 90 * time.Second,
 			fault: brokerOutageFault},
+		historyScenario(),
 	}
 }
 
@@ -369,7 +370,7 @@ func coordinatorKillFault(ctx context.Context, e *Env) {
 		killedAt := time.Now()
 		f := e.inject("broker %d SIGKILLed: the transaction coordinator of %s (transaction %s)", n, e.tid, state)
 		down := time.Duration(pick(e, 3, 8)) * time.Second
-		e.metIfLogged(ctx, f, e.outboxd, from, "lost connection to broker "+e.brokers[n-1],
+		e.metIfLogged(f, e.outboxd, from, "lost connection to broker "+e.brokers[n-1],
 			lostBroker(e.brokers[n-1]), down)
 		sleepCtx(context.Background(), down-time.Since(killedAt))
 		// Where the coordinator went (one quick look: the broker comes back regardless).

@@ -40,6 +40,7 @@ func main() {
 	flag.IntVar(&newTopicsWaves, "waves", 0, "new-topics: waves of topics (default 3 short, 6 long)")
 	flag.IntVar(&newTopicsPerWave, "wave-topics", 0, "new-topics: topics created at once per wave (default 12 short, 16 long)")
 	flag.IntVar(&newTopicsBurst, "burst", 0, "new-topics: messages per topic committed the moment it exists (default 100 short, 150 long)")
+	flag.IntVar(&historyRecords, "history", 0, "eo-history: checkpoint records written before outboxd starts (default 100,000 short, 1,000,000 long)")
 	flag.Parse()
 
 	if *list {

@@ -63,6 +63,8 @@ type Env struct {
 	extraMu     sync.Mutex
 	extraTopics []string
 	dropTopics  []string
+	missing     *missingTopic // missing-topic's stray messages
+	history     *history      // eo-history's checkpoint topic
 }
 
 // Fault is one fault the scenario injected. It counts only once outboxd met it (met), shown by
@@ -111,9 +113,11 @@ func (e *Env) injectMet(evidence string, format string, args ...any) {
 
 // metIfLogged marks f met when outboxd's log (any instance's) gets a line after byte `from`
 // that `match` accepts within `timeout`, else missed.
-func (e *Env) metIfLogged(ctx context.Context, f *Fault, od *Outboxd, from int64, what string,
-	match func(line string) bool, timeout time.Duration) {
-	if line, ok := waitLogLine(ctx, od.LogPath, from, match, timeout); ok {
+//
+// The wait is bounded by `timeout` only: the scenario's writing time may end meanwhile.
+func (e *Env) metIfLogged(f *Fault, od *Outboxd, from int64, what string, match func(line string) bool,
+	timeout time.Duration) {
+	if line, ok := waitLogLine(context.Background(), od.LogPath, from, match, timeout); ok {
 		e.met(f, "outboxd's log: %s", strings.TrimSpace(line))
 	} else {
 		e.missed(f, "no %s in outboxd's log within %s", what, timeout)
@@ -190,6 +194,7 @@ func allScenarios() []Scenario {
 		{name: "broker-outage", about: "the single broker down for 70 s while writing (long form only)",
 			longOnly: true, topics: 4, partitions: 6, replicas: 1, short: 90 * time.Second, long: 90 * time.Second,
 			fault: brokerOutageFault},
+		missingTopicScenario(),
 	}, exactlyOnceScenarios()...)
 }
 
@@ -347,10 +352,20 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 			stopRun()
 		}()
 	}
+	// The writers write until the time is up and the fault function is done: a fault is injected
+	// while messages flow (a fault round may take longer than the writing time).
+	writeCtx, stopWrite := context.WithCancel(ctx)
+	faultDone := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); e.writers.Run(runCtx) }()
-	go func() { defer wg.Done(); s.fault(runCtx, e) }()
+	wg.Add(3)
+	go func() { defer wg.Done(); e.writers.Run(writeCtx) }()
+	go func() { defer wg.Done(); defer close(faultDone); s.fault(runCtx, e) }()
+	go func() {
+		defer wg.Done()
+		<-runCtx.Done()
+		<-faultDone
+		stopWrite()
+	}()
 	wg.Wait()
 	stopRun()
 	e.paused.Store(false)
@@ -743,14 +758,14 @@ func pgCrashFault(ctx context.Context, e *Env) {
 		f := e.inject("PostgreSQL crashed and restarted (scripts/pg.sh crash)")
 		// outboxd's session died with the server: it stops delivering (it led) or says PostgreSQL
 		// failed (it was still reconnecting after the last crash).
-		e.metIfLogged(ctx, f, e.outboxd, from, "lost PostgreSQL session", lostPostgres, 30*time.Second)
+		e.metIfLogged(f, e.outboxd, from, "lost PostgreSQL session", lostPostgres, 30*time.Second)
 	}
 }
 
 // lostPostgres: a line of outboxd's log that says it lost its PostgreSQL session.
 func lostPostgres(line string) bool {
 	return strings.Contains(line, "stopped delivering") ||
-		(strings.Contains(line, " warn ") && strings.Contains(line, "PostgreSQL"))
+		(strings.Contains(line, " warning ") && strings.Contains(line, "PostgreSQL"))
 }
 
 // lostBroker returns a match for a line of outboxd's log about its connection to the broker at
@@ -758,7 +773,7 @@ func lostPostgres(line string) bool {
 // the broker as "host:port/id".
 func lostBroker(addr string) func(string) bool {
 	return func(line string) bool {
-		return strings.Contains(line, addr+"/") && (strings.Contains(line, " warn ") ||
+		return strings.Contains(line, addr+"/") && (strings.Contains(line, " warning ") ||
 			strings.Contains(line, " error "))
 	}
 }
@@ -787,7 +802,7 @@ func brokerKillFault(ctx context.Context, e *Env) {
 			killedAt := time.Now()
 			f := e.inject("broker %d SIGKILLed", n)
 			down := time.Duration(pick(e, 3, 8)) * time.Second
-			e.metIfLogged(ctx, f, e.outboxd, from, "lost connection to broker "+e.brokers[n-1],
+			e.metIfLogged(f, e.outboxd, from, "lost connection to broker "+e.brokers[n-1],
 				lostBroker(e.brokers[n-1]), down)
 			time.Sleep(down - time.Since(killedAt))
 			if err := e.h.script(context.Background(), "kafka.sh", "restart-node", fmt.Sprint(n)); err != nil {
@@ -797,7 +812,6 @@ func brokerKillFault(ctx context.Context, e *Env) {
 			logf("broker %d restarted", n)
 		}
 	}
-	// the writers keep going until their time is up (a fault round may take longer than that)
 }
 
 // leaderMovesFault: alternately (1) reverse every partition's replica list and elect the preferred
@@ -868,16 +882,23 @@ func leaderMovesFault(ctx context.Context, e *Env) {
 			logf("leader moves: %v", err)
 		}
 		f := e.inject("%s on %d partitions, %d preferred leaders elected", what, moved, elected)
-		// Met when partitions outboxd writes to have another leader in the metadata now.
-		mctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		after, err := e.adm.Metadata(mctx, topics...)
-		cancel()
+		// Met when partitions outboxd writes to have another leader in the metadata (a reassignment
+		// may finish a moment later: looked for up to 3 s).
 		changed := 0
-		if err == nil {
-			for tp, l := range leaders(after, topics) {
-				if b, ok := before[tp]; ok && b != l {
-					changed++
+		for deadline := time.Now().Add(3 * time.Second); changed == 0 && time.Now().Before(deadline); {
+			mctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			var after kadm.Metadata
+			after, err = e.adm.Metadata(mctx, topics...)
+			cancel()
+			if err == nil {
+				for tp, l := range leaders(after, topics) {
+					if b, ok := before[tp]; ok && b != l {
+						changed++
+					}
 				}
+			}
+			if changed == 0 {
+				time.Sleep(250 * time.Millisecond)
 			}
 		}
 		if changed > 0 {
@@ -957,7 +978,7 @@ func brokerOutageFault(ctx context.Context, e *Env) {
 		return
 	}
 	f := e.inject("broker stopped for 70 s")
-	e.metIfLogged(ctx, f, e.outboxd, from, "lost connection to the broker", lostBroker(e.brokers[0]),
+	e.metIfLogged(f, e.outboxd, from, "lost connection to the broker", lostBroker(e.brokers[0]),
 		70*time.Second)
 	time.Sleep(70*time.Second - time.Since(started))
 	if err := e.h.script(context.Background(), "kafka.sh", "start", "single"); err != nil {
