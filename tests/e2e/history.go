@@ -161,11 +161,16 @@ func historyFault(ctx context.Context, e *Env) {
 	eoKillFault(ctx, e)
 }
 
-// noteReadTimes notes how long each start took to be ready (the checkpoint read is most of it).
+// noteReadTimes notes how long each start took to be ready (the checkpoint read is most of it), and
+// how many reads outboxd gave up on as too slow (and retried).
 func noteReadTimes(e *Env) {
 	b, err := os.ReadFile(e.outboxd.LogPath)
 	if err != nil {
 		return
+	}
+	if n := strings.Count(string(b), "reading the checkpoint topic timed out"); n > 0 {
+		e.r.note("outboxd's log: %d checkpoint read time-outs said (each outage of reads is said once)", n)
+		logf("history: outboxd's log says %d times that a checkpoint read timed out", n)
 	}
 	var ms []int
 	for _, m := range readyLine.FindAllStringSubmatch(string(b), -1) {
