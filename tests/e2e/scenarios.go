@@ -175,7 +175,7 @@ func pick[T any](e *Env, short, long T) T {
 
 func allScenarios() []Scenario {
 	return append([]Scenario{
-		{name: "new-topics", about: "many topics x 12 partitions created at once and written at once right after outboxd starts, plus auto-created topics",
+		{name: "new-topics", about: "many topics x 12 partitions created at once and written at once right after outboxd starts, plus topics the harness creates once their first rows committed",
 			short: 16 * time.Second, long: 60 * time.Second, fault: newTopicsFault},
 		{name: "kill-outboxd", about: "outboxd SIGKILLed every 1.5-4 s and restarted",
 			topics: 6, partitions: 6, replicas: 1, short: 25 * time.Second, long: 120 * time.Second, fault: killOutboxdFault},
