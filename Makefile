@@ -33,6 +33,6 @@ fuzz:      ## long form of the configuration fuzzer (ASan/UBSan): 50,000 mutants
 	build/tests/config_fuzz config/outboxd.toml $${FUZZ_COUNT:-50000} $${FUZZ_SEED:-20261201}
 
 image:     ## build the container image with Podman (scripts/image.sh) and run it against the local services
-	scripts/deps.sh
+	scripts/deps.sh image
 	scripts/services.sh start >/dev/null
 	tests/scripts/image_test.sh

@@ -37,6 +37,8 @@ SLIM_EXCLUDES=(
 )
 
 need_tools() {
+  # Rootful Podman: rootless would need subordinate uid ranges and uidmap, which nothing here sets up.
+  ((EUID == 0)) || die "run as root: the image is built and run with rootful Podman"
   need_cmd podman "the container engine (package podman)"
   need_cmd runc "Podman's runtime here (package runc)"
 }
