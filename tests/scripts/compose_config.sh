@@ -13,7 +13,7 @@ echo "$resolved"
 tr '\n' ' ' <<<"$resolved" | grep -q 'pg_isready *- -h *- 127.0.0.1' ||
   fail "the PostgreSQL healthcheck is not over TCP"
 kafka=$(sed -n 's/.*<kafka.version>\(.*\)<\/kafka.version>.*/\1/p' scripts/kafka/pom.xml)
-grep -q "image: apache/kafka:$kafka\$" <<<"$resolved" || fail "the Kafka image is not $kafka (scripts/kafka/pom.xml)"
+grep -q "image: docker.io/apache/kafka:$kafka\$" <<<"$resolved" || fail "the Kafka image is not $kafka (scripts/kafka/pom.xml)"
 grep -q '127.0.0.1:55432:5432\|published: 55432' <<<"$resolved" || fail "PostgreSQL has no host port"
 grep -q '127.0.0.1:59092:59092\|published: 59092' <<<"$resolved" || fail "Kafka has no host port"
 for v in pgdata kafkadata; do
