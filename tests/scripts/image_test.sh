@@ -116,7 +116,7 @@ echo "ok: the message was delivered to $topic (kcat read '$got')"
 # 5. SIGTERM: a clean stop, exit code 0, within the bound.
 t0=$SECONDS
 "$IMAGE_SH" podman kill --signal TERM "$ctr" >/dev/null || fail "podman kill --signal TERM failed"
-rc=$(timeout "$STOP_BOUND" podman wait "$ctr") || fail "outboxd still running $STOP_BOUND s after SIGTERM"
+rc=$(timeout "$STOP_BOUND" "$IMAGE_SH" podman wait "$ctr") || fail "outboxd still running $STOP_BOUND s after SIGTERM"
 ((rc == 0)) || fail "outboxd exited with $rc after SIGTERM, not 0"
 echo "ok: SIGTERM stopped outboxd in $((SECONDS - t0)) s with exit code 0"
 
