@@ -42,7 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-command -v podman >/dev/null || missing "podman not installed (scripts/deps.sh)"
+command -v podman >/dev/null || missing "podman not installed (scripts/deps.sh image)"
 "${PSQL[@]}" -d postgres -c 'SELECT 1' >/dev/null 2>&1 || missing "PostgreSQL on $OUTBOXD_PG_PORT"
 kcat -b "$KAFKA" -L -m 5 >/dev/null 2>&1 || missing "Kafka on $KAFKA"
 
