@@ -1,5 +1,5 @@
 # The two commands of the README, and their parts. Each installs what is missing first.
-.PHONY: demo test chaos build bench stop services clean fuzz
+.PHONY: demo test chaos build bench stop services clean fuzz image
 
 demo:      ## run the demo: what running needs (deps.sh run), the outboxd target, services, topic, schema, outboxd, messages arriving in Kafka
 	scripts/demo.sh
@@ -31,3 +31,8 @@ fuzz:      ## long form of the configuration fuzzer (ASan/UBSan): 50,000 mutants
 	scripts/build.sh
 	cmake --build build --target config_fuzz
 	build/tests/config_fuzz config/outboxd.toml $${FUZZ_COUNT:-50000} $${FUZZ_SEED:-20261201}
+
+image:     ## build the container image with Podman (scripts/image.sh) and run it against the local services
+	scripts/deps.sh image
+	scripts/services.sh start >/dev/null
+	tests/scripts/image_test.sh
