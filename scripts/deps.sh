@@ -64,13 +64,6 @@ if [[ "$SET" == dev || "$SET" == image ]]; then
   fi
 fi
 
-# `scripts/deps.sh image` (make image: scripts/image.sh, tests/scripts/image_test.sh) adds Podman with
-# runc (Podman would otherwise take crun, which refuses hybrid cgroup hierarchies) and mmdebstrap,
-# which makes the Debian base images.
-if [[ "${1:-}" == image ]]; then
-  PACKAGES+=(podman runc mmdebstrap)
-fi
-
 # One dpkg-query for all packages; unknown packages yield no line.
 installed=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)
 missing=()
