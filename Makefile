@@ -1,7 +1,7 @@
 # The two commands of the README, and their parts. Each installs what is missing first.
-.PHONY: demo test chaos build bench stop services clean fuzz
+.PHONY: demo test chaos build bench stop services clean fuzz image
 
-demo:      ## run the demo: services, build, schema, outboxd, sample messages arriving in Kafka
+demo:      ## run the demo: what running needs (deps.sh run), the outboxd target, services, topic, schema, outboxd, messages arriving in Kafka
 	scripts/demo.sh
 
 test:      ## run the whole test suite (what CI runs)
@@ -11,7 +11,7 @@ chaos:     ## long form of the e2e delivery harness: every scenario longer, more
 	scripts/build.sh
 	tests/e2e/run.sh -long
 
-build:     ## install dependencies and build outboxd and the tests
+build:     ## install the developer's packages (deps.sh dev) and build outboxd, the tests and the examples
 	scripts/build.sh
 
 bench:     ## run the benchmarks (see bench/README.md)
@@ -31,3 +31,8 @@ fuzz:      ## long form of the configuration fuzzer (ASan/UBSan): 50,000 mutants
 	scripts/build.sh
 	cmake --build build --target config_fuzz
 	build/tests/config_fuzz config/outboxd.toml $${FUZZ_COUNT:-50000} $${FUZZ_SEED:-}
+
+image:     ## build the container image with Podman (scripts/image.sh) and run it against the local services
+	scripts/deps.sh image
+	scripts/services.sh start >/dev/null
+	tests/scripts/image_test.sh

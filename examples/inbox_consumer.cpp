@@ -1,7 +1,7 @@
 // inbox_consumer: an example Kafka consumer of outboxd's messages that applies each message's
 // effect exactly once (docs/consuming.md). For every record, in ONE PostgreSQL transaction:
-//   outbox.consume_once(consumer, outbox-id)  -- false: already applied, skip
-//   the business update                        -- here: credit an account, log the effect
+//   outbox.consume_once(consumer, outbox-id, outbox-created-at)  -- false: already applied, skip
+//   the business update                                           -- here: credit an account
 // then COMMIT, and only then store the Kafka offset (committed every --commit-every records and on
 // shutdown). A crash anywhere redelivers records whose offsets were not committed; the inbox row
 // that committed with their effect makes consume_once return false for them.
@@ -111,14 +111,16 @@ class Database {
   enum class Outcome { kApplied, kDuplicate, kFailed };
 
   // consume_once + the business update in one transaction.
-  Outcome Apply(const std::string& consumer, int64_t message_id, const std::string& account,
-                int64_t amount, bool use_inbox) {
+  // The message is (message_id, created_at): an id alone can come back for another message.
+  Outcome Apply(const std::string& consumer, int64_t message_id, int64_t created_at,
+                const std::string& account, int64_t amount, bool use_inbox) {
     if (!Exec("BEGIN")) return Outcome::kFailed;
     std::string id = std::to_string(message_id), amt = std::to_string(amount);
     if (use_inbox) {
-      const char* p[2] = {consumer.c_str(), id.c_str()};
-      PGresult* r = PQexecParams(conn_, "SELECT outbox.consume_once($1, $2::bigint)", 2, nullptr, p,
-                                 nullptr, nullptr, 0);
+      std::string created = std::to_string(created_at);
+      const char* p[3] = {consumer.c_str(), id.c_str(), created.c_str()};
+      PGresult* r = PQexecParams(conn_, "SELECT outbox.consume_once($1, $2::bigint, $3::bigint)", 3,
+                                 nullptr, p, nullptr, nullptr, 0);
       bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
       bool first = ok && std::strcmp(PQgetvalue(r, 0, 0), "t") == 0;
       if (!ok) std::fprintf(stderr, "consume_once: %s", PQerrorMessage(conn_));
@@ -269,9 +271,12 @@ int main(int argc, char** argv) {
     }
     std::string value(static_cast<const char*>(m->payload ? m->payload : ""), m->len);
     std::string account(static_cast<const char*>(m->key ? m->key : ""), m->key_len);
-    int64_t id = 0, amount = 0;
+    int64_t id = 0, created_at = 0, amount = 0;
     std::string error;
     if (!ParseInt(Header(m, "outbox-id"), &id)) error = "no outbox-id header";
+    if (error.empty() && !ParseInt(Header(m, "outbox-created-at"), &created_at)) {
+      error = "no outbox-created-at header";
+    }
     // Poison: the record itself is wrong, retrying cannot help beyond a few attempts.
     for (int attempt = 0; error.empty() && attempt <= o.retries && !ParseInt(value, &amount);
          ++attempt) {
@@ -287,7 +292,7 @@ int main(int argc, char** argv) {
       // The database: retried with backoff until it succeeds; never skipped.
       int backoff_ms = 100;
       Database::Outcome outcome;
-      while ((outcome = db.Apply(o.name, id, account, amount, o.use_inbox)) ==
+      while ((outcome = db.Apply(o.name, id, created_at, account, amount, o.use_inbox)) ==
              Database::Outcome::kFailed) {
         if (g_stop) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));

@@ -55,12 +55,69 @@ if [[ "${1:-}" == stop ]]; then
   exit 0
 fi
 
-"$ROOT/scripts/build.sh"
-"$ROOT/scripts/services.sh" start >/dev/null
+# Each phase's wall-clock time, printed at the end (phase_done NAME after each one).
+PHASES=()
+phase_t0=$(_now_us)
+demo_t0=$phase_t0
+seconds_since() {
+  local d=$(($(_now_us) - $1))
+  printf '%d.%d' $((d / 1000000)) $((d / 100000 % 10))
+}
+phase_done() {
+  PHASES+=("$(printf '%-36s %6s s' "$1" "$(seconds_since "$phase_t0")")")
+  phase_t0=$(_now_us)
+}
+
+mkdir -p "$DEMO"
+"$ROOT/scripts/deps.sh" run
+phase_done "deps (Debian packages)"
+
+# PostgreSQL and Kafka start (the first time: initdb, Kafka's jars from Maven) while outboxd builds;
+# then the demo's topic is created, while the build, the schema and outboxd's start go on. The
+# brokers do not create topics on first use (as production brokers don't), and kcat cannot create
+# one: scripts/kafka.sh create-topic runs Kafka's admin client (a JVM start), only when kcat's
+# metadata does not show the topic yet.
+log "starting PostgreSQL and Kafka, then creating topic '$TOPIC', in the background (log: $DEMO/services.log); building outboxd"
+rm -f "$DEMO/services.ready"
+(
+  t=$(_now_us)
+  # scripts/services.sh start, with PostgreSQL and Kafka side by side rather than one after the other.
+  "$ROOT/scripts/pg.sh" start >/dev/null &
+  pg_pid=$!
+  "$ROOT/scripts/kafka.sh" start single >/dev/null
+  wait "$pg_pid"
+  seconds_since "$t" >"$DEMO/services.took"
+  touch "$DEMO/services.ready"
+  t=$(_now_us)
+  eval "$("$ROOT/scripts/kafka.sh" env single)"
+  if timeout 10 kcat -L -b "$OUTBOXD_KAFKA_BOOTSTRAP" -t "$TOPIC" 2>/dev/null |
+    grep -qE "^ *topic \"$TOPIC\" with [1-9][0-9]* partitions:$"; then
+    echo "topic $TOPIC exists"
+  else
+    "$ROOT/scripts/kafka.sh" create-topic "$TOPIC" 1
+    echo "created topic $TOPIC"
+  fi
+  seconds_since "$t" >"$DEMO/topic.took"
+) >"$DEMO/services.log" 2>&1 &
+background_pid=$!
+"$ROOT/scripts/build.sh" run
+phase_done "build (the outboxd target)"
+# die_background <what>: the background job's log, then the error.
+die_background() {
+  wait "$background_pid" || true
+  tail -n 30 "$DEMO/services.log" >&2
+  die "$1 (log: $DEMO/services.log)"
+}
+until [[ -f "$DEMO/services.ready" ]]; do
+  kill -0 "$background_pid" 2>/dev/null || [[ -f "$DEMO/services.ready" ]] ||
+    die_background "PostgreSQL or Kafka did not start"
+  sleep 0.2
+done
+phase_done "services (after the build)"
+PHASES+=("$(printf '%-36s %6s s' "  services alone, beside the build" "$(cat "$DEMO/services.took")")")
 eval "$("$ROOT/scripts/services.sh" env)"
 # config/outboxd.toml takes the two ports from the environment.
 export OUTBOXD_PG_PORT="${OUTBOXD_PG_PORT:-55432}" OUTBOXD_KAFKA_PORT="${OUTBOXD_KAFKA_PORT:-59092}"
-mkdir -p "$DEMO"
 OUTBOXD="$ROOT/build/outboxd"
 # OUTBOXD_CONFIG (as for outboxd itself) runs the demo with another configuration file.
 CONFIG="${OUTBOXD_CONFIG:-$ROOT/config/outboxd.toml}"
@@ -71,6 +128,7 @@ kcat_topic() { timeout 10 kcat -C -b "$OUTBOXD_KAFKA_BOOTSTRAP" -t "$TOPIC" -o b
 
 log "applying the schema: outboxd migrate --config ${CONFIG#"$ROOT"/}"
 "$OUTBOXD" migrate --config "$CONFIG"
+phase_done "schema (outboxd migrate)"
 
 stop_outboxd
 # Each run has its own log (the previous one is kept as outboxd.log.1): only this run's lines count.
@@ -85,35 +143,41 @@ until grep -q "leading the outbox" "$OUTBOXD_LOG"; do
   ((SECONDS < deadline)) || die_outboxd "outboxd did not lead the outbox within 30 s"
   sleep 0.1
 done
+phase_done "outboxd start (until it leads)"
+
+wait "$background_pid" || die_background "could not create topic '$TOPIC'"
+grep -E "^(created topic|topic .* exists)" "$DEMO/services.log" | sed 's/^/  /' >&2 || true
+phase_done "topic (after outboxd's start)"
+PHASES+=("$(printf '%-36s %6s s' "  topic alone, after the services" "$(cat "$DEMO/topic.took")")")
 
 RUN="demo-$(date +%s)"
 log "the application commits four orders, each with its message, and rolls one back (run $RUN)"
 psql_app -o /dev/null <<SQL
-CREATE TABLE IF NOT EXISTS demo_orders (id int PRIMARY KEY, status text NOT NULL);
-INSERT INTO demo_orders VALUES (42, 'new'), (43, 'new') ON CONFLICT (id) DO UPDATE SET status = 'new';
+CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, status text NOT NULL);
+INSERT INTO orders VALUES (42, 'new'), (43, 'new') ON CONFLICT (id) DO UPDATE SET status = 'new';
 
 BEGIN;
-UPDATE demo_orders SET status = 'paid' WHERE id = 42;
+UPDATE orders SET status = 'paid' WHERE id = 42;
 SELECT outbox.publish('$TOPIC', '42', '{"order":42,"event":"paid"}', '{"demo-run":"$RUN"}');
 COMMIT;
 
 BEGIN;
-UPDATE demo_orders SET status = 'paid' WHERE id = 43;
+UPDATE orders SET status = 'paid' WHERE id = 43;
 SELECT outbox.publish('$TOPIC', '43', jsonb_build_object('order', 43, 'event', 'paid'), '{"demo-run":"$RUN"}');
 COMMIT;
 
 BEGIN;
-UPDATE demo_orders SET status = 'shipped' WHERE id = 42;
+UPDATE orders SET status = 'shipped' WHERE id = 42;
 SELECT outbox.publish('$TOPIC', '42', '{"order":42,"event":"shipped"}', '{"demo-run":"$RUN"}');
 COMMIT;
 
 BEGIN;
-UPDATE demo_orders SET status = 'cancelled' WHERE id = 43;
+UPDATE orders SET status = 'cancelled' WHERE id = 43;
 SELECT outbox.publish('$TOPIC', '43', '{"order":43,"event":"cancelled (rolled back: never sent)"}', '{"demo-run":"$RUN"}');
 ROLLBACK;
 
 BEGIN;
-UPDATE demo_orders SET status = 'shipped' WHERE id = 43;
+UPDATE orders SET status = 'shipped' WHERE id = 43;
 SELECT outbox.publish('$TOPIC', '43', '{"order":43,"event":"shipped"}', '{"demo-run":"$RUN"}');
 COMMIT;
 SQL
@@ -136,12 +200,16 @@ if grep -q cancelled <(kcat_topic -f '%s %h\n' | grep "demo-run=$RUN"); then
   die "the rolled-back message arrived: this is a bug"
 fi
 log "$n messages arrived, in commit order per key; the rolled-back one did not."
+phase_done "messages (commit to read back)"
 log "outbox rows left: $(psql_app -tA -c 'SELECT count(*) FROM outbox.messages') (removed after Kafka acknowledged them)"
 check_outboxd_alive
 # The commands below need this run's ports when they are not the defaults.
 ports=""
 [[ "$OUTBOXD_PG_PORT" != 55432 || "$OUTBOXD_KAFKA_PORT" != 59092 ]] &&
   ports="OUTBOXD_PG_PORT=$OUTBOXD_PG_PORT OUTBOXD_KAFKA_PORT=$OUTBOXD_KAFKA_PORT "
+log "time per phase:"
+printf '  %s\n' "${PHASES[@]}" >&2
+printf '  %-36s %6s s\n' "total" "$(seconds_since "$demo_t0")" >&2
 cat <<EOF2
 
 outboxd is still running (pid $OUTBOXD_PID, log $OUTBOXD_LOG). Try:

@@ -93,7 +93,9 @@ Result<int> CheckBack::RunOnce() {
   if (Clock::now() >= next_cleanup_) {
     auto removed = store_.RemoveSettledBefore(config_.settled_retention);
     if (!removed.ok()) return removed.status();
-    next_cleanup_ = Clock::now() + kCleanupEvery;
+    // A full batch: more are due, and the next round goes on with them (a round per poll_interval
+    // or less), so that the removal keeps up with the rate half messages settle at.
+    next_cleanup_ = *removed >= kRemoveSettledBatch ? Clock::now() : Clock::now() + kCleanupEvery;
     if (*removed > 0) spdlog::info("check-back: removed {} settled half messages", *removed);
   }
   if (!checker_) return 0;

@@ -12,7 +12,9 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "kafka/checkpoint_topic.h"
 #include "leader_session.h"
+#include "migrate.h"
 #include "pg/connection.h"
 
 namespace outboxd {
@@ -100,6 +102,62 @@ void JudgeTopic(const std::string& topic, int rf, const ConfigMap& configs, cons
                  "only in-sync replicas become leader"));
 }
 
+// The exactly-once checkpoint topic (relay.checkpoint_topic): outboxd creates it with the settings
+// of kafka/checkpoint_topic.h; a topic made otherwise (by hand, or by an older outboxd) is judged
+// by them. Its replication is judged by JudgeTopic like any other topic's.
+void JudgeCheckpointTopic(const std::string& topic, int partitions, const ConfigMap& configs,
+                          std::vector<Finding>* out) {
+  const std::string alter =
+      "kafka-configs.sh --bootstrap-server B --alter --entity-type topics --entity-name " + topic +
+      " --add-config ";
+  const std::string policy = Get(configs, "cleanup.policy");
+  if (policy != kCheckpointCleanupPolicy) {
+    out->push_back(Make(
+        "kafka", topic, "cleanup.policy", policy, Health::kRisk,
+        "the checkpoint topic must be compacted only: with deletion, the last checkpoint of an "
+        "outbox idle for longer than retention.ms is gone, and a restart after a crash between a "
+        "commit and its removal sends that transaction's rows again",
+        alter + "cleanup.policy=compact"));
+  } else {
+    out->push_back(Make("kafka", topic, "cleanup.policy", policy, Health::kOk,
+                        "compacted: the last checkpoint of each outbox is kept"));
+  }
+  out->push_back(partitions == 1
+                     ? Make("kafka", topic, "partitions", "1", Health::kOk,
+                            "one partition: each outbox's checkpoints are in one place, in order")
+                     : Make("kafka", topic, "partitions", std::to_string(partitions), Health::kWarn,
+                            "more than one partition: an outbox's checkpoints move to another "
+                            "partition when the count changes, and the newest is then told only "
+                            "by its timestamp",
+                            "recreate the topic with one partition while no outboxd runs in "
+                            "exactly-once mode"));
+  // Compaction never touches the active segment: it must roll soon for the topic to stay small.
+  const long long bytes = Number(Get(configs, "segment.bytes"));
+  const long long ms = Number(Get(configs, "segment.ms"));
+  const std::string segment =
+      "segment.bytes=" + Get(configs, "segment.bytes") +
+      ", segment.ms=" + Get(configs, "segment.ms") +
+      ", min.cleanable.dirty.ratio=" + Get(configs, "min.cleanable.dirty.ratio");
+  double dirty = 1;
+  try {
+    dirty = std::stod(Get(configs, "min.cleanable.dirty.ratio"));
+  } catch (...) {
+  }
+  const bool small = bytes > 0 && bytes <= 16 * kCheckpointSegmentBytes && ms > 0 &&
+                     ms <= 24 * kCheckpointSegmentMs && dirty <= 0.5;
+  out->push_back(
+      small ? Make("kafka", topic, "segments", segment, Health::kOk,
+                   "segments roll and are compacted soon: the topic keeps about one record per "
+                   "outbox")
+            : Make("kafka", topic, "segments", segment, Health::kWarn,
+                   "the active segment is never compacted: at tens of transactions a second it "
+                   "holds millions of checkpoints, which every outbox without a recent checkpoint "
+                   "of its own reads at start-up, and which fill the disk",
+                   alter + "segment.bytes=" + std::to_string(kCheckpointSegmentBytes) +
+                       ",segment.ms=" + std::to_string(kCheckpointSegmentMs) +
+                       ",min.cleanable.dirty.ratio=" + kCheckpointDirtyRatio));
+}
+
 // DescribeConfigs for the given resources; the answer per resource name ("" for a failure).
 std::map<std::string, ConfigMap> DescribeConfigs(
     rd_kafka_t* rk, const std::vector<std::pair<rd_kafka_ResourceType_t, std::string>>& what,
@@ -161,6 +219,9 @@ void CheckKafka(const Config& config, const std::set<std::string>& topics,
   // Quiet: what goes wrong becomes a finding (and the relay logs outages itself).
   rd_kafka_conf_set_log_cb(conf, [](const rd_kafka_t*, int, const char*, const char*) {});
   rd_kafka_conf_set_error_cb(conf, [](rd_kafka_t*, int, const char*, void*) {});
+  // Exactly once: the checkpoint topic is judged too (JudgeCheckpointTopic).
+  const std::string checkpoint_topic =
+      config.relay.delivery == Delivery::kExactlyOnce ? config.relay.checkpoint_topic : "";
   KafkaPtr rk(rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)));
   if (!rk) {
     rd_kafka_conf_destroy(conf);
@@ -225,6 +286,7 @@ void CheckKafka(const Config& config, const std::set<std::string>& topics,
   for (const auto& [t, ti] : info) {
     if (ti.exists) {
       JudgeTopic(t, ti.replication_factor, configs[t], "", out);
+      if (t == checkpoint_topic) JudgeCheckpointTopic(t, ti.partitions, configs[t], out);
       if (ti.smallest_isr < ti.replication_factor) {
         out->push_back(
             Make("kafka", t, "in-sync replicas",
@@ -232,6 +294,18 @@ void CheckKafka(const Config& config, const std::set<std::string>& topics,
                  Health::kWarn, "a partition has replicas out of sync right now",
                  "look at the brokers' health (under-replicated partitions)"));
       }
+      continue;
+    }
+    if (t == checkpoint_topic) {
+      out->push_back(Make("kafka", t, "exists", "no (created by outboxd at its first term)",
+                          Health::kInfo,
+                          "created with one partition, compacted, with small segments, and the "
+                          "broker's default replication (judged below)"));
+      JudgeTopic(
+          t, static_cast<int>(Number(Get(broker, "default.replication.factor"), 0)),
+          {{"min.insync.replicas", Get(broker, "min.insync.replicas")},
+           {"unclean.leader.election.enable", Get(broker, "unclean.leader.election.enable")}},
+          " (broker default, topic not created yet)", out);
       continue;
     }
     if (Get(broker, "auto.create.topics.enable") == "true") {
@@ -421,6 +495,19 @@ void CheckPostgres(const Config& config, std::vector<Finding>* out, std::set<std
                         "outbox.messages does not exist", "outboxd migrate"));
     return;
   }
+  // The scan window needs ids taken one at a time; outboxd refuses to lead without it.
+  const std::string cache = Scalar(c,
+                                   "SELECT s.seqcache FROM pg_catalog.pg_sequence s "
+                                   "WHERE s.seqrelid = to_regclass('outbox.messages_id_seq')")
+                                .value_or("?");
+  if (Status s = CheckIdSequence(c); s.ok()) {
+    out->push_back(Make("outbox", "messages_id_seq", "cache", cache, Health::kOk,
+                        "ids are taken one at a time, as the relay's scan needs"));
+  } else {
+    out->push_back(Make("outbox", "messages_id_seq", "cache", cache, Health::kRisk,
+                        s.message() + " (outboxd refuses to lead until then)",
+                        "ALTER SEQUENCE outbox.messages_id_seq CACHE 1"));
+  }
   auto r = c.Query(
       "SELECT DISTINCT topic FROM (SELECT topic FROM outbox.messages WHERE sent_at IS NULL "
       "UNION SELECT topic FROM outbox.dead_letters) t");
@@ -564,6 +651,9 @@ DoctorReport RunDoctor(const Config& config, const std::vector<std::string>& ext
   CheckPostgres(config, &pg_findings, &topics);
   if (!config.relay.dead_letter_topic.empty()) topics.insert(config.relay.dead_letter_topic);
   if (!config.checkback.final_topic.empty()) topics.insert(config.checkback.final_topic);
+  if (config.relay.delivery == Delivery::kExactlyOnce) {
+    topics.insert(config.relay.checkpoint_topic);
+  }
   CheckKafka(config, topics, stop, &report.findings);
   report.findings.insert(report.findings.end(), pg_findings.begin(), pg_findings.end());
   return report;

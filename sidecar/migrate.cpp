@@ -100,4 +100,22 @@ Status CheckSchemaCurrent(pg::Connection& conn) {
                          "): run `outboxd migrate --config ...` first");
 }
 
+Status CheckIdSequence(pg::Connection& conn) {
+  auto r = conn.Query(
+      "SELECT s.seqcache FROM pg_catalog.pg_sequence s "
+      "WHERE s.seqrelid = to_regclass('outbox.messages_id_seq')");
+  if (!r.ok()) return r.status();
+  if (r->rows() == 0) {
+    return Status::Invalid(
+        "the id sequence outbox.messages_id_seq is missing: run `outboxd migrate --config ...`");
+  }
+  const int64_t cache = r->GetInt(0, 0);
+  if (cache == 1) return Status::Ok();
+  return Status::Invalid(
+      "the id sequence outbox.messages_id_seq has CACHE " + std::to_string(cache) +
+      ": with a cache, each session takes ids from its own block, so a later transaction can "
+      "commit a lower id than one already delivered and the relay's scan would skip it. Run "
+      "ALTER SEQUENCE outbox.messages_id_seq CACHE 1");
+}
+
 }  // namespace outboxd

@@ -25,4 +25,8 @@ Result<int> ApplyMigrations(pg::Connection& conn);
 // Ok when every embedded migration is recorded; otherwise says which are missing.
 Status CheckSchemaCurrent(pg::Connection& conn);
 
+// Ok when outbox.messages_id_seq hands out ids one at a time (CACHE 1), which the relay's scan
+// window depends on (docs/design.md, "scan"); otherwise says how to fix it.
+Status CheckIdSequence(pg::Connection& conn);
+
 }  // namespace outboxd

@@ -69,9 +69,13 @@ INSERT INTO outbox.dead_letters (id, topic, key, payload, headers, created_at, e
 SELECT id, topic, key, payload, headers, created_at, $3 FROM moved
 ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now())sql";
 constexpr const char* kSleepSql = "UPDATE outbox.relay_state SET sleeping = $1";
+// By the index on sent_at (schema 013): the expired rows only, never a walk over the retained
+// ones that are not due yet.
 constexpr const char* kCleanupSql = R"sql(
 DELETE FROM outbox.messages WHERE id IN (
-  SELECT id FROM outbox.messages WHERE sent_at < now() - $1::interval LIMIT 10000))sql";
+  SELECT id FROM outbox.messages
+   WHERE sent_at IS NOT NULL AND sent_at < now() - $1::interval
+   ORDER BY sent_at LIMIT $2))sql";
 
 // The mark_sent statement's parameters.
 pg::Params RunParams(std::vector<int64_t> ids) {
@@ -140,6 +144,10 @@ Status PgOutboxStore::Lead() {
   if (r->Get(0, 0) != "t") return Status::NotLeader("another outboxd instance holds the outbox");
   session_ = LeaderSession{lock_id_, r->GetInt(0, 1), std::string(r->Get(0, 2))};
   if (Status s = CheckSchemaCurrent(*conn_); !s.ok()) {
+    Disconnect();
+    return s;
+  }
+  if (Status s = CheckIdSequence(*conn_); !s.ok()) {
     Disconnect();
     return s;
   }
@@ -346,7 +354,7 @@ Result<int64_t> PgOutboxStore::RemoveSentBefore(Millis retention) {
   if (!leader_) return Status::NotLeader("not leading");
   last_statement_ = std::chrono::steady_clock::now();
   pg::Params p;
-  p.Add(std::to_string(retention.count()) + " milliseconds");
+  p.Add(std::to_string(retention.count()) + " milliseconds").Add(kRemoveSentBatch);
   auto r = conn_->Query(kCleanupSql, p);
   if (!r.ok()) return Failed(r.status());
   return r->Affected();

@@ -23,6 +23,10 @@
 
 namespace outboxd {
 
+// OutboxStore::RemoveSentBefore removes at most this many rows per statement: the relay runs it
+// again between its rounds until a statement removes fewer.
+inline constexpr int64_t kRemoveSentBatch = 10'000;
+
 struct OutboxRow {
   int64_t id = 0;
   std::string topic;
@@ -91,7 +95,8 @@ class OutboxStore {
   virtual Status SetSleeping(bool sleeping) = 0;
   // Waits for a NOTIFY or the timeout: true if notified; an error if the connection broke.
   virtual Result<bool> WaitForNotify(Millis timeout) = 0;
-  // on_sent = "retain": removes sent rows older than `retention`. Returns rows removed.
+  // on_sent = "retain": removes up to kRemoveSentBatch sent rows older than `retention` (the
+  // oldest first). Returns rows removed: kRemoveSentBatch means more may be due.
   virtual Result<int64_t> RemoveSentBefore(Millis retention) = 0;
   // The outbox's incarnation (outbox.relay_state.incarnation, made once per outbox): exactly-once
   // checkpoints carry it. "" for a store without one (the tests' fakes).

@@ -33,7 +33,7 @@ constexpr const char* kCleanupSql = R"sql(
 DELETE FROM outbox.prepared WHERE id IN (
   SELECT id FROM outbox.prepared
    WHERE state IN ('committed', 'rolled_back') AND settled_at < now() - $1::interval
-   LIMIT 10000))sql";
+   ORDER BY settled_at LIMIT $2))sql";
 
 const char* SettlementName(Settlement s) {
   switch (s) {
@@ -65,6 +65,10 @@ Status PgPreparedStore::Connect() {
   // An application transaction holding a prepared row (it is committing it) must not stall
   // check-back for long: give up on that message this round, it is checked again next round.
   Status s = c->Exec("SET lock_timeout = '2s'");
+  // A settlement that PostgreSQL acknowledged but lost in a crash would be made again: a committed
+  // half message would go out a second time under a new outbox-id and created_at, a duplicate no
+  // consumer can tell. So every settlement waits for its WAL flush, whatever the role's default.
+  if (s.ok()) s = c->Exec("SET synchronous_commit = on");
   if (s.ok()) s = c->Prepare("due", kDueSql);
   if (s.ok()) s = c->Prepare("leading", "SELECT " + LeaderHoldsLockSql(1));
   if (s.ok()) s = c->Prepare("settle", SettleSql());
@@ -149,7 +153,7 @@ Result<bool> PgPreparedStore::RecordUnknown(int64_t id, Millis check_interval,
 Result<int64_t> PgPreparedStore::RemoveSettledBefore(Millis retention) {
   if (!conn_) return Status::Unavailable("check-back: not connected");
   pg::Params p;
-  p.Add(IntervalLiteral(retention));
+  p.Add(IntervalLiteral(retention)).Add(kRemoveSettledBatch);
   auto r = conn_->Query(kCleanupSql, p);
   if (!r.ok()) return Failed(r.status());
   return r->Affected();

@@ -19,6 +19,9 @@
 
 namespace outboxd {
 
+// PreparedStore::RemoveSettledBefore removes at most this many rows per statement.
+inline constexpr int64_t kRemoveSettledBatch = 10'000;
+
 // How a prepared message leaves the 'prepared' state when check-back settles it.
 enum class Settlement { kCommit, kRollback, kDeadLetter };
 enum class SettledBy { kCheck, kMaxChecks };
@@ -43,7 +46,8 @@ class PreparedStore {
   // False if the message was settled meanwhile.
   virtual Result<bool> RecordUnknown(int64_t id, Millis check_interval,
                                      const LeaderSession& leader) = 0;
-  // Removes committed and rolled-back rows settled more than `retention` ago; returns how many.
+  // Removes up to kRemoveSettledBatch committed and rolled-back rows settled more than `retention`
+  // ago; returns how many (kRemoveSettledBatch: more may be due).
   virtual Result<int64_t> RemoveSettledBefore(Millis retention) = 0;
 };
 

@@ -199,12 +199,18 @@ bool Relay::Step(const std::atomic<bool>& stop) {
 
 bool Relay::CleanUpRetained() {
   auto now = Clock::now();
-  if (config_.relay.on_sent == OnSent::kRetain && now >= next_cleanup_) {
-    next_cleanup_ = now + config_.relay.cleanup_interval;
-    auto removed = store_.RemoveSentBefore(config_.relay.retention);
-    if (!StoreOk(removed.status())) return false;
-    if (*removed > 0) spdlog::info("removed {} sent rows older than the retention", *removed);
+  if (config_.relay.on_sent != OnSent::kRetain || now < next_cleanup_) return true;
+  auto removed = store_.RemoveSentBefore(config_.relay.retention);
+  if (!StoreOk(removed.status())) return false;
+  retained_removed_ += *removed;
+  // A full batch: more are due. The next one runs at the next step, between rounds of delivery,
+  // so that the removal keeps up with any rate the relay sends at.
+  if (*removed >= kRemoveSentBatch) return true;
+  next_cleanup_ = now + config_.relay.cleanup_interval;
+  if (retained_removed_ > 0) {
+    spdlog::info("removed {} sent rows older than the retention", retained_removed_);
   }
+  retained_removed_ = 0;
   return true;
 }
 
@@ -681,6 +687,9 @@ Millis TransactionTimeout(const Config& config) {
   return Millis(60'000);
 }
 
+// Failed reads of the checkpoint after which the relay stands down for a while.
+constexpr int kCheckpointReadsPerTerm = 3;
+
 // A newer producer with the same transactional.id took over: another instance leads.
 bool Fenced(const std::string& error) {
   return error.find("FENCED") != std::string::npos ||
@@ -763,9 +772,20 @@ bool Relay::PrepareTransactions(const std::atomic<bool>& stop) {
   auto checkpoint = read_checkpoint_(incarnation_);
   if (!checkpoint.ok()) {
     kafka_log_.Failure("reading the checkpoint: " + checkpoint.status().message());
-    WaitInterruptibly(backoff_.Next(), stop);
-    return leading_;
+    if (++checkpoint_failures_ < kCheckpointReadsPerTerm) {
+      WaitInterruptibly(backoff_.Next(), stop);
+      return leading_;
+    }
+    // Nothing is delivered without it, and the fault may be this instance's (its network, its
+    // view of Kafka): give the lock up, and take it again only after a standby had its chance.
+    checkpoint_failures_ = 0;
+    LoseLeadership(Status::Unavailable(
+        "the checkpoint could not be read in " + std::to_string(kCheckpointReadsPerTerm) +
+        " attempts (" + checkpoint.status().message() + "): letting another instance try"));
+    WaitInterruptibly(config_.leadership.retry_interval * 2, stop);
+    return false;
   }
+  checkpoint_failures_ = 0;
   const auto took = std::chrono::duration_cast<Millis>(Clock::now() - started).count();
   if (!*checkpoint) {
     spdlog::info("exactly-once: transactions ready ({} ms); no earlier checkpoint of this outbox",

@@ -143,6 +143,7 @@ class Relay {
   InFlightLedger ledger_;  // tokens, reports awaited, per-key barriers, marks, rewind, suspects
   std::unique_ptr<ExactlyOnce> exactly_once_;  // the strategy; null in at-least-once mode
   std::string incarnation_;                    // the outbox's, read at the start of each term
+  int checkpoint_failures_ = 0;                // failed checkpoint reads in a row, this term
   std::optional<int64_t> rescan_from_;         // requested by an admin command, not yet done
   std::string last_failure_;
   bool fatal_ = false;
@@ -158,6 +159,7 @@ class Relay {
   std::optional<std::chrono::steady_clock::time_point> last_rows_at_;
   double arrival_rate_ = -1;
   std::chrono::steady_clock::time_point next_cleanup_;
+  int64_t retained_removed_ = 0;  // by the cleanup run under way (CleanUpRetained)
   Backoff backoff_;
   OnceLogger pg_log_{"PostgreSQL"};
   OnceLogger kafka_log_{"Kafka delivery"};

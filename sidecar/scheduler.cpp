@@ -56,7 +56,11 @@ Status Scheduler::Connect() {
   auto c = pg::Connection::Open(conninfo_, "outboxd scheduler", tcp_);
   if (!c.ok()) return c.status();
   if (Status s = CheckSchemaCurrent(*c); !s.ok()) return s;
-  Status s = c->Prepare("release", ReleaseSql());
+  // A release that PostgreSQL acknowledged but lost in a crash would run again: the message would
+  // go out a second time under a new outbox-id and created_at, a duplicate no consumer can tell.
+  // So every release waits for its WAL flush, whatever the role's or server's default.
+  Status s = c->Exec("SET synchronous_commit = on");
+  if (s.ok()) s = c->Prepare("release", ReleaseSql());
   if (s.ok()) s = c->Prepare("next_due", kNextDueSql);
   if (s.ok()) s = c->Prepare("prune", PruneSql());
   if (!s.ok()) return s;

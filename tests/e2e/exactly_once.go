@@ -116,11 +116,33 @@ func waitLog(ctx context.Context, path string, from int64, text string, timeout 
 	return false
 }
 
+// waitLogLine waits (bounded) until the log has a line after byte `from` that `match` accepts, and
+// returns it.
+func waitLogLine(ctx context.Context, path string, from int64, match func(string) bool,
+	timeout time.Duration) (string, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if b, err := os.ReadFile(path); err == nil && int64(len(b)) > from {
+			for _, line := range strings.Split(string(b[from:]), "\n") {
+				if match(line) {
+					return line, true
+				}
+			}
+		}
+		if !time.Now().Before(deadline) || ctx.Err() != nil {
+			return "", false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // another makes one more outboxd instance on the scenario's config (its own log).
 func (e *Env) another(n int) *Outboxd {
 	dir := filepath.Dir(e.outboxd.LogPath)
-	return &Outboxd{Binary: e.outboxd.Binary, Config: e.outboxd.Config,
+	o := &Outboxd{Binary: e.outboxd.Binary, Config: e.outboxd.Config,
 		LogPath: filepath.Join(dir, fmt.Sprintf("outboxd-%d.log", n))}
+	e.instances = append(e.instances, o)
+	return o
 }
 
 // threeInstancesFault: three outboxd instances on one outbox; every 1.5-4 s a random one is SIGKILLed
@@ -148,8 +170,7 @@ func threeInstancesFault(ctx context.Context, e *Env) {
 			break
 		}
 		i := e.rnd.Intn(len(ods))
-		ods[i].Kill()
-		e.fault("SIGKILL instance %d", i+1)
+		e.killed(ods[i], "SIGKILL instance %d", i+1)
 		time.Sleep(time.Duration(e.rnd.Int63n(int64(500 * time.Millisecond))))
 		if err := ods[i].Start(); err != nil {
 			e.r.fail("restart instance %d: %v", i+1, err)
@@ -201,24 +222,25 @@ func zombieFault(ctx context.Context, e *Env) {
 			e.r.fail("SIGSTOP: %v", err)
 			return
 		}
-		e.fault("SIGSTOP the leader (round %d)", round+1)
-		took := waitLog(ctx, b.LogPath, fromB, "leading the outbox", 60*time.Second)
+		f := e.inject("SIGSTOP the leader until the standby leads, then SIGCONT (round %d)", round+1)
+		// A round once begun is finished (the writers write until the fault function returns).
+		took := waitLog(context.Background(), b.LogPath, fromB, "leading the outbox", 60*time.Second)
 		fromA := logSize(a.LogPath)
 		if err := a.Signal(syscall.SIGCONT); err != nil {
 			e.r.fail("SIGCONT: %v", err)
 			return
 		}
-		e.fault("SIGCONT the old leader")
 		if !took {
-			if ctx.Err() == nil {
-				e.r.fail("the standby did not take over within 60 s of SIGSTOP")
-			}
+			e.missed(f, "the standby did not lead within 60 s")
+			e.r.fail("the standby did not take over within 60 s of SIGSTOP")
 			return
 		}
-		if !waitLog(ctx, a.LogPath, fromA, "stopped delivering", 30*time.Second) {
+		if !waitLog(context.Background(), a.LogPath, fromA, "stopped delivering", 30*time.Second) {
+			e.missed(f, "the thawed leader did not say it stopped delivering")
 			e.r.fail("the thawed old leader did not give up the outbox within 30 s")
 			return
 		}
+		e.met(f, "the standby led while the leader was frozen, and the thawed leader stood down")
 		e.r.note("round %d: standby took over, the thawed leader stood down", round+1)
 		a, b = b, a
 	}
@@ -252,8 +274,7 @@ func fiftyKillsFault(ctx context.Context, e *Env) {
 			break
 		}
 		from = logSize(e.outboxd.LogPath)
-		e.outboxd.Kill()
-		e.fault("SIGKILL outboxd (%d of 50, %d messages committed so far)", i+1, e.writers.Written.Load())
+		e.killed(e.outboxd, "SIGKILL outboxd (%d of 50, %d messages committed so far)", i+1, e.writers.Written.Load())
 		if err := e.outboxd.Start(); err != nil {
 			e.r.fail("restart outboxd: %v", err)
 			return
@@ -285,8 +306,7 @@ func eoKillFault(ctx context.Context, e *Env) {
 			break
 		}
 		from = logSize(e.outboxd.LogPath)
-		e.outboxd.Kill()
-		e.fault("SIGKILL outboxd (%d messages committed so far)", e.writers.Written.Load())
+		e.killed(e.outboxd, "SIGKILL outboxd (%d messages committed so far)", e.writers.Written.Load())
 		if err := e.outboxd.Start(); err != nil {
 			e.r.fail("restart outboxd: %v", err)
 			return
@@ -320,6 +340,7 @@ func exactlyOnceScenarios() []Scenario {
 		{name: "eo-broker-outage", about: "exactly-once: the single broker down for 70 s while writing (long form only)",
 			longOnly: true, eo: true, topics: 4, partitions: 6, replicas: 1, short: 90 * time.Second, long: 90 * time.Second,
 			fault: brokerOutageFault},
+		historyScenario(),
 	}
 }
 
@@ -340,12 +361,17 @@ func coordinatorKillFault(ctx context.Context, e *Env) {
 			e.r.fail("round %d: finding the transaction coordinator of %s: %v", round+1, e.tid, err)
 			return
 		}
+		from := logSize(e.outboxd.LogPath)
 		if err := e.h.script(context.Background(), "kafka.sh", "kill", fmt.Sprint(n)); err != nil {
 			e.r.fail("%v", err)
 			return
 		}
-		e.fault("broker %d SIGKILLed: the transaction coordinator of %s (transaction %s)", n, e.tid, state)
-		time.Sleep(time.Duration(pick(e, 3, 8)) * time.Second)
+		killedAt := time.Now()
+		f := e.inject("broker %d SIGKILLed: the transaction coordinator of %s (transaction %s)", n, e.tid, state)
+		down := time.Duration(pick(e, 3, 8)) * time.Second
+		e.metIfLogged(f, e.outboxd, from, "lost connection to broker "+e.brokers[n-1],
+			lostBroker(e.brokers[n-1]), down)
+		sleepCtx(context.Background(), down-time.Since(killedAt))
 		// Where the coordinator went (one quick look: the broker comes back regardless).
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if d, err := e.adm.DescribeTransactions(dctx, e.tid); err == nil && d[e.tid].Err == nil {
@@ -363,7 +389,7 @@ func coordinatorKillFault(ctx context.Context, e *Env) {
 				e.r.note("round %d: %s", round+1, strings.TrimSpace(line))
 			}
 		}
-		e.fault("broker %d restarted and rejoined in %.0f s", n, time.Since(started).Seconds())
+		logf("broker %d restarted and rejoined in %.0f s", n, time.Since(started).Seconds())
 	}
 }
 

@@ -1,11 +1,13 @@
 // Command outboxd-e2e is outboxd's black-box delivery harness.
 //
 // It drives the built outboxd binary as a user would (a TOML config, `outboxd migrate`, `outboxd run`,
-// SIGKILL and restart), writes through outbox.publish from many concurrent transactions, injects faults
-// (new topics, killed outboxd, crashed PostgreSQL, killed brokers, leader moves, added partitions, a long
-// broker outage) and reads Kafka with its own consumer (franz-go) as the witness. Per scenario it
+// SIGKILL and restart), writes through outbox.publish from many concurrent transactions at three
+// isolation levels, injects faults (new topics, killed outboxd, crashed PostgreSQL, killed brokers,
+// leader moves, added partitions, a long broker outage, a topic that does not exist, a checkpoint
+// topic with history) and reads Kafka with its own consumer (franz-go) as the witness. Per scenario it
 // reports lost, phantom, duplicate, key-order, content and partition figures and exits 1 when any
-// scenario lost a message, delivered a rolled-back one, broke key order or changed content.
+// scenario lost a message, delivered a rolled-back one, broke key order or changed content, when an
+// outboxd exited without the harness causing it, or when outboxd met none of the scenario's faults.
 //
 // See tests/e2e/README.md.
 package main
@@ -40,6 +42,7 @@ func main() {
 	flag.IntVar(&newTopicsWaves, "waves", 0, "new-topics: waves of topics (default 3 short, 6 long)")
 	flag.IntVar(&newTopicsPerWave, "wave-topics", 0, "new-topics: topics created at once per wave (default 12 short, 16 long)")
 	flag.IntVar(&newTopicsBurst, "burst", 0, "new-topics: messages per topic committed the moment it exists (default 100 short, 150 long)")
+	flag.IntVar(&historyRecords, "history", 0, "eo-history: checkpoint records written before outboxd starts (default 100,000 short, 1,000,000 long)")
 	flag.Parse()
 
 	if *list {

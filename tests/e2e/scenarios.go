@@ -29,9 +29,11 @@ type Scenario struct {
 	allowMovedKeys bool
 	props          map[string]string // extra [kafka.properties] for outboxd in this scenario
 	fault          func(ctx context.Context, e *Env)
-	eo             bool  // relay.delivery = "exactly_once": read_committed witness, a duplicate fails
-	bulk           bool  // writers commit up to 100 messages per transaction without pauses (a big stream)
-	target         int64 // long form: the writers stop once this many messages committed (`long` is then the time limit)
+	setup          func(ctx context.Context, e *Env) error // after migrate, before outboxd starts
+	beforeDrain    func(ctx context.Context, e *Env)       // after the writers stopped, before the drain
+	eo             bool                                    // relay.delivery = "exactly_once": read_committed witness, a duplicate fails
+	bulk           bool                                    // writers commit up to 100 messages per transaction without pauses (a big stream)
+	target         int64                                   // long form: the writers stop once this many messages committed (`long` is then the time limit)
 }
 
 // Env is what a scenario's fault function works with.
@@ -42,6 +44,7 @@ type Env struct {
 	adm       *kadm.Client
 	brokers   []string
 	outboxd   *Outboxd
+	instances []*Outboxd // every outboxd of the run (outboxd first): their unwanted exits count
 	topics    *TopicSet
 	writers   *Writers
 	prefix    string
@@ -51,15 +54,102 @@ type Env struct {
 	countsMu  sync.Mutex
 	counts    map[string][]int // partition counts each topic had while written
 	faultLock sync.Mutex
+	faults    []*Fault
+	// Checks that need the witness's records: run after the read (e.g. a fault is met when outboxd
+	// wrote into the partitions it added).
+	afterRead []func(seen []Seen)
+	// Topics the writers do not pick but the witness reads (a topic that does not exist yet), and
+	// topics only deleted at the end (a checkpoint topic).
+	extraMu     sync.Mutex
+	extraTopics []string
+	dropTopics  []string
+	missing     *missingTopic // missing-topic's stray messages
+	history     *history      // eo-history's checkpoint topic
 }
 
-func (e *Env) fault(format string, args ...any) {
+// Fault is one fault the scenario injected. It counts only once outboxd met it (met), shown by
+// evidence from outboxd's side: its log, the cluster's metadata, the witness's records.
+type Fault struct {
+	what, evidence string
+	met            bool
+}
+
+// inject records a fault the scenario caused; `met` or `missed` says afterwards whether outboxd met it.
+func (e *Env) inject(format string, args ...any) *Fault {
 	e.faultLock.Lock()
 	defer e.faultLock.Unlock()
+	f := &Fault{what: fmt.Sprintf(format, args...)}
+	e.faults = append(e.faults, f)
+	e.r.FaultsInjected++
+	logf("fault: %s", f.what)
+	return f
+}
+
+// met: outboxd met the fault, as `evidence` shows.
+func (e *Env) met(f *Fault, evidence string, args ...any) {
+	e.faultLock.Lock()
+	defer e.faultLock.Unlock()
+	if f.met {
+		return
+	}
+	f.met = true
+	f.evidence = fmt.Sprintf(evidence, args...)
 	e.r.Faults++
-	msg := fmt.Sprintf(format, args...)
-	e.r.FaultLog = append(e.r.FaultLog, msg)
-	logf("fault: %s", msg)
+	e.r.FaultLog = append(e.r.FaultLog, f.what+": "+f.evidence)
+	logf("fault met: %s: %s", f.what, f.evidence)
+}
+
+// missed: no sign that outboxd met the fault; it does not count.
+func (e *Env) missed(f *Fault, why string, args ...any) {
+	msg := fmt.Sprintf(why, args...)
+	e.r.note("fault not met by outboxd (not counted): %s: %s", f.what, msg)
+	logf("fault NOT met: %s: %s", f.what, msg)
+}
+
+// injectMet is inject and met at once, for faults that hit outboxd itself (a signal to its process).
+func (e *Env) injectMet(evidence string, format string, args ...any) {
+	e.met(e.inject(format, args...), "%s", evidence)
+}
+
+// metIfLogged marks f met when outboxd's log (any instance's) gets a line after byte `from`
+// that `match` accepts within `timeout`, else missed.
+//
+// The wait is bounded by `timeout` only: the scenario's writing time may end meanwhile.
+func (e *Env) metIfLogged(f *Fault, od *Outboxd, from int64, what string, match func(line string) bool,
+	timeout time.Duration) {
+	if line, ok := waitLogLine(context.Background(), od.LogPath, from, match, timeout); ok {
+		e.met(f, "outboxd's log: %s", strings.TrimSpace(line))
+	} else {
+		e.missed(f, "no %s in outboxd's log within %s", what, timeout)
+	}
+}
+
+// afterReading adds a check to run on the witness's records.
+func (e *Env) afterReading(check func(seen []Seen)) {
+	e.faultLock.Lock()
+	defer e.faultLock.Unlock()
+	e.afterRead = append(e.afterRead, check)
+}
+
+func (e *Env) addExtraTopics(names ...string) {
+	e.extraMu.Lock()
+	defer e.extraMu.Unlock()
+	e.extraTopics = append(e.extraTopics, names...)
+}
+
+// witnessTopics: every topic of the run's messages.
+func (e *Env) witnessTopics() []string {
+	e.extraMu.Lock()
+	defer e.extraMu.Unlock()
+	return append(e.topics.All(), e.extraTopics...)
+}
+
+// ownTopics: every topic the run made, deleted at its end.
+func (e *Env) ownTopics() []string {
+	t := e.witnessTopics()
+	e.extraMu.Lock()
+	defer e.extraMu.Unlock()
+	return append(t, e.dropTopics...)
 }
 
 func (e *Env) recordCount(topic string, n int) {
@@ -85,7 +175,7 @@ func pick[T any](e *Env, short, long T) T {
 
 func allScenarios() []Scenario {
 	return append([]Scenario{
-		{name: "new-topics", about: "many topics x 12 partitions created at once and written at once right after outboxd starts, plus auto-created topics",
+		{name: "new-topics", about: "many topics x 12 partitions created at once and written at once right after outboxd starts, plus topics the harness creates once their first rows committed",
 			short: 16 * time.Second, long: 60 * time.Second, fault: newTopicsFault},
 		{name: "kill-outboxd", about: "outboxd SIGKILLed every 1.5-4 s and restarted",
 			topics: 6, partitions: 6, replicas: 1, short: 25 * time.Second, long: 120 * time.Second, fault: killOutboxdFault},
@@ -104,12 +194,13 @@ func allScenarios() []Scenario {
 		{name: "broker-outage", about: "the single broker down for 70 s while writing (long form only)",
 			longOnly: true, topics: 4, partitions: 6, replicas: 1, short: 90 * time.Second, long: 90 * time.Second,
 			fault: brokerOutageFault},
+		missingTopicScenario(),
 	}, exactlyOnceScenarios()...)
 }
 
 func defaultWriterConfig(long bool) WriterConfig {
 	return WriterConfig{Writers: 12, KeysPerTopic: 24, MaxMsgsPerTx: 6, RollbackPct: 12, LatePct: 8,
-		MaxLate: 300 * time.Millisecond, Pause: 4 * time.Millisecond}
+		MaxLate: 300 * time.Millisecond, Pause: 4 * time.Millisecond, ReverseLockPct: 3}
 }
 
 // RunScenario runs one scenario end to end and returns its figures; it never panics the harness.
@@ -180,13 +271,15 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 	}
 	// The application's own table: each transaction inserts a marker row beside its messages, so a
 	// COMMIT that got no answer can be settled afterwards.
-	if err := h.exec(ctx, db, "CREATE TABLE e2e_commits (token bigint PRIMARY KEY)"); err != nil {
+	// And each key's aggregate row, which half the keys' writers lock with SELECT ... FOR UPDATE.
+	if err := h.exec(ctx, db, "CREATE TABLE e2e_commits (token bigint PRIMARY KEY); "+
+		"CREATE TABLE e2e_aggregates (topic text, key text, version bigint NOT NULL DEFAULT 0, PRIMARY KEY (topic, key))"); err != nil {
 		r.fail("%v", err)
 		return r
 	}
 
 	e := &Env{h: h, r: r, rnd: rand.New(rand.NewSource(time.Now().UnixNano())), adm: adm, brokers: brokers,
-		outboxd: od, topics: &TopicSet{}, prefix: "e2e-" + tag, counts: map[string][]int{}}
+		outboxd: od, instances: []*Outboxd{od}, topics: &TopicSet{}, prefix: "e2e-" + tag, counts: map[string][]int{}}
 	if r.ExactlyOnce {
 		e.tid = "outboxd-" + db
 	}
@@ -205,7 +298,7 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 		}
 		dctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		if topics := e.topics.All(); len(topics) > 0 {
+		if topics := e.ownTopics(); len(topics) > 0 {
 			if _, err := adm.DeleteTopics(dctx, topics...); err != nil {
 				logf("delete topics: %v", err)
 			}
@@ -232,6 +325,12 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 		e.topics.Add(names...)
 	}
 
+	if s.setup != nil {
+		if err := s.setup(ctx, e); err != nil {
+			r.fail("setup: %v", err)
+			return r
+		}
+	}
 	if err := od.Start(); err != nil {
 		r.fail("start outboxd: %v", err)
 		return r
@@ -253,14 +352,35 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 			stopRun()
 		}()
 	}
+	// The writers write until the time is up and the fault function is done: a fault is injected
+	// while messages flow (a fault round may take longer than the writing time).
+	writeCtx, stopWrite := context.WithCancel(ctx)
+	faultDone := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); e.writers.Run(runCtx) }()
-	go func() { defer wg.Done(); s.fault(runCtx, e) }()
+	wg.Add(3)
+	go func() { defer wg.Done(); e.writers.Run(writeCtx) }()
+	go func() { defer wg.Done(); defer close(faultDone); s.fault(runCtx, e) }()
+	go func() {
+		defer wg.Done()
+		<-runCtx.Done()
+		<-faultDone
+		stopWrite()
+	}()
 	wg.Wait()
 	stopRun()
 	e.paused.Store(false)
 	logf("writing done: %d messages committed; waiting for the outbox to drain", e.writers.Written.Load())
+	logf("writers: %s", &e.writers.Stats)
+	r.note("writers: %s", &e.writers.Stats)
+	// The test world is what it claims: every isolation level and both kinds of lock committed.
+	for i, l := range isolationLevels {
+		if e.writers.Stats.Committed[i].Load() == 0 {
+			r.fail("no %s transaction of the writers committed", l.name)
+		}
+	}
+	if e.writers.Stats.RowLocked.Load() == 0 || e.writers.Stats.Advisory.Load() == 0 {
+		r.fail("the writers committed no transaction with a row lock or none with an advisory lock")
+	}
 
 	// Settle COMMITs that got no answer (PostgreSQL crashed under them).
 	settleCtx, cancelSettle := context.WithTimeout(ctx, 90*time.Second)
@@ -277,6 +397,9 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 		sleepCtx(settleCtx, time.Second)
 	}
 	cancelSettle()
+	if s.beforeDrain != nil {
+		s.beforeDrain(ctx, e)
+	}
 
 	drainTimeout := pick(e, 45*time.Second, 3*time.Minute)
 	if err := waitDrained(ctx, h.conninfo(db), drainTimeout, &r.DeadLetters); err != nil {
@@ -301,7 +424,12 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 	if err := od.Stop(30 * time.Second); err != nil {
 		r.fail("%v", err)
 	}
-	r.UnwantedExits = len(od.unwanted)
+	for i, o := range e.instances {
+		for _, u := range o.Unwanted() {
+			r.UnwantedExits++
+			r.note("outboxd instance %d: %s (log %s)", i+1, u, o.LogPath)
+		}
+	}
 
 	readCtx, cancelRead := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancelRead()
@@ -309,14 +437,21 @@ func (h *Harness) RunScenario(ctx context.Context, s Scenario, run int) *Result 
 	if r.ExactlyOnce {
 		read = ReadAllCommitted
 	}
-	seen, counts, err := read(readCtx, brokers, e.topics.All())
+	seen, counts, err := read(readCtx, brokers, e.witnessTopics())
 	if err != nil {
 		r.fail("witness: %v", err)
 	}
 	for t, n := range counts {
 		e.recordCount(t, n)
 	}
+	for _, check := range e.afterRead {
+		check(seen)
+	}
 	Verify(r, led, seen, e.counts)
+	if r.Faults == 0 {
+		r.fail("none of the %d injected faults was met by outboxd: the run proved nothing about them",
+			r.FaultsInjected)
+	}
 	if r.Failed() {
 		logf("outboxd log: %s", od.LogPath)
 		for _, n := range r.Notes {
@@ -428,10 +563,15 @@ func describeLeft(ctx context.Context, conninfo string, r *Result) int {
 
 // newTopicsFault: waves of topics, each created at once while a burst of transactions that already
 // took their ids waits to commit the moment CreateTopics returns; regular writers then write to them
-// too. Some topics are never created: the broker auto-creates them on outboxd's first produce.
+// too. Three more topics are written from the start but exist only once their first rows committed:
+// the harness creates them then, as an operator would (the brokers do not auto-create topics).
 func newTopicsFault(ctx context.Context, e *Env) {
-	auto := []string{e.prefix + "-auto0", e.prefix + "-auto1", e.prefix + "-auto2"}
-	e.topics.Add(auto...)
+	late := []string{e.prefix + "-late0", e.prefix + "-late1", e.prefix + "-late2"}
+	e.topics.Add(late...)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); e.createLate(ctx, late, 12) }()
+	defer wg.Wait()
 	waves := orDefault(newTopicsWaves, pick(e, 3, 6))
 	perWave := orDefault(newTopicsPerWave, pick(e, 12, 16))
 	partitions := int32(12)
@@ -464,11 +604,50 @@ func newTopicsFault(ctx context.Context, e *Env) {
 		if err != nil {
 			e.r.fail("create topics: %v", err)
 		}
-		e.fault("wave %d: %d topics x %d partitions created, %d messages each committed at once", w, perWave,
+		f := e.inject("wave %d: %d topics x %d partitions created, %d messages each committed at once", w, perWave,
 			partitions, burst)
+		e.metIfDelivered(f, names)
 		done.Wait()
 		sleepCtx(ctx, interval)
 	}
+}
+
+// createLate creates each of `topics` once the writers committed a first row to it (the row waits
+// in the outbox for a topic that does not exist yet), as an operator would.
+func (e *Env) createLate(ctx context.Context, topics []string, partitions int32) {
+	for _, t := range topics {
+		for ctx.Err() == nil && e.writers.Ledger.CommittedTo(t) == 0 {
+			sleepCtx(ctx, 50*time.Millisecond)
+		}
+		committed := e.writers.Ledger.CommittedTo(t)
+		cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		err := createTopics(cctx, e.adm, partitions, 1, []string{t})
+		cancel()
+		if err != nil {
+			e.r.fail("create the late topic %s: %v", t, err)
+			continue
+		}
+		e.recordCount(t, int(partitions))
+		f := e.inject("topic %s created after %d of its messages committed", t, committed)
+		e.metIfDelivered(f, []string{t})
+	}
+}
+
+// metIfDelivered: the fault is met when the witness reads outboxd's records in each of `topics`.
+func (e *Env) metIfDelivered(f *Fault, topics []string) {
+	e.afterReading(func(seen []Seen) {
+		n := map[string]int{}
+		for i := range seen {
+			n[seen[i].Topic]++
+		}
+		for _, t := range topics {
+			if n[t] == 0 {
+				e.missed(f, "the witness read no record of outboxd in %s", t)
+				return
+			}
+		}
+		e.met(f, "the witness read outboxd's records in each of its %d topics", len(topics))
+	})
 }
 
 // Overrides of the new-topics shape (flags -waves, -wave-topics, -burst); 0 = the form's default.
@@ -548,8 +727,7 @@ func killOutboxdFault(ctx context.Context, e *Env) {
 		if ctx.Err() != nil {
 			break
 		}
-		e.outboxd.Kill()
-		e.fault("SIGKILL outboxd")
+		e.killed(e.outboxd, "SIGKILL outboxd")
 		time.Sleep(time.Duration(e.rnd.Int63n(int64(500 * time.Millisecond))))
 		if err := e.outboxd.Start(); err != nil {
 			e.r.fail("restart outboxd: %v", err)
@@ -572,11 +750,41 @@ func pgCrashFault(ctx context.Context, e *Env) {
 		if ctx.Err() != nil {
 			return
 		}
+		from := logSize(e.outboxd.LogPath)
 		if err := e.h.script(context.Background(), "pg.sh", "crash"); err != nil {
 			e.r.fail("%v", err)
 			return
 		}
-		e.fault("PostgreSQL crashed and restarted (scripts/pg.sh crash)")
+		f := e.inject("PostgreSQL crashed and restarted (scripts/pg.sh crash)")
+		// outboxd's session died with the server: it stops delivering (it led) or says PostgreSQL
+		// failed (it was still reconnecting after the last crash).
+		e.metIfLogged(f, e.outboxd, from, "lost PostgreSQL session", lostPostgres, 30*time.Second)
+	}
+}
+
+// lostPostgres: a line of outboxd's log that says it lost its PostgreSQL session.
+func lostPostgres(line string) bool {
+	return strings.Contains(line, "stopped delivering") ||
+		(strings.Contains(line, " warning ") && strings.Contains(line, "PostgreSQL"))
+}
+
+// lostBroker returns a match for a line of outboxd's log about its connection to the broker at
+// `addr` (host:port): librdkafka's "Disconnected", "Connection refused", "Receive failed" ... name
+// the broker as "host:port/id".
+func lostBroker(addr string) func(string) bool {
+	return func(line string) bool {
+		return strings.Contains(line, addr+"/") && (strings.Contains(line, " warning ") ||
+			strings.Contains(line, " error "))
+	}
+}
+
+// killed SIGKILLs an instance; the fault is met when the process was running.
+func (e *Env) killed(o *Outboxd, format string, args ...any) {
+	f := e.inject(format, args...)
+	if o.Kill() {
+		e.met(f, "the process was running when SIGKILL went out")
+	} else {
+		e.missed(f, "the process had already ended")
 	}
 }
 
@@ -586,20 +794,24 @@ func brokerKillFault(ctx context.Context, e *Env) {
 	for round := 0; round < rounds; round++ {
 		for _, n := range []int{1, 2, 3} {
 			sleepCtx(ctx, 3*time.Second)
+			from := logSize(e.outboxd.LogPath)
 			if err := e.h.script(context.Background(), "kafka.sh", "kill", fmt.Sprint(n)); err != nil {
 				e.r.fail("%v", err)
 				return
 			}
-			e.fault("broker %d SIGKILLed", n)
-			time.Sleep(time.Duration(pick(e, 3, 8)) * time.Second)
+			killedAt := time.Now()
+			f := e.inject("broker %d SIGKILLed", n)
+			down := time.Duration(pick(e, 3, 8)) * time.Second
+			e.metIfLogged(f, e.outboxd, from, "lost connection to broker "+e.brokers[n-1],
+				lostBroker(e.brokers[n-1]), down)
+			time.Sleep(down - time.Since(killedAt))
 			if err := e.h.script(context.Background(), "kafka.sh", "restart-node", fmt.Sprint(n)); err != nil {
 				e.r.fail("%v", err)
 				return
 			}
-			e.fault("broker %d restarted", n)
+			logf("broker %d restarted", n)
 		}
 	}
-	// the writers keep going until their time is up (a fault round may take longer than that)
 }
 
 // leaderMovesFault: alternately (1) reverse every partition's replica list and elect the preferred
@@ -619,6 +831,7 @@ func leaderMovesFault(ctx context.Context, e *Env) {
 			e.r.fail("metadata: %v", err)
 			return
 		}
+		before := leaders(md, topics)
 		req := kadm.AlterPartitionAssignmentsReq{}
 		what := "replica order reversed"
 		if step%2 == 1 {
@@ -668,8 +881,43 @@ func leaderMovesFault(ctx context.Context, e *Env) {
 		if err != nil {
 			logf("leader moves: %v", err)
 		}
-		e.fault("%s on %d partitions, %d preferred leaders elected", what, moved, elected)
+		f := e.inject("%s on %d partitions, %d preferred leaders elected", what, moved, elected)
+		// Met when partitions outboxd writes to have another leader in the metadata (a reassignment
+		// may finish a moment later: looked for up to 3 s).
+		changed := 0
+		for deadline := time.Now().Add(3 * time.Second); changed == 0 && time.Now().Before(deadline); {
+			mctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			var after kadm.Metadata
+			after, err = e.adm.Metadata(mctx, topics...)
+			cancel()
+			if err == nil {
+				for tp, l := range leaders(after, topics) {
+					if b, ok := before[tp]; ok && b != l {
+						changed++
+					}
+				}
+			}
+			if changed == 0 {
+				time.Sleep(250 * time.Millisecond)
+			}
+		}
+		if changed > 0 {
+			e.met(f, "%d of %d partitions have another leader in the metadata", changed, len(before))
+		} else {
+			e.missed(f, "no partition's leader changed in the metadata (error %v)", err)
+		}
 	}
+}
+
+// leaders maps each partition of the topics to its leader in the metadata.
+func leaders(md kadm.Metadata, topics []string) map[string]int32 {
+	out := map[string]int32{}
+	for _, t := range topics {
+		for _, p := range md.Topics[t].Partitions {
+			out[fmt.Sprintf("%s/%d", t, p.Partition)] = p.Leader
+		}
+	}
+	return out
 }
 
 // addPartitionsFault: 3 -> 6 -> 9 partitions while writing.
@@ -698,7 +946,22 @@ func addPartitionsFault(ctx context.Context, e *Env) {
 		for _, t := range topics {
 			e.recordCount(t, n)
 		}
-		e.fault("partitions of %d topics raised to %d", len(topics), n)
+		f := e.inject("partitions of %d topics raised to %d", len(topics), n)
+		old := int32(n - 3)
+		e.afterReading(func(seen []Seen) {
+			// outboxd met the new partitions when it wrote into them.
+			in := 0
+			for i := range seen {
+				if seen[i].Partition >= old && seen[i].Partition < int32(n) {
+					in++
+				}
+			}
+			if in > 0 {
+				e.met(f, "the witness read %d records of outboxd in partitions %d-%d", in, old, n-1)
+			} else {
+				e.missed(f, "the witness read no record in partitions %d-%d", old, n-1)
+			}
+		})
 	}
 }
 
@@ -708,24 +971,28 @@ func brokerOutageFault(ctx context.Context, e *Env) {
 	if ctx.Err() != nil {
 		return
 	}
+	started := time.Now()
+	from := logSize(e.outboxd.LogPath)
 	if err := e.h.script(context.Background(), "kafka.sh", "stop", "single"); err != nil {
 		e.r.fail("%v", err)
 		return
 	}
-	e.fault("broker stopped")
-	time.Sleep(70 * time.Second)
+	f := e.inject("broker stopped for 70 s")
+	e.metIfLogged(f, e.outboxd, from, "lost connection to the broker", lostBroker(e.brokers[0]),
+		70*time.Second)
+	time.Sleep(70*time.Second - time.Since(started))
 	if err := e.h.script(context.Background(), "kafka.sh", "start", "single"); err != nil {
 		e.r.fail("%v", err)
 		return
 	}
-	e.fault("broker started after 70 s")
+	logf("broker started after 70 s")
 }
 
 // ---- the table ---------------------------------------------------------------------------------
 
 func printTable(w io.Writer, results []*Result, total time.Duration) {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\trun\tsecs\tfaults\tcommitted\trolled back\tdelivered\tlost\tphantom\tdup\tdup differ\t"+
+	fmt.Fprintln(tw, "scenario\trun\tsecs\tfaults met/injected\tcommitted\trolled back\tdelivered\tlost\tphantom\tdup\tdup differ\t"+
 		"order breaks\tmoved keys\tcontent\tpartition\tdead letters\tstuck\toutboxd exits\tverdict\t")
 	var failed, passed int
 	for _, r := range results {
@@ -736,8 +1003,8 @@ func printTable(w io.Writer, results []*Result, total time.Duration) {
 		} else {
 			passed++
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n",
-			r.Scenario, r.Run, r.Duration.Seconds(), r.Faults, r.Committed, r.RolledBack, r.Delivered, r.Lost,
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n",
+			r.Scenario, r.Run, r.Duration.Seconds(), r.Faults, r.FaultsInjected, r.Committed, r.RolledBack, r.Delivered, r.Lost,
 			r.Phantom, r.Duplicates, r.DuplicateMismatch, r.OrderBreaks, r.MovedKeys, r.Content+r.Foreign,
 			r.PartitionMismatch, r.DeadLetters, r.Stuck, r.UnwantedExits, verdict)
 	}

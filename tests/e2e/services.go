@@ -106,9 +106,34 @@ type Outboxd struct {
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	exitErr  error
+	sent     syscall.Signal // the signal the harness sent to end the current process (0: none)
 	starts   int
 	killed   int
-	unwanted []string // exits nobody asked for
+	unwanted []string // exits the harness did not cause, with when and how
+}
+
+// Unwanted lists the exits the harness did not cause: every one fails the run.
+func (o *Outboxd) Unwanted() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.unwanted...)
+}
+
+// causedBy: whether the process ended as the harness's signal `sent` makes it end: killed by that
+// signal, or (SIGTERM) a clean exit with status 0. Anything else (an exit(1), an abort, a crash, an
+// exit before the signal was sent) is the product's own doing.
+func causedBy(sent syscall.Signal, state *os.ProcessState) bool {
+	if sent == 0 || state == nil {
+		return false
+	}
+	ws, ok := state.Sys().(syscall.WaitStatus)
+	if !ok {
+		return false
+	}
+	if ws.Signaled() {
+		return ws.Signal() == sent
+	}
+	return sent == syscall.SIGTERM && ws.Exited() && ws.ExitStatus() == 0
 }
 
 func (o *Outboxd) Migrate(ctx context.Context) error {
@@ -135,14 +160,25 @@ func (o *Outboxd) Start() error {
 	}
 	o.starts++
 	o.cmd = cmd
+	o.sent = 0
 	exited := make(chan struct{})
 	o.exited = exited
+	start := o.starts
 	go func() {
 		err := cmd.Wait()
-		logFile.Close()
 		o.mu.Lock()
 		o.exitErr = err
+		if !causedBy(o.sent, cmd.ProcessState) {
+			what := fmt.Sprintf("start #%d (pid %d) exited on its own at %s: %v", start, cmd.Process.Pid,
+				time.Now().UTC().Format("15:04:05.000"), err)
+			if o.sent != 0 {
+				what += fmt.Sprintf(" (the harness had sent %v)", o.sent)
+			}
+			o.unwanted = append(o.unwanted, what)
+			fmt.Fprintf(logFile, "----- e2e: %s\n", what)
+		}
 		o.mu.Unlock()
+		logFile.Close()
 		close(exited)
 	}()
 	return nil
@@ -164,12 +200,15 @@ func (o *Outboxd) Alive() bool {
 	}
 }
 
-// Kill sends SIGKILL and waits for the process to be gone.
-func (o *Outboxd) Kill() {
+// Kill sends SIGKILL and waits for the process to be gone. It reports whether the process was
+// running when the signal went out (the kill then hit outboxd).
+func (o *Outboxd) Kill() bool {
+	alive := o.Alive()
 	o.signalAndWait(syscall.SIGKILL, 10*time.Second)
 	o.mu.Lock()
 	o.killed++
 	o.mu.Unlock()
+	return alive
 }
 
 // Stop sends SIGTERM (a clean shutdown) and waits; SIGKILL after the timeout.
@@ -193,6 +232,13 @@ func (o *Outboxd) Stop(timeout time.Duration) error {
 func (o *Outboxd) signalAndWait(sig syscall.Signal, timeout time.Duration) bool {
 	o.mu.Lock()
 	cmd, ch := o.cmd, o.exited
+	select {
+	case <-ch:
+	default:
+		if cmd != nil {
+			o.sent = sig // under the lock: an exit after this is the signal's, when its status says so
+		}
+	}
 	o.mu.Unlock()
 	if cmd == nil || ch == nil {
 		return true
@@ -207,7 +253,8 @@ func (o *Outboxd) signalAndWait(sig syscall.Signal, timeout time.Duration) bool 
 }
 
 // Supervise restarts outboxd when it exits without being asked to (as systemd's Restart=always
-// would) and records each such exit: a harness figure of its own.
+// would), so that the run goes on and its other figures are measured; the exit itself was recorded
+// (Unwanted) and fails the run.
 func (o *Outboxd) Supervise(ctx context.Context, paused func() bool) {
 	for {
 		select {
@@ -220,7 +267,6 @@ func (o *Outboxd) Supervise(ctx context.Context, paused func() bool) {
 		}
 		o.mu.Lock()
 		msg := fmt.Sprintf("%v", o.exitErr)
-		o.unwanted = append(o.unwanted, msg)
 		o.mu.Unlock()
 		logf("outboxd exited on its own (%s); restarting it", msg)
 		if err := o.Start(); err != nil {

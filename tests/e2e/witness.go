@@ -373,7 +373,8 @@ type Result struct {
 	Scenario          string
 	Run               int
 	Duration          time.Duration
-	Faults            int
+	Faults            int // injected faults that outboxd met (Fault, Env.met)
+	FaultsInjected    int
 	FaultLog          []string
 	Committed         int
 	RolledBack        int
@@ -411,9 +412,10 @@ func (r *Result) fail(format string, args ...any) {
 }
 
 // Failed: anything lost, phantom, out of key order, changed, foreign, misplaced, dead-lettered,
-// duplicated with different content, or the run itself could not be completed.
+// duplicated with different content, an outboxd exit the harness did not cause, or the run itself
+// could not be completed (which includes a run where outboxd met none of the faults).
 func (r *Result) Failed() bool {
-	return r.Lost > 0 || r.Phantom > 0 || r.OrderBreaks > 0 || r.Content > 0 || r.Foreign > 0 ||
+	return r.Lost > 0 || r.UnwantedExits > 0 || r.Phantom > 0 || r.OrderBreaks > 0 || r.Content > 0 || r.Foreign > 0 ||
 		r.DuplicateMismatch > 0 || r.PartitionMismatch > 0 || r.DeadLetters > 0 || r.Uncertain > 0 || r.Stuck > 0 ||
 		(r.MovedKeys > 0 && !r.AllowMovedKeys) || len(r.Errors) > 0 || r.Committed == 0 ||
 		(r.ExactlyOnce && r.Duplicates > 0)
@@ -426,7 +428,7 @@ func (r *Result) Summary() string {
 	}
 	return fmt.Sprintf("%s run %d: %s in %s: committed %d, rolled back %d, delivered %d (records %d), lost %d, "+
 		"phantom %d, duplicates %d, order breaks %d, content %d, partition %d, moved keys %d, dead letters %d, "+
-		"faults %d, errors %v", r.Scenario, r.Run, verdict, r.Duration.Round(time.Second), r.Committed, r.RolledBack,
+		"faults met %d of %d, outboxd exits %d, errors %v", r.Scenario, r.Run, verdict, r.Duration.Round(time.Second), r.Committed, r.RolledBack,
 		r.Delivered, r.Records, r.Lost, r.Phantom, r.Duplicates, r.OrderBreaks, r.Content, r.PartitionMismatch,
-		r.MovedKeys, r.DeadLetters, r.Faults, r.Errors)
+		r.MovedKeys, r.DeadLetters, r.Faults, r.FaultsInjected, r.UnwantedExits, r.Errors)
 }

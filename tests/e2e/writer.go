@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand"
 	"sort"
 	"sync"
@@ -35,6 +36,7 @@ type Ledger struct {
 	committed  map[MsgID]bool
 	rolledBack map[MsgID]bool
 	uncertain  map[string][]MsgID // COMMIT got no answer: marker token -> ids, settled by the marker row
+	perTopic   map[string]int     // committed messages per topic
 	txCommits  int
 	txRollback int
 	txErrors   int
@@ -42,7 +44,7 @@ type Ledger struct {
 
 func NewLedger() *Ledger {
 	return &Ledger{msgs: map[MsgID]*Expected{}, committed: map[MsgID]bool{},
-		rolledBack: map[MsgID]bool{}, uncertain: map[string][]MsgID{}}
+		rolledBack: map[MsgID]bool{}, uncertain: map[string][]MsgID{}, perTopic: map[string]int{}}
 }
 
 func (l *Ledger) record(ids []MsgID, msgs []*Expected, outcome string, token string) {
@@ -53,6 +55,7 @@ func (l *Ledger) record(ids []MsgID, msgs []*Expected, outcome string, token str
 		switch outcome {
 		case "commit":
 			l.committed[id] = true
+			l.perTopic[msgs[i].Topic]++
 		case "rollback", "error":
 			l.rolledBack[id] = true
 		}
@@ -67,6 +70,13 @@ func (l *Ledger) record(ids []MsgID, msgs []*Expected, outcome string, token str
 	case "uncertain":
 		l.uncertain[token] = append(l.uncertain[token], ids...)
 	}
+}
+
+// CommittedTo: how many messages to `topic` are known committed.
+func (l *Ledger) CommittedTo(topic string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.perTopic[topic]
 }
 
 // Settle asks PostgreSQL what became of transactions whose COMMIT got no answer.
@@ -95,6 +105,7 @@ func (l *Ledger) Settle(ctx context.Context, conninfo string) (committed, aborte
 			l.txCommits++
 			for _, id := range ids {
 				l.committed[id] = true
+				l.perTopic[l.msgs[id].Topic]++
 			}
 		} else {
 			aborted++
@@ -150,6 +161,9 @@ type WriterConfig struct {
 	LatePct      int // percent of transactions that wait after taking their ids (out-of-order commits)
 	MaxLate      time.Duration
 	Pause        time.Duration // between transactions of one writer (0 = flat out)
+	// percent of transaction attempts that take their key locks in reverse order: they can
+	// deadlock with another writer (40P01), which the application retries
+	ReverseLockPct int
 }
 
 var unicodeWords = []string{"zürich", "ключ", "键", "キー", "🙂", "ℵ₀", "naïve", "مفتاح", "Ωμέγα"}
@@ -211,6 +225,9 @@ type Writers struct {
 	Cfg      WriterConfig
 	seed     int64
 	Written  atomic.Int64
+	Stats    WriterStats
+	// aggregate rows known to exist ("topic/key")
+	aggregates sync.Map
 }
 
 func (w *Writers) Run(ctx context.Context) {
@@ -287,11 +304,131 @@ type Gate struct {
 	Open    <-chan struct{} // commit when this closes
 }
 
-// publishTx is one application transaction. With a gate it always commits, when the gate opens.
+// Isolation levels of the writers' transactions and each one's share of them (percent).
+var isolationLevels = []struct {
+	name  string
+	level pgx.TxIsoLevel
+	pct   int
+}{
+	{"read committed", pgx.ReadCommitted, 50},
+	{"repeatable read", pgx.RepeatableRead, 25},
+	{"serializable", pgx.Serializable, 25},
+}
+
+func pickIsolation(r *rand.Rand) int {
+	n := r.Intn(100)
+	for i, l := range isolationLevels {
+		if n < l.pct {
+			return i
+		}
+		n -= l.pct
+	}
+	return 0
+}
+
+// rowLocked: whether the writers of `key` serialize with SELECT ... FOR UPDATE on the key's
+// aggregate row (e2e_aggregates), else with pg_advisory_xact_lock. Fixed per key: writers of one key
+// must all take the same lock, or they would not wait for each other.
+func rowLocked(topic, key string) bool {
+	h := fnv.New32a()
+	h.Write([]byte(topic + "/" + key))
+	return h.Sum32()%2 == 0
+}
+
+// WriterStats: what the writers' transactions met, for the run's log (atomic: writers share it).
+type WriterStats struct {
+	Committed   [3]atomic.Int64 // committed transactions per isolation level (isolationLevels)
+	RowLocked   atomic.Int64    // committed transactions that locked an aggregate row FOR UPDATE
+	Advisory    atomic.Int64    // committed transactions that took an advisory lock
+	Serialize   atomic.Int64    // attempts that failed with 40001 (could not serialize) and were retried
+	Deadlock    atomic.Int64    // attempts that failed with 40P01 (deadlock detected) and were retried
+	GaveUp      atomic.Int64    // transactions that failed 40001/40P01 on every attempt
+	Reversed    atomic.Int64    // attempts that took their locks in reverse order
+	RolledBack  atomic.Int64    // transactions the application rolled back on purpose
+	CommitError atomic.Int64    // COMMITs the server refused (40001 at COMMIT among them)
+}
+
+func (s *WriterStats) String() string {
+	return fmt.Sprintf("committed transactions: %d read committed, %d repeatable read, %d serializable "+
+		"(%d locked an aggregate row FOR UPDATE, %d took advisory locks); retried: %d after 40001, %d after "+
+		"40P01 (%d attempts locked in reverse order); %d gave up; %d rolled back on purpose; %d COMMITs refused",
+		s.Committed[0].Load(), s.Committed[1].Load(), s.Committed[2].Load(), s.RowLocked.Load(), s.Advisory.Load(),
+		s.Serialize.Load(), s.Deadlock.Load(), s.Reversed.Load(), s.GaveUp.Load(), s.RolledBack.Load(),
+		s.CommitError.Load())
+}
+
+// maxAttempts: a transaction that fails with a serialization failure or a deadlock is retried, as an
+// application must, this many times in all.
+const maxAttempts = 20
+
+// publishTx is one application transaction, retried on 40001 and 40P01 (each failed attempt's ids
+// are rolled back in the ledger; only a COMMIT that succeeded puts ids in it as committed). With a
+// gate it runs at READ COMMITTED, always commits, and commits when the gate opens; otherwise its
+// isolation level is drawn from isolationLevels.
 func (w *Writers) publishTx(ctx context.Context, conn *pgx.Conn, r *rand.Rand, topic string, keys []*string,
 	lockSet map[string]bool, gate *Gate) error {
+	level := 0
+	if gate == nil {
+		level = pickIsolation(r)
+	}
+	if err := w.ensureAggregates(conn, topic, lockSet); err != nil {
+		return err
+	}
+	for attempt := 1; ; attempt++ {
+		reverse := gate == nil && r.Intn(100) < w.Cfg.ReverseLockPct
+		err := w.attempt(conn, r, topic, keys, lockSet, gate, level, reverse)
+		code := sqlState(err)
+		if code != "40001" && code != "40P01" {
+			return err
+		}
+		if attempt == maxAttempts || conn.IsClosed() {
+			w.Stats.GaveUp.Add(1)
+			return err
+		}
+		if code == "40001" {
+			w.Stats.Serialize.Add(1)
+		} else {
+			w.Stats.Deadlock.Add(1)
+		}
+		sleepCtx(context.Background(), time.Duration(r.Int63n(int64(time.Duration(attempt)*5*time.Millisecond))))
+	}
+}
+
+// ensureAggregates makes the aggregate rows of the row-locked keys exist (in their own statement,
+// before the transaction: the entities exist before anyone writes about them).
+func (w *Writers) ensureAggregates(conn *pgx.Conn, topic string, lockSet map[string]bool) error {
+	for k := range lockSet {
+		if !rowLocked(topic, k) {
+			continue
+		}
+		name := topic + "/" + k
+		if _, done := w.aggregates.Load(name); done {
+			continue
+		}
+		if _, err := conn.Exec(context.Background(),
+			"INSERT INTO e2e_aggregates (topic, key) VALUES ($1, $2) ON CONFLICT DO NOTHING", topic, k); err != nil {
+			return err
+		}
+		w.aggregates.Store(name, true)
+	}
+	return nil
+}
+
+func sqlState(err error) string {
+	var pgErr interface{ SQLState() string }
+	if errors.As(err, &pgErr) {
+		return pgErr.SQLState()
+	}
+	return ""
+}
+
+// attempt is one try of an application transaction: BEGIN at `level`, the marker row, the key
+// locks (sorted; reversed when `reverse`, which can deadlock with another writer), the messages,
+// then COMMIT, ROLLBACK, or a wait first (its ids are taken; later ids commit before it).
+func (w *Writers) attempt(conn *pgx.Conn, r *rand.Rand, topic string, keys []*string,
+	lockSet map[string]bool, gate *Gate, level int, reverse bool) error {
 	opCtx := context.Background() // never abandon a transaction half-way because the scenario ends
-	tx, err := conn.Begin(opCtx)
+	tx, err := conn.BeginTx(opCtx, pgx.TxOptions{IsoLevel: isolationLevels[level].level})
 	if err != nil {
 		return err
 	}
@@ -310,15 +447,37 @@ func (w *Writers) publishTx(ctx context.Context, conn *pgx.Conn, r *rand.Rand, t
 	if _, err := tx.Exec(opCtx, "INSERT INTO e2e_commits (token) VALUES ($1::bigint)", token); err != nil {
 		return fail(err)
 	}
-	// The README's discipline: writers of one key serialize. Locks in a fixed order, no deadlocks.
+	// The README's discipline: writers of one key serialize, with an advisory lock or a row lock on
+	// the key's aggregate. Locks in a fixed order, no deadlocks (unless reversed on purpose).
 	locks := make([]string, 0, len(lockSet))
 	for k := range lockSet {
-		locks = append(locks, topic+"/"+k)
+		locks = append(locks, k)
 	}
 	sort.Strings(locks)
-	for _, l := range locks {
-		if _, err := tx.Exec(opCtx, "SELECT pg_advisory_xact_lock(hashtext($1))", l); err != nil {
-			return fail(err)
+	if reverse && len(locks) > 1 {
+		w.Stats.Reversed.Add(1)
+		for i, j := 0, len(locks)-1; i < j; i, j = i+1, j-1 {
+			locks[i], locks[j] = locks[j], locks[i]
+		}
+	}
+	rows, advisory := false, false
+	for _, k := range locks {
+		if rowLocked(topic, k) {
+			rows = true
+			var version int64
+			if err := tx.QueryRow(opCtx, "SELECT version FROM e2e_aggregates WHERE topic = $1 AND key = $2 FOR UPDATE",
+				topic, k).Scan(&version); err != nil {
+				return fail(err)
+			}
+			if _, err := tx.Exec(opCtx, "UPDATE e2e_aggregates SET version = $3 WHERE topic = $1 AND key = $2",
+				topic, k, version+1); err != nil {
+				return fail(err)
+			}
+		} else {
+			advisory = true
+			if _, err := tx.Exec(opCtx, "SELECT pg_advisory_xact_lock(hashtext($1))", topic+"/"+k); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	for _, key := range keys {
@@ -349,12 +508,13 @@ func (w *Writers) publishTx(ctx context.Context, conn *pgx.Conn, r *rand.Rand, t
 			return err
 		}
 		w.Ledger.record(ids, exps, "rollback", "")
+		w.Stats.RolledBack.Add(1)
 		return nil
 	}
 	if err := tx.Commit(opCtx); err != nil {
-		var pgErr interface{ SQLState() string }
-		if errors.As(err, &pgErr) {
+		if sqlState(err) != "" {
 			w.Ledger.record(ids, exps, "error", "") // the server refused the commit
+			w.Stats.CommitError.Add(1)
 		} else {
 			w.Ledger.record(ids, exps, "uncertain", token) // no answer: the marker row decides later
 		}
@@ -362,6 +522,13 @@ func (w *Writers) publishTx(ctx context.Context, conn *pgx.Conn, r *rand.Rand, t
 	}
 	w.Ledger.record(ids, exps, "commit", "")
 	w.Written.Add(int64(len(ids)))
+	w.Stats.Committed[level].Add(1)
+	if rows {
+		w.Stats.RowLocked.Add(1)
+	}
+	if advisory {
+		w.Stats.Advisory.Add(1)
+	}
 	return nil
 }
 

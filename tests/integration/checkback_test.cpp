@@ -302,6 +302,36 @@ TEST_F(CheckBackIntegration, TimeoutsErrorsAndGarbageCountAsUnknownThenDeadLette
   }
 }
 
+// The first check waits transaction_timeout from the prepare() call, not from the start of the
+// transaction that prepares. A prepare late in a long transaction (4 s of work before it) whose
+// application commits its local step 1 s after that transaction committed: the checker, which
+// answers "rollback" for what it does not know, must not be asked before then.
+TEST_F(CheckBackIntegration, PrepareLateInALongTransactionIsNotCheckedAtOnce) {
+  CheckServer server([](const CheckServer::Request&) { return CheckServer::Answer("rollback"); });
+  OutboxdProcess outboxd(services_, *db_, "",
+                         "[checkback]\ntransaction_timeout = \"3s\"\ncheck_interval = "
+                         "\"200ms\"\npoll_interval = \"50ms\"\nchecker = \"http\"\n"
+                         "http_url = \"" +
+                             server.url() + "\"\n");
+  outboxd.Start();
+  ASSERT_TRUE(outboxd.WaitForLog("leading the outbox", seconds(20))) << outboxd.Log();
+  pg::Connection app = db_->Connect();
+  ASSERT_TRUE(app.Exec("BEGIN").ok());
+  ASSERT_TRUE(app.Exec("SELECT pg_sleep(4)").ok());
+  auto prepared = app.Query("SELECT outbox.prepare('" + topic_ + "', 'k', 'late')");
+  ASSERT_TRUE(prepared.ok()) << prepared.status().message();
+  ASSERT_TRUE(app.Exec("COMMIT").ok());
+  const std::string id(prepared->Get(0, 0));
+  // The local step.
+  std::this_thread::sleep_for(seconds(1));
+  auto committed = app.Query("SELECT outbox.commit(" + id + ")");
+  EXPECT_TRUE(committed.ok()) << committed.status().message() << "\n" << outboxd.Log();
+  EXPECT_EQ(State(std::stoll(id)), "committed/application/0");
+  EXPECT_TRUE(server.ChecksOf(std::stoll(id)).empty());
+  Consumer consumer(services_, topic_);
+  EXPECT_EQ(consumer.ReadUntil(1, seconds(20)).size(), 1u) << outboxd.Log();
+}
+
 TEST_F(CheckBackIntegration, SqlCheckerAsksTheApplicationsDatabase) {
   // The application records the outcome of its local step; the query reads it. $1 (the id) is
   // not used: a query may use any of the parameters.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <random>
@@ -246,6 +247,176 @@ TEST_F(DelayIntegration, ConcurrentWritersAndReleasesKeepKeyOrder) {
   }
   EXPECT_EQ(w.arrived.size(), all.size());
   EXPECT_EQ(w.duplicates, 0u);
+}
+
+// Writers of a key at REPEATABLE READ or SERIALIZABLE, serialized by an advisory lock or by
+// SELECT ... FOR UPDATE on an aggregate row that the first one only locks: the second one's
+// snapshot is taken before the first one (which delays its message) commits, then it waits for
+// the lock and publishes. Its message must still arrive after the delayed one. Such writers retry
+// on a serialization failure (40001), as they must anyway.
+TEST_F(DelayIntegration, RepeatableReadAndSerializableWritersWaitBehindADelayedMessage) {
+  OutboxdProcess outboxd(services_, *db_, "", "[delay]\npoll_interval = \"200ms\"\n");
+  outboxd.Start();
+  Consumer consumer(services_, topic_);
+  db_->Exec("CREATE TABLE aggregates (k text PRIMARY KEY, n int NOT NULL DEFAULT 0)");
+  struct Variant {
+    std::string isolation;
+    bool row_lock;  // SELECT ... FOR UPDATE on the aggregate; else pg_advisory_xact_lock
+  };
+  const std::vector<Variant> variants = {{"REPEATABLE READ", false},
+                                         {"SERIALIZABLE", false},
+                                         {"REPEATABLE READ", true},
+                                         {"SERIALIZABLE", true}};
+  constexpr int kKeysPerVariant = 5;
+  std::set<int64_t> all;
+  int retries = 0;
+  for (size_t v = 0; v < variants.size(); ++v) {
+    for (int i = 0; i < kKeysPerVariant; ++i) {
+      const Variant& variant = variants[v];
+      const std::string key = "key-" + std::to_string(v) + "-" + std::to_string(i);
+      db_->Exec("INSERT INTO aggregates (k) VALUES ('" + key + "')");
+      const std::string lock = variant.row_lock
+                                   ? "SELECT n FROM aggregates WHERE k = '" + key + "' FOR UPDATE"
+                                   : "SELECT pg_advisory_xact_lock(hashtext('" + key + "'))";
+      pg::Connection first = db_->Connect();
+      ASSERT_TRUE(first.Exec("BEGIN ISOLATION LEVEL " + variant.isolation).ok());
+      ASSERT_TRUE(first.Exec(lock).ok());
+      all.insert(Publish(first, key, "first", "clock_timestamp() + interval '2 s'"));
+      // The second writer: its snapshot is taken by the lock statement, which waits for `first`.
+      pg::Connection second = db_->Connect();
+      const std::string second_pid(second.Query("SELECT pg_backend_pid()")->Get(0, 0));
+      int64_t second_id = -1;
+      std::string error;
+      std::thread writer([&] {
+        for (int attempt = 0; attempt < 5; ++attempt) {
+          if (!second.Exec("BEGIN ISOLATION LEVEL " + variant.isolation).ok() ||
+              !second.Exec(lock).ok()) {
+            error = "lock failed";
+            return;
+          }
+          try {
+            second_id = Publish(second, key, "second");
+          } catch (const std::exception& e) {
+            (void)second.Exec("ROLLBACK");
+            if (std::string(e.what()).find("SQLSTATE 40001") == std::string::npos) {
+              error = e.what();
+              return;
+            }
+            ++retries;
+            continue;
+          }
+          if (second.Exec("COMMIT").ok()) return;
+          error = "commit failed";
+          return;
+        }
+        error = "still refused after 5 attempts";
+      });
+      // Commit the first writer only once the second one waits for the lock.
+      bool waiting = WaitFor(
+          [&] {
+            return db_->Scalar("SELECT wait_event_type FROM pg_stat_activity WHERE pid = " +
+                               second_pid) == "Lock";
+          },
+          seconds(10));
+      ASSERT_TRUE(first.Exec("COMMIT").ok());
+      writer.join();
+      ASSERT_TRUE(waiting) << "the second writer never waited for the key's lock";
+      ASSERT_EQ(error, "") << key;
+      all.insert(second_id);
+    }
+  }
+  Witness w;
+  ASSERT_TRUE(ReadUntil(consumer, &w, all, seconds(60))) << outboxd.Log();
+  const std::string breaks = OrderBreaks(w);
+  size_t keys_out_of_order = 0;
+  for (const auto& [key, ids] : w.order_by_key)
+    keys_out_of_order += !std::is_sorted(ids.begin(), ids.end());
+  std::cout << "[ delay    ] " << w.order_by_key.size() << " keys, " << keys_out_of_order
+            << " out of order; " << retries << " writers refused with 40001 and retried\n";
+  EXPECT_EQ(breaks, "");
+  EXPECT_EQ(w.arrived.size(), all.size());
+}
+
+// PostgreSQL crashes (pg_ctl -m immediate, then crash recovery) twice: while delayed messages
+// wait, and as their time comes and they are released. Every message arrives, per key in publish
+// order, and none is released twice (a second release would carry a new outbox-id).
+TEST_F(DelayIntegration, DelayedMessagesSurviveAPostgresCrash) {
+  OutboxdProcess outboxd(services_, *db_, "", "[delay]\npoll_interval = \"200ms\"\n");
+  outboxd.Start();
+  Consumer consumer(services_, topic_);
+  pg::Connection app = db_->Connect();
+  ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ +
+                       "', 'far-' || i, 'far', '{}', now() + interval '1 hour') "
+                       "FROM generate_series(1, 100) i")
+                  .ok());
+  constexpr int kKeys = 10;
+  std::set<int64_t> all;
+  for (int k = 0; k < kKeys; ++k) {
+    const std::string key = "key-" + std::to_string(k);
+    all.insert(Publish(app, key, "before"));
+    all.insert(Publish(app, key, "delayed",
+                       "clock_timestamp() + interval '" + std::to_string(4000 + 300 * k) + " ms'"));
+    all.insert(Publish(app, key, "held"));
+  }
+  auto crash = [] {
+    return std::system(
+        (std::string(OUTBOXD_SOURCE_DIR) + "/scripts/pg.sh crash >/dev/null 2>&1").c_str());
+  };
+  ASSERT_EQ(crash(), 0) << "scripts/pg.sh crash failed";
+  Witness w;
+  // The second crash once releases have begun (the first delayed message arrived).
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        ReadUntil(consumer, &w, {}, milliseconds(0));
+        for (const Record& r : consumer.records()) {
+          if (r.Header("outbox-delayed-id")) return true;
+        }
+        return false;
+      },
+      seconds(60)))
+      << outboxd.Log();
+  ASSERT_EQ(crash(), 0) << "scripts/pg.sh crash failed";
+  ASSERT_TRUE(ReadUntil(consumer, &w, all, seconds(90)))
+      << "missing " << all.size() - w.arrived.size() << "\n"
+      << outboxd.Log();
+  EXPECT_EQ(OrderBreaks(w), "");
+  std::map<int64_t, std::set<int64_t>> outbox_ids;  // by the id publish() returned
+  for (const Record& r : consumer.records()) outbox_ids[PublishedId(r)].insert(r.outbox_id());
+  size_t released_twice = 0;
+  for (const auto& [id, ids] : outbox_ids) released_twice += ids.size() > 1;
+  EXPECT_EQ(released_twice, 0u);
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.delayed"), "100");
+  EXPECT_TRUE(outboxd.running());
+  std::cout << "[ delay    ] 2 PostgreSQL crashes: " << all.size() << " messages arrived, "
+            << w.duplicates << " duplicates (same outbox-id, allowed), " << released_twice
+            << " released twice\n";
+}
+
+// With delay.enabled = false nothing is released: a due message and the later messages of its key
+// keep waiting while other keys flow. Enabled again, they arrive in order.
+TEST_F(DelayIntegration, DisabledDelayKeepsDueMessagesWaiting) {
+  pg::Connection app = db_->Connect();
+  int64_t delayed = Publish(app, "k", "delayed", "clock_timestamp() + interval '200 ms'");
+  int64_t held = Publish(app, "k", "held");
+  Consumer consumer(services_, topic_);
+  Witness w;
+  {
+    OutboxdProcess outboxd(services_, *db_, "",
+                           "[delay]\nenabled = false\npoll_interval = \"100ms\"\n");
+    outboxd.Start();
+    int64_t other = Publish(app, "other", "free");
+    ASSERT_TRUE(ReadUntil(consumer, &w, {other}, seconds(30))) << outboxd.Log();
+    // Well past the due time and many poll intervals.
+    ReadUntil(consumer, &w, {delayed}, seconds(3));
+    EXPECT_EQ(w.arrived.count(delayed) + w.arrived.count(held), 0u) << outboxd.Log();
+    EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.delayed"), "2");
+    outboxd.Kill(SIGTERM);
+    EXPECT_EQ(outboxd.Wait(seconds(15)), 0) << outboxd.Log();
+  }
+  OutboxdProcess outboxd(services_, *db_);
+  outboxd.Start();
+  ASSERT_TRUE(ReadUntil(consumer, &w, {delayed, held}, seconds(30))) << outboxd.Log();
+  EXPECT_EQ(w.order_by_key["k"], (std::vector<int64_t>{delayed, held}));
 }
 
 // A half message with a delivery time: committed at once, delivered at its time, and it holds

@@ -68,14 +68,7 @@ class InboxConsumer : public ServicesTest {
     bool balances_match = false;
   };
 
-  Figures RunWithKills(bool use_inbox) {
-    constexpr int kMessages = 2000, kKills = 5;
-    db_->Exec("SELECT outbox.publish('" + topic_ +
-              "', 'acct-' || (i % 50), ((i % 97) + 1)::text) " + "FROM generate_series(1, " +
-              std::to_string(kMessages) + ") i");
-    OutboxdProcess outboxd(services_, *db_);
-    outboxd.Start();
-    std::string log = TestFile(UniqueName("consumer") + ".log", "");
+  std::vector<std::string> ConsumerArgs(bool use_inbox) {
     std::vector<std::string> args = {INBOX_CONSUMER_BINARY,
                                      "--bootstrap",
                                      services_.kafka_bootstrap,
@@ -92,7 +85,18 @@ class InboxConsumer : public ServicesTest {
                                      "--instance-id",
                                      "billing-1"};
     if (!use_inbox) args.push_back("--no-inbox");
-    ConsumerProcess consumer(args, log);
+    return args;
+  }
+
+  Figures RunWithKills(bool use_inbox) {
+    constexpr int kMessages = 2000, kKills = 5;
+    db_->Exec("SELECT outbox.publish('" + topic_ +
+              "', 'acct-' || (i % 50), ((i % 97) + 1)::text) " + "FROM generate_series(1, " +
+              std::to_string(kMessages) + ") i");
+    OutboxdProcess outboxd(services_, *db_);
+    outboxd.Start();
+    std::string log = TestFile(UniqueName("consumer") + ".log", "");
+    ConsumerProcess consumer(ConsumerArgs(use_inbox), log);
     auto effects = [&] {
       std::string n = db_->Scalar("SELECT count(*) FROM example_effects");
       return n.empty() ? int64_t{0} : std::stoll(n);
@@ -153,6 +157,41 @@ TEST_F(InboxConsumer, KilledMidStreamEachEffectLandsExactlyOnce) {
             f.messages);
   // The kills did redeliver: the inbox turned those records away.
   EXPECT_GT(f.duplicate_lines, 0u);
+}
+
+// An id can come back for a different message (README, "Durability"): here the sequence hands
+// out a delivered message's id again. The consumer dedupes on (outbox-id, outbox-created-at), so
+// the new message is applied, not turned away as a redelivery.
+TEST_F(InboxConsumer, AnIdThatComesBackForANewMessageIsApplied) {
+  const std::string id = db_->Scalar("SELECT outbox.publish('" + topic_ + "', 'acct-r', '5')");
+  std::string log = TestFile(UniqueName("consumer") + ".log", "");
+  ConsumerProcess consumer(ConsumerArgs(/*use_inbox=*/true), log);
+  consumer.Start();
+  auto balance = [&] {
+    return db_->Scalar("SELECT balance FROM example_accounts WHERE account = 'acct-r'");
+  };
+  {
+    OutboxdProcess outboxd(services_, *db_);
+    outboxd.Start();
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          return db_->Scalar("SELECT to_regclass('example_accounts')") != "" && balance() == "5";
+        },
+        seconds(60)))
+        << outboxd.Log();
+    outboxd.Kill(SIGTERM);
+    ASSERT_EQ(outboxd.Wait(seconds(15)), 0) << outboxd.Log();
+  }
+  db_->Exec("SELECT setval('outbox.messages_id_seq', " + id + ", false)");
+  ASSERT_EQ(db_->Scalar("SELECT outbox.publish('" + topic_ + "', 'acct-r', '7')"), id);
+  OutboxdProcess outboxd(services_, *db_);
+  outboxd.Start();
+  EXPECT_TRUE(WaitFor([&] { return balance() == "12"; }, seconds(60)))
+      << "balance " << balance() << ": the new message with a reused id was not applied\n"
+      << outboxd.Log();
+  consumer.Kill(SIGTERM);
+  EXPECT_EQ(CountLines(log, "duplicate "), 0u);
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.inbox WHERE message_id = " + id), "2");
 }
 
 // Without consume_once the same kills apply effects twice: the test above can fail.

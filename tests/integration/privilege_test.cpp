@@ -228,7 +228,8 @@ TEST_F(PrivilegeIntegration, WriteFunctionHelpersAreCallableByNoRole) {
   SeedRows();
   const std::vector<std::string> helpers = {
       "SELECT outbox.check_message('outbox.publish', 't', '{}')",
-      "SELECT outbox.held_until('t', 'k')"};
+      "SELECT outbox.held_until('t', 'k')",
+      "SELECT outbox.check_key_snapshot('outbox.publish', 't', 'k')"};
   for (const char* member_of : {"outbox_writer", "outbox_relay", ""}) {
     const std::string role = LoginRole("helper", member_of);
     pg::Connection conn = As(role);
@@ -236,15 +237,23 @@ TEST_F(PrivilegeIntegration, WriteFunctionHelpersAreCallableByNoRole) {
   }
   EXPECT_EQ(db_->Scalar("SELECT string_agg(proname || '=' || prosecdef, ',' ORDER BY proname) "
                         "FROM pg_proc WHERE oid IN ('outbox.check_message(text,text,jsonb)'::"
-                        "regprocedure, 'outbox.held_until(text,text)'::regprocedure)"),
-            "check_message=false,held_until=false");
+                        "regprocedure, 'outbox.held_until(text,text)'::regprocedure, "
+                        "'outbox.check_key_snapshot(text,text,text)'::regprocedure)"),
+            "check_key_snapshot=false,check_message=false,held_until=false");
   const std::string writer = LoginRole("writer", "outbox_writer");
   pg::Connection app = As(writer);
   ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ +
                        "', 'held', 'v'::text, '{}', now() + interval '1 hour')")
                   .ok());
   ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ + "', 'held', 'v'::text)").ok());
-  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.delayed WHERE key = 'held'"), "2");
+  // Under REPEATABLE READ publish() also checks the key's row in outbox.delayed_keys, which the
+  // writer may not read itself.
+  ASSERT_TRUE(app.Exec("BEGIN ISOLATION LEVEL REPEATABLE READ").ok());
+  ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ + "', 'held', 'v'::text)").ok());
+  ASSERT_TRUE(app.Exec("SELECT outbox.publish('" + topic_ + "', 'free', 'v'::text)").ok());
+  ASSERT_TRUE(app.Exec("COMMIT").ok());
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.delayed WHERE key = 'held'"), "3");
+  ExpectDenied(app, writer, {"SELECT * FROM outbox.delayed_keys"});
 }
 
 }  // namespace

@@ -119,6 +119,83 @@ TEST_F(WriteChecksIntegration, HoldBackBehindAWaitingMessageOfTheSameKey) {
   EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.messages WHERE id = " + elsewhere), "1");
 }
 
+// A REPEATABLE READ or SERIALIZABLE writer whose snapshot was taken before a delayed message of
+// its key committed cannot see that message; publish() must not let it overtake. It refuses with
+// a serialization failure (40001), and the retry, with a new snapshot, waits behind the message.
+// Without a waiting message of the key such a writer publishes at once and leaves nothing behind;
+// when the snapshot saw the waiting message, it is held back without a refusal.
+TEST_F(WriteChecksIntegration, HoldBackHoldsForRepeatableReadAndSerializableWriters) {
+  const std::string delayed_at = "'2100-01-01 00:00:00+00'";
+  for (const std::string isolation : {"REPEATABLE READ", "SERIALIZABLE"}) {
+    for (const bool with_delay : {false, true}) {
+      SCOPED_TRACE(isolation + (with_delay ? ", a delayed publish" : ", a plain publish"));
+      const std::string key = "'" + UniqueName("k") + "'";
+      const std::string publish_sql = "SELECT outbox.publish('" + topic_ + "', " + key +
+                                      ", 'v'::text" + (with_delay ? ", '{}', " + delayed_at : "") +
+                                      ")";
+      pg::Connection writer = db_->Connect();
+      ASSERT_TRUE(writer.Exec("BEGIN ISOLATION LEVEL " + isolation).ok());
+      ASSERT_TRUE(writer.Exec("SELECT 1").ok());  // the snapshot
+      // Another transaction delays a message of the key and commits after that snapshot.
+      const std::string first = db_->Scalar("SELECT outbox.publish('" + topic_ + "', " + key +
+                                            ", 'first'::text, '{}', " + delayed_at + ")");
+      Status s = writer.Exec(publish_sql);
+      ASSERT_FALSE(s.ok()) << "the writer overtook the waiting message of its key";
+      EXPECT_NE(s.message().find("SQLSTATE 40001"), std::string::npos) << s.message();
+      EXPECT_NE(s.message().find("started waiting (delayed delivery) after this transaction's "
+                                 "snapshot was taken"),
+                std::string::npos)
+          << s.message();
+      ASSERT_TRUE(writer.Exec("ROLLBACK").ok());
+      // The retry sees the message and waits behind it.
+      ASSERT_TRUE(writer.Exec("BEGIN ISOLATION LEVEL " + isolation).ok());
+      auto again = writer.Query(publish_sql);
+      ASSERT_TRUE(again.ok()) << again.status().message();
+      ASSERT_TRUE(writer.Exec("COMMIT").ok());
+      const std::string second(again->Get(0, 0));
+      EXPECT_GT(std::stoll(second), std::stoll(first));
+      EXPECT_EQ(db_->Scalar("SELECT string_agg(id::text || '@' || (due_at AT TIME ZONE 'UTC'), "
+                            "',' ORDER BY id) FROM outbox.delayed WHERE key = " +
+                            key),
+                first + "@2100-01-01 00:00:00," + second + "@2100-01-01 00:00:00");
+    }
+    // No waiting message of the key: published at once, no key row left behind.
+    const std::string key = "'" + UniqueName("free") + "'";
+    pg::Connection writer = db_->Connect();
+    ASSERT_TRUE(writer.Exec("BEGIN ISOLATION LEVEL " + isolation).ok());
+    auto id = writer.Query("SELECT outbox.publish('" + topic_ + "', " + key + ", 'v'::text)");
+    ASSERT_TRUE(id.ok()) << id.status().message();
+    ASSERT_TRUE(writer.Exec("COMMIT").ok());
+    EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.messages WHERE id = " +
+                          std::string(id->Get(0, 0))),
+              "1");
+    EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.delayed_keys WHERE key = " + key), "0");
+  }
+}
+
+// The release removes the key rows of the keys it emptied, and only those.
+TEST_F(WriteChecksIntegration, ReleaseRemovesTheKeyRowsOfKeysItEmptied) {
+  db_->Exec("SELECT outbox.publish('" + topic_ +
+            "', 'soon', 'v'::text, '{}', clock_timestamp() + interval '1 s')");
+  db_->Exec("SELECT outbox.publish('" + topic_ +
+            "', 'later', 'v'::text, '{}', clock_timestamp() + interval '1 hour')");
+  db_->Exec("SELECT outbox.publish('" + topic_ +
+            "', 'both', 'v'::text, '{}', clock_timestamp() + interval '1 s')");
+  db_->Exec("SELECT outbox.publish('" + topic_ +
+            "', 'both', 'v'::text, '{}', clock_timestamp() + interval '1 hour')");
+  EXPECT_EQ(db_->Scalar("SELECT string_agg(key, ',' ORDER BY key) FROM outbox.delayed_keys"),
+            "both,later,soon");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return db_->Scalar(
+                   "SELECT count(*) FROM outbox.delayed WHERE due_at <= clock_timestamp()") == "2";
+      },
+      std::chrono::seconds(10)));
+  EXPECT_EQ(db_->Scalar("SELECT outbox.release_due(100)"), "2");
+  EXPECT_EQ(db_->Scalar("SELECT string_agg(key, ',' ORDER BY key) FROM outbox.delayed_keys"),
+            "both,later");
+}
+
 // PostgreSQL 15 plans a LANGUAGE sql function's statements at every call when it cannot inline
 // it, and SECURITY DEFINER or a SET clause prevents inlining (schema/011: a text publish() cost
 // 112 microseconds of CPU, 74 in PL/pgSQL). No outbox function may be such a function.

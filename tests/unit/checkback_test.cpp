@@ -67,7 +67,13 @@ class FakePreparedStore : public PreparedStore {
     ++r.message.check_count;
     return true;
   }
-  Result<int64_t> RemoveSettledBefore(Millis) override { return int64_t{0}; }
+  // Removes what a statement would of `expired` settled rows past their retention.
+  Result<int64_t> RemoveSettledBefore(Millis) override {
+    std::lock_guard l(mu);
+    const int64_t n = std::min(expired, kRemoveSettledBatch);
+    expired -= n;
+    return n;
+  }
 
   std::string State(int64_t id) {
     std::lock_guard l(mu);
@@ -83,6 +89,7 @@ class FakePreparedStore : public PreparedStore {
   std::map<int64_t, FakeRow> rows;
   Status connect_status;
   std::function<void(int64_t)> settle_first;  // runs before a settle: the application's move
+  int64_t expired = 0;  // settled rows older than settled_retention, not removed yet
 };
 
 class FakeChecker : public Checker {
@@ -289,6 +296,15 @@ TEST(CheckAnswer, RequestBodyCarriesTheDocumentedFields) {
   EXPECT_EQ(body["headers"]["trace-id"], "abc");
   EXPECT_EQ(body["created_at"], "2024-01-02T03:04:05.000006Z");
   EXPECT_EQ(body["check_count"], 2);
+}
+
+// Settled half messages are removed at the rate they settle: a round that removed a full batch
+// is followed by another at the next round, not after the cleanup interval (a minute).
+TEST_F(CheckBackTest, SettledMessagesAreRemovedFasterThanABatchAMinute) {
+  store_.expired = 3 * kRemoveSettledBatch + 5;
+  auto cb = Make(/*with_checker=*/false);
+  for (int round = 0; round < 4; ++round) ASSERT_TRUE(cb->RunOnce().ok());
+  EXPECT_EQ(store_.expired, 0) << "settled rows past their retention left after four rounds";
 }
 
 }  // namespace
