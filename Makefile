@@ -27,10 +27,10 @@ stop:      ## stop the demo's outboxd and the local services
 clean:     ## remove the build (keeps the downloaded Kafka jars and the database)
 	rm -rf build
 
-fuzz:      ## long form of the configuration fuzzer (ASan/UBSan): 50,000 mutants of config/outboxd.toml
+fuzz:      ## long form of the configuration fuzzer (ASan/UBSan): 50,000 mutants of config/outboxd.toml, a new seed each run (printed; FUZZ_SEED=N replays it)
 	scripts/build.sh
 	cmake --build build --target config_fuzz
-	build/tests/config_fuzz config/outboxd.toml $${FUZZ_COUNT:-50000} $${FUZZ_SEED:-20261201}
+	build/tests/config_fuzz config/outboxd.toml $${FUZZ_COUNT:-50000} $${FUZZ_SEED:-}
 
 image:     ## build the container image with Podman (scripts/image.sh) and run it against the local services
 	scripts/deps.sh image

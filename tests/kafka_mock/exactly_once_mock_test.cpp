@@ -1,8 +1,12 @@
 // Exactly-once mode (relay.delivery = "exactly_once") with the real transactional producer against
 // librdkafka's mock cluster, the outbox being the in-memory FakeStore. The mock cluster runs the
 // transaction protocol (InitProducerId, AddPartitionsToTxn, EndTxn, fencing by epoch) but writes
-// no commit or abort markers, so its reader sees aborted records too: tests that abort check that
-// nothing is lost and that aborts happened; tests without an abort check "each row exactly once".
+// no commit or abort markers, so its reader sees aborted records too. The tests therefore judge
+// what a read_committed consumer of a real broker would see: only records of transactions whose
+// commit succeeded (the witness in support/fakes.h keeps where they were stored), and a relay
+// whose faults abort transactions reads its checkpoint the same way (CommittedCheckpoints). A
+// commit that failed (fatally, or fenced) counts as aborted: the mock's coordinator never served
+// the refused EndTxn, and the next producer's InitTransactions aborts it.
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
@@ -45,23 +49,50 @@ constexpr int16_t kEndTxnApi = 26;
 constexpr int16_t kAddPartitionsToTxnApi = 24;
 constexpr Millis kLongWait{30'000};
 
-// Per outbox id, how many records of `topic` carry it (read from the beginning to the end).
+// Per outbox id, how many records of `topic` carry it (read from the beginning to the end). With a
+// witness, only records it counts: those of committed transactions (and persisted ones outside
+// transactions).
 std::map<int64_t, int> CopiesIn(const MockCluster& cluster, const std::string& topic,
-                                std::map<std::string, std::vector<int64_t>>* per_key = nullptr) {
+                                std::map<std::string, std::vector<int64_t>>* per_key = nullptr,
+                                testing::ReportWitness* witness = nullptr) {
   std::map<int64_t, int> copies;
   for (const StoredRecord& r : ReadTopic(cluster, topic, kPartitions)) {
     const std::optional<int64_t> id = r.outbox_id();
     if (!id) continue;
+    if (witness && !witness->Counts({topic, r.partition, r.offset})) continue;
     if (copies[*id]++ == 0 && per_key && r.key) (*per_key)[*r.key].push_back(*id);
   }
   return copies;
 }
 
-// A relay with a real transactional KafkaPublisher, witnessed (support/running_relay.h), and
-// the checkpoint reader outboxd uses.
+// The relay's checkpoint reader as a read_committed consumer of a real broker would make it: the
+// last checkpoint under the outbox's transactional.id among the records of committed transactions
+// (the mock's own reader would also show those of aborted ones, naming rows never delivered).
+CheckpointReader CommittedCheckpoints(const MockCluster& cluster, const Config& c,
+                                      testing::ReportWitness& witness) {
+  return [&cluster, &c, &witness](const std::string& outbox) -> Result<std::optional<Checkpoint>> {
+    std::optional<Checkpoint> last;
+    const std::string key = TransactionalId(c);
+    for (const StoredRecord& r : ReadTopic(cluster, c.relay.checkpoint_topic, 1)) {
+      if (!witness.Counts({c.relay.checkpoint_topic, r.partition, r.offset})) continue;
+      if (r.key != key || !r.value) continue;
+      auto parsed = ParseCheckpoint(*r.value);
+      if (!parsed.ok()) return parsed.status();
+      if (parsed->outbox == outbox) last = std::move(*parsed);
+    }
+    return last;
+  };
+}
+
+// Which checkpoints the relay reads: the product's reader (KafkaCheckpointReader) where no
+// transaction aborts or fails, else CommittedCheckpoints.
+enum class Checkpoints { kKafkaReader, kCommittedOnly };
+
+// A relay with a real transactional KafkaPublisher, witnessed (support/running_relay.h).
 class RunningRelay : public testing::RunningRelay {
  public:
-  RunningRelay(Config config, FakeStore& store)
+  RunningRelay(Config config, FakeStore& store, const MockCluster& cluster,
+               Checkpoints checkpoints = Checkpoints::kCommittedOnly)
       : testing::RunningRelay(
             std::move(config), store,
             [&store](const Config& c) {
@@ -69,7 +100,11 @@ class RunningRelay : public testing::RunningRelay {
                   [&c] { return KafkaPublisher::Create(c.kafka, TransactionalId(c)); },
                   store.witness());
             },
-            [](const Config& c) { return KafkaCheckpointReader(c); }) {}
+            [&store, &cluster, checkpoints](const Config& c) {
+              return checkpoints == Checkpoints::kKafkaReader
+                         ? KafkaCheckpointReader(c)
+                         : CommittedCheckpoints(cluster, c, store.witness());
+            }) {}
 };
 
 class ExactlyOnceMock : public ::testing::Test {
@@ -101,6 +136,11 @@ class ExactlyOnceMock : public ::testing::Test {
   bool AllRemoved() {
     return Eventually([&] { return store_.Remaining().empty(); }, kLongWait);
   }
+  // Records of committed transactions (and persisted ones outside transactions) in `topic`.
+  std::map<int64_t, int> CommittedCopies(
+      const std::string& topic, std::map<std::string, std::vector<int64_t>>* per_key = nullptr) {
+    return CopiesIn(cluster_, topic, per_key, &store_.witness());
+  }
   // Every row 1..last arrived; per key the first copies are in id order.
   void ExpectNoLossInKeyOrder(int64_t last, const std::map<int64_t, int>& copies,
                               const std::map<std::string, std::vector<int64_t>>& per_key) {
@@ -126,12 +166,12 @@ class ExactlyOnceMock : public ::testing::Test {
 
 TEST_F(ExactlyOnceMock, DeliversEveryRowOnceInTransactionsWithCheckpoints) {
   AddRows(1, 3000);
-  RunningRelay relay(EoConfig(), store_);
+  RunningRelay relay(EoConfig(), store_, cluster_, Checkpoints::kKafkaReader);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   Relay::Stats s = relay.Stop();
   EXPECT_TRUE(relay.status().ok()) << relay.status().message();
   std::map<std::string, std::vector<int64_t>> per_key;
-  auto copies = CopiesIn(cluster_, topic_, &per_key);
+  auto copies = CommittedCopies(topic_, &per_key);
   ExpectNoLossInKeyOrder(3000, copies, per_key);
   EXPECT_EQ(Duplicates(copies), 0);
   EXPECT_GE(s.transactions_committed, 3000 / 200);
@@ -171,11 +211,11 @@ TEST_F(ExactlyOnceMock, AnotherOutboxsCheckpointRemovesNothing) {
     ASSERT_TRUE((*other)->CommitTransaction(Millis(10'000)).ok());
   }
   AddRows(1, 1000);
-  RunningRelay relay(c, store_);
+  RunningRelay relay(c, store_, cluster_, Checkpoints::kKafkaReader);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   Relay::Stats s = relay.Stop();
   std::map<std::string, std::vector<int64_t>> per_key;
-  auto copies = CopiesIn(cluster_, topic_, &per_key);
+  auto copies = CommittedCopies(topic_, &per_key);
   ExpectNoLossInKeyOrder(1000, copies, per_key);
   EXPECT_EQ(s.checkpoint_rows_removed, 0);
 }
@@ -186,12 +226,12 @@ TEST_F(ExactlyOnceMock, AnotherOutboxsCheckpointRemovesNothing) {
 TEST_F(ExactlyOnceMock, CrashBetweenCommitAndRemovalSendsNothingAgain) {
   AddRows(1, 2000);
   store_.FailRemovalsAfter(400, 3);  // three removals in a row fail, mid-stream
-  RunningRelay relay(EoConfig(), store_);
+  RunningRelay relay(EoConfig(), store_, cluster_, Checkpoints::kKafkaReader);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   Relay::Stats s = relay.Stop();
   ASSERT_GE(store_.injected_removal_failures(), 1) << "the fault never happened";
   std::map<std::string, std::vector<int64_t>> per_key;
-  auto copies = CopiesIn(cluster_, topic_, &per_key);
+  auto copies = CommittedCopies(topic_, &per_key);
   ExpectNoLossInKeyOrder(2000, copies, per_key);
   EXPECT_EQ(Duplicates(copies), 0) << "a committed transaction's rows were sent again";
   EXPECT_GE(s.leadership_terms, 2);
@@ -205,7 +245,7 @@ TEST_F(ExactlyOnceMock, CrashBetweenCommitAndRemovalSendsNothingAgain) {
 TEST_F(ExactlyOnceMock, SameCrashInAtLeastOnceModeSendsRowsTwice) {
   AddRows(1, 2000);
   store_.FailRemovalsAfter(400, 3);
-  RunningRelay relay(EoConfig(Delivery::kAtLeastOnce), store_);
+  RunningRelay relay(EoConfig(Delivery::kAtLeastOnce), store_, cluster_, Checkpoints::kKafkaReader);
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   relay.Stop();
   ASSERT_GE(store_.injected_removal_failures(), 1);
@@ -219,7 +259,7 @@ TEST_F(ExactlyOnceMock, SameCrashInAtLeastOnceModeSendsRowsTwice) {
 // would refuse an unproven removal; removal happens only after a commit).
 TEST_F(ExactlyOnceMock, FailedEndTxnAndAddPartitionsAbortAndLoseNothing) {
   AddRows(1, 600);
-  RunningRelay relay(EoConfig(), store_);
+  RunningRelay relay(EoConfig(), store_, cluster_);
   ASSERT_TRUE(Eventually([&] { return store_.Removed().size() >= 200; }, kLongWait));
   rd_kafka_mock_push_request_errors(cluster_.get(), kAddPartitionsToTxnApi, 2,
                                     RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
@@ -231,7 +271,7 @@ TEST_F(ExactlyOnceMock, FailedEndTxnAndAddPartitionsAbortAndLoseNothing) {
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   Relay::Stats s = relay.Stop();
   std::map<std::string, std::vector<int64_t>> per_key;
-  auto copies = CopiesIn(cluster_, topic_, &per_key);
+  auto copies = CommittedCopies(topic_, &per_key);
   ExpectNoLossInKeyOrder(2000, copies, per_key);
   EXPECT_GE(s.transactions_aborted, 1) << "no transaction aborted: the fault did not bite";
   std::cout << "[ eo-abort ] committed " << s.transactions_committed << ", aborted "
@@ -249,7 +289,7 @@ TEST_F(ExactlyOnceMock, TransactionNotAcknowledgedInTimeIsAbortedAndSentAgain) {
   // The timeouts may also make the mock report a fatal error mid-abort: the relay gives its
   // producer up; its commit never asked for, the transaction aborted, and the new producer does
   // not read the checkpoint again (AbortThatFailsFatallySendsTheTransactionsRowsAgain).
-  RunningRelay relay(c, store_);
+  RunningRelay relay(c, store_, cluster_);
   ASSERT_TRUE(Eventually([&] { return store_.Removed().size() >= 200; }, kLongWait));
   for (int32_t b = 1; b <= kBrokers; ++b) {
     rd_kafka_mock_broker_push_request_error_rtts(cluster_.get(), b, kProduceApi, 2,
@@ -260,7 +300,7 @@ TEST_F(ExactlyOnceMock, TransactionNotAcknowledgedInTimeIsAbortedAndSentAgain) {
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   Relay::Stats s = relay.Stop();
   std::map<std::string, std::vector<int64_t>> per_key;
-  auto copies = CopiesIn(cluster_, topic_, &per_key);
+  auto copies = CommittedCopies(topic_, &per_key);
   ExpectNoLossInKeyOrder(1500, copies, per_key);
   EXPECT_GE(s.transactions_aborted + s.producer_rebuilds, 1) << "no transaction was given up";
   std::cout << "[ eo-timeout ] committed " << s.transactions_committed << ", aborted "
@@ -284,7 +324,7 @@ TEST_F(ExactlyOnceMock, PoisonRowIsDeadLetteredThroughATransactionWhileTheRestFl
   }
   rd_kafka_mock_partition_set_leader(cluster_.get(), c.relay.checkpoint_topic.c_str(), 0, 1);
   AddRows(1, 300);
-  RunningRelay relay(c, store_);
+  RunningRelay relay(c, store_, cluster_);
   ASSERT_TRUE(AllRemoved());
   rd_kafka_mock_broker_push_request_error_rtts(cluster_.get(), 2, kProduceApi, 2,
                                                RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, 0,
@@ -297,11 +337,11 @@ TEST_F(ExactlyOnceMock, PoisonRowIsDeadLetteredThroughATransactionWhileTheRestFl
   auto dead = store_.DeadLetters();
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead.begin()->first, 301);
-  auto copies = CopiesIn(cluster_, dlq);
+  auto copies = CommittedCopies(dlq);
   EXPECT_EQ(copies.size(), 1u);
   EXPECT_EQ(copies.count(301), 1u);
   std::map<std::string, std::vector<int64_t>> per_key;
-  auto delivered = CopiesIn(cluster_, topic_, &per_key);
+  auto delivered = CommittedCopies(topic_, &per_key);
   for (int64_t id = 1; id <= 600; ++id) {
     if (id != 301) {
       EXPECT_EQ(delivered.count(id), 1u) << "row " << id;
@@ -327,7 +367,7 @@ TEST_F(ExactlyOnceMock, AbortThatFailsFatallySendsTheTransactionsRowsAgain) {
   }
   rd_kafka_mock_partition_set_leader(cluster_.get(), c.relay.checkpoint_topic.c_str(), 0, 1);
   AddRows(1, 300);
-  RunningRelay relay(c, store_);
+  RunningRelay relay(c, store_, cluster_);
   ASSERT_TRUE(AllRemoved());
   rd_kafka_mock_push_request_errors(cluster_.get(), kEndTxnApi, 1,
                                     RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
@@ -343,7 +383,7 @@ TEST_F(ExactlyOnceMock, AbortThatFailsFatallySendsTheTransactionsRowsAgain) {
   EXPECT_GE(s.producer_rebuilds, 1) << "the abort did not fail fatally: no rebuild to test";
   EXPECT_TRUE(store_.DeadLetters().empty());
   std::map<std::string, std::vector<int64_t>> per_key;
-  auto copies = CopiesIn(cluster_, topic_, &per_key);
+  auto copies = CommittedCopies(topic_, &per_key);
   ExpectNoLossInKeyOrder(600, copies, per_key);
   std::cout << "[ eo-abort-fatal ] committed " << s.transactions_committed << ", aborted "
             << s.transactions_aborted << ", producer rebuilds " << s.producer_rebuilds << "\n";
@@ -356,7 +396,7 @@ TEST_F(ExactlyOnceMock, AbortThatFailsFatallySendsTheTransactionsRowsAgain) {
 TEST_F(ExactlyOnceMock, FencedProducerGivesUpAndLosesNothing) {
   AddRows(1, 600);
   Config c = EoConfig();
-  RunningRelay relay(c, store_);
+  RunningRelay relay(c, store_, cluster_);
   ASSERT_TRUE(Eventually([&] { return store_.Removed().size() >= 200; }, kLongWait));
   rd_kafka_mock_push_request_errors(cluster_.get(), kEndTxnApi, 1,
                                     RD_KAFKA_RESP_ERR_PRODUCER_FENCED);
@@ -366,10 +406,39 @@ TEST_F(ExactlyOnceMock, FencedProducerGivesUpAndLosesNothing) {
   ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
   Relay::Stats s = relay.Stop();
   std::map<std::string, std::vector<int64_t>> per_key;
-  auto copies = CopiesIn(cluster_, topic_, &per_key);
+  auto copies = CommittedCopies(topic_, &per_key);
   ExpectNoLossInKeyOrder(2000, copies, per_key);
   std::cout << "[ eo-fenced ] terms " << s.leadership_terms << ", producer rebuilds "
             << s.producer_rebuilds << "\n";
+}
+
+// A commit that fails fatally for another reason than fencing (EndTxn answered
+// TRANSACTIONAL_ID_AUTHORIZATION_FAILED): its outcome is unknown to the relay, so it removes none
+// of the transaction's rows; it rebuilds its producer, whose InitTransactions aborts the
+// transaction (the mock's coordinator never served the refused EndTxn), reads the checkpoint and
+// sends those rows again. Removing them at the failed commit would lose them: the witness store
+// refuses such a removal and RunningRelay::Stop reports it.
+TEST_F(ExactlyOnceMock, FatalCommitOtherThanFencingRemovesNothing) {
+  Config c = EoConfig();
+  AddRows(1, 300);
+  RunningRelay relay(c, store_, cluster_);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  const size_t removed_before = store_.Removed().size();
+  // The relay is idle: the next EndTxn is the commit of the transaction that carries row 301.
+  rd_kafka_mock_push_request_errors(cluster_.get(), kEndTxnApi, 1,
+                                    RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+  AddRows(301, 1000);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  Relay::Stats s = relay.Stop();
+  EXPECT_GE(s.producer_rebuilds, 1) << "the commit did not fail fatally: nothing to test";
+  EXPECT_EQ(s.leadership_terms, 1) << "treated as fencing: not the case under test";
+  EXPECT_EQ(removed_before, 300u);
+  std::map<std::string, std::vector<int64_t>> per_key;
+  auto copies = CommittedCopies(topic_, &per_key);
+  ExpectNoLossInKeyOrder(1000, copies, per_key);
+  EXPECT_EQ(Duplicates(copies), 0) << "a committed transaction's rows were sent again";
+  std::cout << "[ eo-commit-fatal ] committed " << s.transactions_committed << ", aborted "
+            << s.transactions_aborted << ", producer rebuilds " << s.producer_rebuilds << "\n";
 }
 
 }  // namespace

@@ -100,6 +100,10 @@ class NetFault : public ServicesTest {
   void TearDown() override {
     if (up_) Script("down a");
     if (wire_) Script("down w");
+    if (!a_role_.empty()) {
+      a_.reset();  // its sessions end before its role goes
+      db_->Exec("DROP ROLE IF EXISTS " + a_role_);
+    }
   }
 
   int64_t Remaining() { return std::stoll(db_->Scalar("SELECT count(*) FROM outbox.messages")); }
@@ -109,9 +113,73 @@ class NetFault : public ServicesTest {
         "(SELECT oid FROM pg_database WHERE datname = current_database())");
   }
 
+  // Every row removed from the outbox, with the role of the session that removed it: A connects
+  // as a role of its own (a_role_), B as postgres. (Their addresses do not tell them apart: the
+  // namespace's link is SNATed to 127.0.0.1.) The witness of "the old leader removes nothing"
+  // instead of its log.
+  void AuditRemovals() {
+    a_role_ = UniqueName("nf_a");
+    db_->Exec("CREATE ROLE " + a_role_ + " LOGIN SUPERUSER");
+    db_->Exec(
+        "CREATE TABLE public.removals (id bigint NOT NULL, who text NOT NULL, "
+        "at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    db_->Exec(
+        "CREATE FUNCTION public.audit_removal() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO public.removals (id, who) VALUES (OLD.id, session_user); "
+        "RETURN OLD; END $$");
+    db_->Exec(
+        "CREATE TRIGGER audit_removal AFTER DELETE ON outbox.messages FOR EACH ROW EXECUTE "
+        "FUNCTION public.audit_removal()");
+  }
+  // Rows A removed in all, and after B's first removal (once B leads, A must remove nothing).
+  int64_t RemovedByA() {
+    return std::stoll(
+        db_->Scalar("SELECT count(*) FROM public.removals WHERE who = '" + a_role_ + "'"));
+  }
+  int64_t RemovedByAAfterB() {
+    return std::stoll(db_->Scalar(
+        "SELECT count(*) FROM public.removals WHERE who = '" + a_role_ +
+        "' AND at > (SELECT coalesce(min(at), 'infinity') FROM public.removals WHERE who <> '" +
+        a_role_ + "')"));
+  }
+  int64_t RemovedByB() {
+    return std::stoll(
+        db_->Scalar("SELECT count(*) FROM public.removals WHERE who <> '" + a_role_ + "'"));
+  }
+  // The writer stops and B delivers and removes everything: from now on B has nothing to send,
+  // so a record that arrives is the old leader's. Returns the records read so far.
+  size_t DrainWithB(Writer& writer, Consumer& consumer) {
+    writer.Stop();
+    EXPECT_TRUE(WaitFor([&] { return Remaining() == 0; }, seconds(120)))
+        << Remaining() << " left\nB:\n"
+        << b_->Log();
+    const size_t published = writer.expected().size();
+    consumer.ReadUntil(published, seconds(60));
+    consumer.ReadFor(seconds(2));
+    return consumer.records().size();
+  }
+  // After the old leader is back (its link healed, or awake): for `window` no record arrives
+  // and it removed nothing once B led; it had removed rows before (the witness sees it).
+  void ExpectOldLeaderInert(Consumer& consumer, size_t records_before, const std::string& what) {
+    consumer.ReadFor(seconds(10));
+    EXPECT_EQ(consumer.records().size(), records_before)
+        << what << ": records arrived after the old leader came back, with nothing left to send"
+        << "\nA:\n"
+        << a_->Log();
+    EXPECT_GT(RemovedByA(), 0) << "the witness never saw A remove a row";
+    EXPECT_GT(RemovedByB(), 0);
+    EXPECT_EQ(RemovedByAAfterB(), 0) << what << ": the old leader removed rows after B led\nA:\n"
+                                     << a_->Log();
+    EXPECT_EQ(Remaining(), 0);
+  }
+
   // A in the namespace leads, B on loopback stands by.
   void StartLeaderInNamespaceAndStandby() {
-    a_.emplace(services_, *db_);
+    // With AuditRemovals, A connects as its own role.
+    a_.emplace(services_, *db_, "", "",
+               a_role_.empty() ? ""
+                               : "host=" + services_.pg_host + " port=" + services_.pg_port +
+                                     " dbname=" + db_->name() + " user=" + a_role_);
     a_->SetNetworkNamespace("obxnfa");
     a_->Start();
     ASSERT_TRUE(a_->WaitForLog("leading the outbox", seconds(30))) << a_->Log();
@@ -138,7 +206,8 @@ class NetFault : public ServicesTest {
   }
 
   bool up_ = false;
-  bool wire_ = false;  // namespace w (over wire.py) was made
+  bool wire_ = false;   // namespace w (over wire.py) was made
+  std::string a_role_;  // AuditRemovals: the role A connects as
   std::optional<OutboxdProcess> a_, b_;
 };
 
@@ -146,6 +215,7 @@ class NetFault : public ServicesTest {
 // ends its session within leadership.session_timeout, B takes over, A stops delivering on its own
 // and cannot remove anything (its session is gone). When the link returns A stands by.
 TEST_F(NetFault, LeaderCutFromPostgresIsReplacedWithinTheBound) {
+  AuditRemovals();
   Writer writer(*db_, topic_);
   StartLeaderInNamespaceAndStandby();
   Consumer consumer(services_, topic_);
@@ -161,9 +231,10 @@ TEST_F(NetFault, LeaderCutFromPostgresIsReplacedWithinTheBound) {
   EXPECT_LE(takeover, std::chrono::duration<double>(kTakeoverBound).count());
   size_t before = consumer.records().size();
   EXPECT_GE(consumer.ReadUntil(before + 500, seconds(30)).size(), before + 500) << b_->Log();
+  const size_t drained = DrainWithB(writer, consumer);
   ASSERT_EQ(Script("heal a").first, 0);
-  EXPECT_TRUE(a_->WaitForLog("standing by", seconds(60))) << a_->Log();
-  EXPECT_EQ(Occurrences(a_->Log(), "leading the outbox: delivering"), 1u) << a_->Log();
+  EXPECT_TRUE(a_->WaitForLog("standing by", seconds(60))) << a_->Log();  // then judge it
+  ExpectOldLeaderInert(consumer, drained, "partition leader<->PostgreSQL");
   EXPECT_EQ(LockHolders(), "1");
   ExpectAllDelivered(writer, consumer, "partition leader<->PostgreSQL");
 }
@@ -308,8 +379,11 @@ TEST_F(NetFault, SlowLossyLinkLosesNothing) {
 // The leader hangs (SIGSTOP) for 20 s (or OUTBOXD_NETFAULT_FREEZE_SECONDS), then continues. Its
 // kernel still answers TCP, so only the session timeout can depose it: B takes over within the
 // bound. When A continues, its first statement fails (its session is gone), it stops delivering and
-// stands by; it removes nothing.
+// stands by. Witnesses, not its log: B drains the outbox and is stopped for a few seconds (it keeps
+// the lock) while 100 new rows wait; A wakes: no record arrives, the 100 rows stay, and the
+// outbox's removal audit shows no row removed by A once B led. Then B delivers them.
 TEST_F(NetFault, FrozenLeaderIsReplacedAndStandsByWhenItWakes) {
+  AuditRemovals();
   Writer writer(*db_, topic_);
   StartLeaderInNamespaceAndStandby();
   Consumer consumer(services_, topic_);
@@ -321,18 +395,47 @@ TEST_F(NetFault, FrozenLeaderIsReplacedAndStandsByWhenItWakes) {
   // Frozen 20 s in all; OUTBOXD_NETFAULT_FREEZE_SECONDS=60 gives the long form.
   const char* freeze = std::getenv("OUTBOXD_NETFAULT_FREEZE_SECONDS");
   const double freeze_seconds = freeze ? std::atof(freeze) : 20;
-  while (Since(frozen) < freeze_seconds) std::this_thread::sleep_for(milliseconds(100));
-  a_->Kill(SIGCONT);
   ASSERT_TRUE(took_over) << b_->Log();
+  const size_t drained = DrainWithB(writer, consumer);
+  while (Since(frozen) < freeze_seconds) std::this_thread::sleep_for(milliseconds(100));
+  // Bait for A: B is frozen a few seconds (well inside its 10 s session timeout, so it keeps the
+  // lock) while rows wait in the outbox. Anything produced or removed meanwhile is A's.
+  b_->Kill(SIGSTOP);
+  const auto b_frozen = Clock::now();
+  ExpectedMessages bait = PublishMany(100, 10, topic_);
+  a_->Kill(SIGCONT);
   std::cout << "leader frozen (SIGSTOP): standby leads after " << takeover << " s\n";
   EXPECT_LE(takeover, std::chrono::duration<double>(kTakeoverBound).count());
   auto woke = Clock::now();
-  ASSERT_TRUE(a_->WaitForLog("stopped delivering", seconds(30))) << a_->Log();
-  std::cout << "the frozen leader noticed " << Since(woke) << " s after SIGCONT\n";
-  EXPECT_TRUE(a_->WaitForLog("standing by", seconds(30))) << a_->Log();
-  EXPECT_EQ(Occurrences(a_->Log(), "leading the outbox: delivering"), 1u) << a_->Log();
+  const bool stood_by = a_->WaitForLog("standing by", seconds(4));  // a pause, not the verdict
+  const double stood_by_after = Since(woke);
+  consumer.ReadFor(seconds(2));
+  const size_t during = consumer.records().size();
+  const int64_t left = Remaining();
+  const int64_t removed_by_a = RemovedByAAfterB();
+  b_->Kill(SIGCONT);
+  const double b_stopped = Since(b_frozen);
+  std::cout << "the frozen leader stood by " << stood_by_after << " s after SIGCONT; B was stopped "
+            << b_stopped << " s\n";
+  ASSERT_LT(b_stopped, 8.0) << "B was stopped too long to be sure it kept the lock";
+  EXPECT_EQ(during, drained) << "records arrived while only the woken leader ran\nA:\n"
+                             << a_->Log();
+  EXPECT_EQ(left, 100) << "the woken leader removed bait rows\nA:\n" << a_->Log();
+  EXPECT_EQ(removed_by_a, 0) << "the woken leader removed rows after B led\nA:\n" << a_->Log();
+  EXPECT_GT(RemovedByA(), 0) << "the witness never saw A remove a row";
+  EXPECT_TRUE(stood_by) << a_->Log();
   EXPECT_EQ(LockHolders(), "1");
-  ExpectAllDelivered(writer, consumer, "frozen leader");
+  // B delivers the bait; everything arrives.
+  ASSERT_TRUE(WaitFor([&] { return Remaining() == 0; }, seconds(60))) << b_->Log();
+  ExpectedMessages expected = writer.expected();
+  expected.insert(bait.begin(), bait.end());
+  consumer.ReadUntil(expected.size(), seconds(60));
+  consumer.ReadFor(seconds(1));
+  DeliveryCheck check = CheckDelivery(expected, consumer.records(), kPartitions);
+  std::cout << "frozen leader: " << check.Summary() << "\n";
+  EXPECT_EQ(check.lost, 0u) << check.Summary();
+  EXPECT_EQ(check.out_of_order, 0u) << check.Summary();
+  EXPECT_EQ(check.unexpected, 0u) << check.Summary();
 }
 
 }  // namespace

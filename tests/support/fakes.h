@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -18,9 +19,19 @@
 namespace outboxd::testing {
 
 // The delivery reports a producer gave the relay: which (topic, outbox id) the broker persisted.
-// FakeStore::MarkSent asks it for proof before it removes a row.
+// FakeStore::MarkSent asks it for proof before it removes a row. It also keeps where each record
+// that counts was stored (topic, partition, offset): a record outside a transaction once its report
+// is persisted, a record of a transaction only once that transaction committed. librdkafka's mock
+// cluster writes no transaction markers, so its readers see aborted records too: a test judges
+// what a read_committed consumer of a real broker would see by keeping only these.
 class ReportWitness {
  public:
+  struct Location {
+    std::string topic;
+    int32_t partition = -1;
+    int64_t offset = -1;
+    auto operator<=>(const Location&) const = default;
+  };
   void Persisted(const std::string& topic, int64_t id) {
     std::lock_guard l(mu_);
     persisted_.emplace(topic, id);
@@ -29,10 +40,19 @@ class ReportWitness {
     std::lock_guard l(mu_);
     return persisted_.count({topic, id}) > 0;
   }
+  void Stored(Location where) {
+    std::lock_guard l(mu_);
+    stored_.insert(std::move(where));
+  }
+  bool Counts(const Location& where) {
+    std::lock_guard l(mu_);
+    return stored_.count(where) > 0;
+  }
 
  private:
   std::mutex mu_;
   std::set<std::pair<std::string, int64_t>> persisted_;  // GUARDED_BY(mu_)
+  std::set<Location> stored_;                            // GUARDED_BY(mu_)
 };
 
 // A Publisher that passes everything to `inner` and tells the witness about persisted reports.
@@ -43,14 +63,16 @@ class WitnessedPublisher : public Publisher {
       : inner_(std::move(inner)), witness_(witness) {}
   Status Produce(const OutgoingMessage& m, uint64_t token) override {
     Status s = inner_->Produce(m, token);
-    if (s.ok() && m.headers->empty()) return s;  // not a row (the exactly-once checkpoint record)
-    if (s.ok()) {
-      const auto& first = m.headers->at(0);
-      if (first.first != "outbox-id" || !first.second) {
-        return Status::Invalid("test witness: the first header is not outbox-id");
-      }
-      sent_[token] = {*m.topic, std::stoll(*first.second)};
+    if (!s.ok()) return s;
+    if (m.headers->empty()) {  // not a row (the exactly-once checkpoint record)
+      sent_[token] = {*m.topic, std::nullopt};
+      return s;
     }
+    const auto& first = m.headers->at(0);
+    if (first.first != "outbox-id" || !first.second) {
+      return Status::Invalid("test witness: the first header is not outbox-id");
+    }
+    sent_[token] = {*m.topic, std::stoll(*first.second)};
     return s;
   }
   void Poll(Millis timeout, std::vector<DeliveryReport>* reports) override {
@@ -59,11 +81,13 @@ class WitnessedPublisher : public Publisher {
     for (size_t i = before; i < reports->size(); ++i) {
       auto it = sent_.find((*reports)[i].token);
       if (it == sent_.end()) continue;
-      if ((*reports)[i].proven()) {  // persisted with an offset: the only proof
+      const DeliveryReport& r = (*reports)[i];
+      if (r.proven()) {  // persisted with an offset: the only proof
+        ReportWitness::Location where{it->second.first, r.partition, r.offset};
         if (in_transaction_) {
-          in_transaction_proofs_.push_back(it->second);  // proof only if the transaction commits
+          in_transaction_proofs_.push_back({it->second, std::move(where)});  // if it commits
         } else {
-          witness_.Persisted(it->second.first, it->second.second);
+          Prove(it->second, std::move(where));
         }
       }
       sent_.erase(it);
@@ -71,10 +95,11 @@ class WitnessedPublisher : public Publisher {
   }
   std::optional<std::string> FatalError() override { return inner_->FatalError(); }
   void PurgeAll() override { inner_->PurgeAll(); }
-  // Transactions: a persisted report proves delivery only once its transaction commits; after an
-  // abort it proves nothing. A commit that fails fatally has an unknown outcome (the next
-  // producer's InitTransactions settles it): its reports count, so only an explicit abort withdraws
-  // proof.
+  // Transactions: a persisted report proves delivery only once its transaction commits. After an
+  // abort it proves nothing, and neither after a commit that failed (fatally, or fenced): its
+  // outcome is unknown to the relay, which must remove nothing for it. The next producer's
+  // InitTransactions settles it: on the mock cluster, whose coordinator never served the refused
+  // EndTxn, it aborts; the tests judge that case (they read checkpoints with CommittedCheckpoints).
   Status InitTransactions(Millis timeout) override { return inner_->InitTransactions(timeout); }
   Status BeginTransaction() override {
     Status s = inner_->BeginTransaction();
@@ -83,19 +108,29 @@ class WitnessedPublisher : public Publisher {
   }
   Status CommitTransaction(Millis timeout) override {
     Status s = inner_->CommitTransaction(timeout);
-    if (s.ok() || s.code() == Status::Code::kFatal) EndTransaction(/*committed=*/true);
+    if (s.ok()) {
+      EndTransaction(/*committed=*/true);
+    } else if (s.code() == Status::Code::kFatal) {
+      EndTransaction(/*committed=*/false);
+    }
     return s;
   }
   Status AbortTransaction(Millis timeout) override {
     Status s = inner_->AbortTransaction(timeout);
-    if (s.ok()) EndTransaction(/*committed=*/false);
+    if (s.ok() || s.code() == Status::Code::kFatal) EndTransaction(/*committed=*/false);
     return s;
   }
 
  private:
+  using Row =
+      std::pair<std::string, std::optional<int64_t>>;  // topic, outbox id (none: checkpoint)
+  void Prove(const Row& row, ReportWitness::Location where) {
+    if (row.second) witness_.Persisted(row.first, *row.second);
+    witness_.Stored(std::move(where));
+  }
   void EndTransaction(bool committed) {
     if (committed) {
-      for (const auto& [topic, id] : in_transaction_proofs_) witness_.Persisted(topic, id);
+      for (auto& [row, where] : in_transaction_proofs_) Prove(row, std::move(where));
     }
     in_transaction_proofs_.clear();
     in_transaction_ = false;
@@ -104,8 +139,8 @@ class WitnessedPublisher : public Publisher {
   PublisherPtr inner_;
   ReportWitness& witness_;
   bool in_transaction_ = false;
-  std::vector<std::pair<std::string, int64_t>> in_transaction_proofs_;
-  std::map<uint64_t, std::pair<std::string, int64_t>> sent_;  // token -> topic, outbox id
+  std::vector<std::pair<Row, ReportWitness::Location>> in_transaction_proofs_;
+  std::map<uint64_t, Row> sent_;  // token -> topic, outbox id
 };
 
 // Wraps every publisher `make` builds in a WitnessedPublisher.
@@ -234,7 +269,15 @@ class FakeStore : public OutboxStore {
     return Inject();
   }
   LeaderSession Session() const override { return LeaderSession{1, 1, "fake"}; }
+  // While set, FetchBatch does not return (a statement that hangs): the relay thread stops looping.
+  // stalled_fetches() counts the calls that waited.
+  void StallFetches(bool stall) { stall_fetches_ = stall; }
+  int stalled_fetches() const { return stalled_fetches_; }
   Status FetchBatch(std::vector<OutboxRow>* rows) override {
+    if (stall_fetches_) {
+      ++stalled_fetches_;
+      while (stall_fetches_) std::this_thread::sleep_for(Millis(5));
+    }
     std::lock_guard l(mu_);
     ++fetches_;
     rows->clear();
@@ -348,6 +391,8 @@ class FakeStore : public OutboxStore {
   }
 
   std::mutex mu_;
+  std::atomic<bool> stall_fetches_{false};
+  std::atomic<int> stalled_fetches_{0};
   size_t fail_removals_after_ = 0;  // GUARDED_BY(mu_), with the two below
   int fail_removals_ = 0;
   int injected_removal_failures_ = 0;

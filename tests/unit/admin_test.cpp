@@ -91,6 +91,7 @@ class AdminServerTest : public ::testing::Test {
   }
   void SetUp() override { ASSERT_TRUE(admin_.Start().ok()); }
   void TearDown() override {
+    store_.StallFetches(false);  // a test that failed while the relay was stalled
     stop_ = true;
     if (relay_thread_.joinable()) relay_thread_.join();
     admin_.Stop();
@@ -220,6 +221,77 @@ TEST_F(AdminServerTest, ReadinessNamesThePostgresErrorWhileItRetries) {
     auto r = Get("/readyz");
     return r && r->status == 200 && nlohmann::json::parse(r->body)["role"] == "leader" &&
            r->body.find("password authentication") == std::string::npos;
+  }));
+}
+
+// The leader's deliveries fail (every report a retriable error, as while the brokers are
+// unreachable): /readyz answers 503 and says Kafka is failing, then 200 again once deliveries
+// succeed. In the Kubernetes manifest (deploy/kubernetes) three failures 5 s apart take the pod
+// out of its Services' endpoints; nothing restarts it.
+TEST_F(AdminServerTest, ReadinessIs503WhileKafkaDeliveriesFail) {
+  std::atomic<bool> kafka_down{true};
+  broker_.decide = [&](const testing::Sent&) {
+    return kafka_down ? DeliveryReport::Outcome::kRetriable : DeliveryReport::Outcome::kPersisted;
+  };
+  for (int64_t id = 1; id <= 30; ++id) store_.Add(id, "t", "k" + std::to_string(id % 3), "v");
+  StartRelay();
+  std::string body;
+  ASSERT_TRUE(testing::Eventually([&] {
+    auto r = Get("/readyz");
+    if (!r) return false;
+    body = r->body;
+    return r->status == 503 && nlohmann::json::parse(r->body)["role"] == "leader";
+  })) << body;
+  auto j = nlohmann::json::parse(body);
+  EXPECT_EQ(j["status"], "not ready");
+  EXPECT_NE(j["reason"].get<std::string>().find("Kafka deliveries are failing"), std::string::npos)
+      << body;
+  EXPECT_EQ(store_.Remaining().size(), 30u) << "rows were removed while Kafka failed";
+  auto health = Get("/healthz");  // failing deliveries do not make the process unhealthy
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  kafka_down = false;
+  ASSERT_TRUE(testing::Eventually([&] {
+    auto r = Get("/readyz");
+    return r && r->status == 200 && nlohmann::json::parse(r->body)["role"] == "leader";
+  }));
+  EXPECT_TRUE(testing::Eventually([&] { return store_.Remaining().empty(); }));
+}
+
+// The relay thread stops looping (a fetch that never returns): /healthz answers 200 until the
+// heartbeat is 30 s old, then 503 with the reason, and 200 once the relay loops again. The
+// threshold is fixed (admin_server.cpp), so this test waits it out. In the Kubernetes manifest
+// (deploy/kubernetes) the liveness probe then fails three times 10 s apart and the kubelet
+// restarts the container.
+TEST_F(AdminServerTest, LivenessIs503WhenTheRelayHasNotLoopedFor30Seconds) {
+  StartRelay();
+  ASSERT_TRUE(testing::Eventually([&] { return store_.fetches() > 0; }));
+  store_.StallFetches(true);
+  ASSERT_TRUE(testing::Eventually([&] { return store_.stalled_fetches() > 0; }));
+  const auto stalled_at = std::chrono::steady_clock::now();
+  auto early = Get("/healthz");
+  ASSERT_TRUE(early);
+  EXPECT_EQ(early->status, 200) << early->body;
+  std::string body;
+  ASSERT_TRUE(testing::Eventually(
+      [&] {
+        auto r = Get("/healthz");
+        if (!r || r->status != 503) return false;
+        body = r->body;
+        return true;
+      },
+      Millis(45'000)))
+      << "still healthy 45 s after the relay stopped looping";
+  EXPECT_GE(std::chrono::steady_clock::now() - stalled_at, Millis(29'000))
+      << "failing before the heartbeat was 30 s old: " << body;
+  auto j = nlohmann::json::parse(body);
+  EXPECT_EQ(j["status"], "failing");
+  EXPECT_GT(j["relay_heartbeat_age_seconds"].get<double>(), 30.0);
+  EXPECT_NE(j["reason"].get<std::string>().find("has not looped"), std::string::npos) << body;
+  store_.StallFetches(false);
+  EXPECT_TRUE(testing::Eventually([&] {
+    auto r = Get("/healthz");
+    return r && r->status == 200;
   }));
 }
 
