@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Real Apache Kafka (KRaft, combined broker+controller) for dev/tests, run from
 # jars fetched with Maven (scripts/kafka/pom.xml) into .cache/kafka/lib.
-#   scripts/kafka.sh start|stop|restart|status|env [single|cluster]  (default single)
+#   scripts/kafka.sh start|stop|restart|status|env [single|cluster|secure|autocreate]  (default single)
 #   scripts/kafka.sh kill <1|2|3>          SIGKILL one cluster node
 #   scripts/kafka.sh restart-node <1|2|3>  (re)start one cluster node, no reformat; waits while it
 #                                         rejoins (OUTBOXD_KAFKA_REJOIN_TIMEOUT, _REJOIN_STALL)
+#   scripts/kafka.sh create-topic NAME [PARTITIONS [MODE]]   (default 1 partition, single)
+#                                         creates a topic with the broker's replication factor
+#                                         (an existing one is left as it is; scripts/kafka/TopicTool.java)
 #   scripts/kafka.sh acl add PRINCIPAL (TYPE NAME OPERATION)...   ACLs of the secure broker
 #   scripts/kafka.sh acl delete PRINCIPAL                          (scripts/kafka/AclTool.java)
 # single : broker 127.0.0.1:${OUTBOXD_KAFKA_PORT:-59092}, controller port+1
@@ -12,6 +15,10 @@
 #          (OUTBOXD_CLUSTER_PORT=P moves them to P, P+10000, P+20000; controllers +1),
 #          RF 3, min.insync.replicas=2. Data dirs are separate per mode, so
 #          single and cluster can run at the same time.
+# autocreate: one broker, OUTBOXD_AUTOCREATE_KAFKA_PORT=P (default OUTBOXD_KAFKA_PORT + 8), P+1
+#          controller: the only one that creates a topic on its first use
+#          (auto.create.topics.enable=true), for the test of outboxd against such a broker.
+# Every other mode runs as production brokers do, without topic auto-creation: create-topic first.
 # secure : one broker, OUTBOXD_SECURE_KAFKA_PORT=P (default 59094): P PLAINTEXT
 #          (inter-broker, readiness, test witnesses), P+1 controller, P+2
 #          SASL_SSL (user 'outboxd' with a random password in
@@ -43,8 +50,9 @@ STOP_TIMEOUT=60   # seconds between SIGTERM and SIGKILL
 
 usage() {
   cat >&2 <<EOF
-usage: $0 start|stop|restart|status|env [single|cluster|secure]
+usage: $0 start|stop|restart|status|env [single|cluster|secure|autocreate]
        $0 kill|restart-node <1|2|3>     (cluster mode)
+       $0 create-topic NAME [PARTITIONS [single|cluster|secure|autocreate]]
        $0 acl add PRINCIPAL (TYPE NAME OPERATION)... | acl delete PRINCIPAL   (secure mode)
 EOF
   exit 2
@@ -83,6 +91,16 @@ set_mode() {
       SASL_SSL_PORT=$((p + 2))
       SSL_PORT=$((p + 3))
       HEAP=512m
+      RF=1 MIN_ISR=1
+      ;;
+    autocreate)
+      local p="${OUTBOXD_AUTOCREATE_KAFKA_PORT:-$((${OUTBOXD_KAFKA_PORT:-59092} + 8))}"
+      [[ "$p" =~ ^[0-9]+$ ]] && ((p >= 1024 && p + 1 <= 65535)) ||
+        die "OUTBOXD_AUTOCREATE_KAFKA_PORT must be a port from 1024 to 65534, got '$p'"
+      NODES=(1)
+      BROKER_PORT=([1]="$p")
+      CTRL_PORT=([1]="$((p + 1))")
+      HEAP=384m
       RF=1 MIN_ISR=1
       ;;
     *) usage ;;
@@ -162,7 +180,7 @@ controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$d/data
 num.partitions=1
-auto.create.topics.enable=true
+auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
 default.replication.factor=$RF
 min.insync.replicas=$MIN_ISR
@@ -173,6 +191,8 @@ share.coordinator.state.topic.replication.factor=$RF
 share.coordinator.state.topic.min.isr=$MIN_ISR
 EOF
   [[ "$MODE" == secure ]] && write_secure_props "$n"
+  # The later key wins: this broker alone creates topics on first use.
+  [[ "$MODE" == autocreate ]] && echo "auto.create.topics.enable=true" >>"$(node_props "$n")"
   return 0
 }
 
@@ -269,6 +289,7 @@ check_ports_free() {
   # The single broker's ports come from OUTBOXD_KAFKA_PORT (controller: that port + 1).
   local knob=""
   [[ "$MODE" == single ]] && knob=", OUTBOXD_KAFKA_PORT"
+  [[ "$MODE" == autocreate ]] && knob=", OUTBOXD_AUTOCREATE_KAFKA_PORT"
   port_in_use "${BROKER_PORT[$n]}" && die_port_busy "${BROKER_PORT[$n]}" "Kafka $MODE node $n broker$knob"
   port_in_use "${CTRL_PORT[$n]}" && die_port_busy "${CTRL_PORT[$n]}" "Kafka $MODE node $n controller$knob + 1"
   return 0
@@ -475,6 +496,19 @@ acl_tool() {
   java_tool "$(node_logs 1)" "$ROOT/scripts/kafka/AclTool.java" "$(bootstrap)" "$@"
 }
 
+# create-topic NAME PARTITIONS: scripts/kafka/TopicTool.java against the mode's brokers (for the
+# secure broker, its PLAINTEXT listener: the super user).
+cmd_create_topic() {
+  [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "PARTITIONS must be a positive number, got '$2'"
+  local n
+  for n in "${NODES[@]}"; do
+    node_pid "$n" >/dev/null || die "the $MODE broker (node $n) is not running: $0 start $MODE"
+  done
+  check_java
+  java_tool "$(node_logs "${NODES[0]}")" "$ROOT/scripts/kafka/TopicTool.java" "$(bootstrap)" "$1" "$2" ||
+    die "could not create topic '$1' on the $MODE broker ($(bootstrap))"
+}
+
 cmd_stop() {
   lock_mode
   stop_nodes "${NODES[@]}"
@@ -613,6 +647,11 @@ case "$cmd" in
       status) cmd_status ;;
       env) cmd_env ;;
     esac
+    ;;
+  create-topic)
+    [[ $# -ge 2 && $# -le 4 ]] || usage
+    set_mode "${4:-single}"
+    cmd_create_topic "$2" "${3:-1}"
     ;;
   acl)
     [[ "${2:-}" == add || "${2:-}" == delete ]] && [[ $# -ge 3 ]] || usage
