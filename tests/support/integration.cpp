@@ -154,6 +154,9 @@ int64_t Record::outbox_id() const {
   return h ? std::stoll(*h) : -1;
 }
 
+// Returns once every partition has a leader; `replicas` -1 takes the broker's default. The
+// project's brokers, like production ones, do not auto-create topics: a test creates each topic it
+// writes to.
 void CreateTopic(const Services& s, const std::string& topic, int partitions, int replicas) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();

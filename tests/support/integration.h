@@ -71,9 +71,7 @@ struct Record {
   int64_t outbox_id() const;
 };
 
-// Creates a topic with `partitions` partitions and replication factor `replicas` (-1: the broker's
-// default); returns once every partition has a leader. The project's brokers, like production
-// ones, do not auto-create topics: a test creates each topic it writes to.
+// Creates a topic with `partitions` partitions and replication factor `replicas`.
 void CreateTopic(const Services& s, const std::string& topic, int partitions, int replicas = 1);
 
 // Reads every partition of a topic from the beginning.
