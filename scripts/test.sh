@@ -25,4 +25,5 @@ else
 fi
 # Tests run in parallel, each with its own database and topics; the few that restart PostgreSQL
 # or share one broker's settings are marked RUN_SERIAL or RESOURCE_LOCK (tests/CMakeLists.txt).
-ctest --test-dir "$ROOT/build" --output-on-failure -j "$(nproc)" "$@"
+# CTEST_PARALLEL_LEVEL (ctest's own variable) sets how many run at once; default: one per core.
+ctest --test-dir "$ROOT/build" --output-on-failure -j "${CTEST_PARALLEL_LEVEL:-$(nproc)}" "$@"
