@@ -86,8 +86,6 @@ until grep -q "leading the outbox" "$OUTBOXD_LOG"; do
   sleep 0.1
 done
 
-# The broker does not auto-create topics (as production brokers do not): create the demo's first.
-"$ROOT/scripts/kafka.sh" create-topic "$TOPIC" 1
 RUN="demo-$(date +%s)"
 log "the application commits four orders, each with its message, and rolls one back (run $RUN)"
 psql_app -o /dev/null <<SQL
