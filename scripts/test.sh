@@ -23,5 +23,7 @@ else
   "$ROOT/scripts/services.sh" start
   eval "$("$ROOT/scripts/services.sh" env)"
 fi
-# Integration tests are marked RUN_SERIAL (one restarts PostgreSQL); the rest run in parallel.
-ctest --test-dir "$ROOT/build" --output-on-failure -j "$(nproc)" "$@"
+# Tests run in parallel, each with its own database and topics; the few that restart PostgreSQL
+# or share one broker's settings are marked RUN_SERIAL or RESOURCE_LOCK (tests/CMakeLists.txt).
+# CTEST_PARALLEL_LEVEL (ctest's own variable) sets how many run at once; default: one per core.
+ctest --test-dir "$ROOT/build" --output-on-failure -j "${CTEST_PARALLEL_LEVEL:-$(nproc)}" "$@"

@@ -114,8 +114,13 @@ Status AdminServer::Start() {
   }
   if (port_ == 0) {
     server_.reset();
-    return Status::Unavailable("admin listener: cannot listen on " + config_.admin.listen +
-                               " (address in use, or not an address of this host)");
+    // Most often another outboxd (a demo, a second instance) holds the default port: say which
+    // setting moves it.
+    return Status::Unavailable(
+        "admin listener: cannot listen on " + config_.admin.listen +
+        " (address in use, or not an address of this host): set [admin] listen in " +
+        (config_.path.empty() ? std::string("the configuration") : config_.path) +
+        " to a free host:port (\"127.0.0.1:0\" picks one) or to \"\" to turn it off");
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   // cpp-httplib's stop() does nothing before the loop runs: a Stop() right after Start() would

@@ -151,7 +151,8 @@ TEST(NewcomerBinary, StartWithBothServicesDownIsQuiet) {
   std::string config = TestFile("down",
                                 "[postgres]\nconninfo = \"host=127.0.0.1 port=1 dbname=x\"\n"
                                 "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n"
-                                "[backoff]\ninitial = \"20ms\"\nmax = \"100ms\"\n");
+                                "[backoff]\ninitial = \"20ms\"\nmax = \"100ms\"\n"
+                                "[admin]\nlisten = \"\"\n");  // the default port may be taken
   std::string log = TestFile("down-log", "");
   // Three seconds of retries, then SIGTERM.
   std::string cmd = std::string("timeout -s TERM 3 ") + OUTBOXD_BINARY + " run --config '" +

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `outboxd doctor` against the project's single broker (replication factor 1: it must report the
 # risk and exit 1) and the 3-broker cluster (replication factor 3, min.insync.replicas 2: it must
-# pass, exit 0), with one outbox whose message names a topic. Starts the cluster if it is not
-# running (and stops it again then). Usage: doctor_clusters.sh BUILD_DIR
+# pass, exit 0), with one outbox whose message names a topic. The brokers do not auto-create
+# topics: the test creates its topic on each (with the broker's default replication factor), and a
+# second topic it never creates must show as missing. Starts the cluster if it is not running (and
+# stops it again then). Usage: doctor_clusters.sh BUILD_DIR
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
 BUILD=${1:?build directory}
@@ -33,14 +35,19 @@ psql_admin -d postgres -c "CREATE DATABASE $db"
 for name in single cluster; do
   bootstrap=$SINGLE
   [[ $name == cluster ]] && bootstrap=$CLUSTER
-  printf '[postgres]\nconninfo = "host=127.0.0.1 port=%s dbname=%s user=postgres"\n[kafka]\nbootstrap_servers = "%s"\n[log]\nlevel = "warn"\n' \
+  # No admin listener: nothing here reads it, and a fixed port may be taken (the demo's outboxd).
+  printf '[postgres]\nconninfo = "host=127.0.0.1 port=%s dbname=%s user=postgres"\n[kafka]\nbootstrap_servers = "%s"\n[log]\nlevel = "warn"\n[admin]\nlisten = ""\n' \
     "$OUTBOXD_PG_PORT" "$db" "$bootstrap" >"$tmp/$name.toml"
 done
 "$BUILD/outboxd" migrate -c "$tmp/single.toml" >/dev/null
 topic="doctor-$$-$RANDOM"
+missing="doctor-missing-$$-$RANDOM"
 psql_admin -d "$db" -c "SELECT outbox.publish('$topic', 'k', 'v')" >/dev/null
+psql_admin -d "$db" -c "SELECT outbox.publish('$missing', 'k', 'v')" >/dev/null
+"$BUILD/tests/create_topic" "$SINGLE" "$topic" 1 || fail "could not create $topic on the single broker"
 
-# 1. The single broker: the topic does not exist yet and would be auto-created with RF 1.
+# 1. The single broker: the topic exists with RF 1; the other one does not exist, and the broker
+# does not create topics.
 set +e
 "$BUILD/outboxd" doctor -c "$tmp/single.toml" >"$tmp/single.out"
 rc=$?
@@ -49,16 +56,23 @@ set -e
 cat "$tmp/single.out"
 ((rc == 1)) || fail "doctor on the single broker: exit $rc, expected 1"
 grep -q "RISK  $topic: replication factor = 1" "$tmp/single.out" || fail "no replication factor 1 risk for $topic"
-python3 - "$tmp/single.json" "$topic" <<'PY' || fail "--json does not show the RF 1 risk"
+grep -q "RISK  $missing: exists = no$" "$tmp/single.out" || fail "no 'exists = no' risk for $missing"
+grep -q "ok    broker .*: topic auto-creation = false" "$tmp/single.out" ||
+  fail "no 'topic auto-creation = false' finding (the brokers must not auto-create topics)"
+python3 - "$tmp/single.json" "$topic" "$missing" <<'PY' || fail "--json does not show the RF 1 risk"
 import json, sys
 j = json.load(open(sys.argv[1]))
 assert j["at_risk"] is True
 assert any(f["subject"] == sys.argv[2] and f["check"] == "replication factor" and f["verdict"] == "risk"
            for f in j["findings"])
+assert any(f["subject"] == sys.argv[3] and f["check"] == "exists" and f["verdict"] == "risk"
+           for f in j["findings"])
 PY
+psql_admin -d "$db" -c "DELETE FROM outbox.messages WHERE topic = '$missing'" >/dev/null
 
-# 2. The cluster: outboxd delivers the message (the broker creates the topic with its defaults,
-# RF 3 and min.insync.replicas 2), then doctor finds nothing at risk.
+# 2. The cluster: the topic created with the cluster's defaults (RF 3, min.insync.replicas 2),
+# outboxd delivers the message, then doctor finds nothing at risk.
+"$BUILD/tests/create_topic" "$CLUSTER" "$topic" 1 || fail "could not create $topic on the cluster"
 "$BUILD/outboxd" run -c "$tmp/cluster.toml" >"$tmp/outboxd.log" 2>&1 &
 OPID=$!
 for _ in $(seq 1 600); do

@@ -4,11 +4,12 @@
 # oldest-unsent-age series must exist and move: up while outboxd cannot reach Kafka and rows are
 # written, back to 0 once an outboxd with Kafka has delivered them (kcat, an independent
 # consumer, counts the records). `promtool check metrics` passes on /metrics taken mid-drain.
-# Usage: prometheus_scrape.sh OUTBOXD_BINARY. Needs the services (scripts/services.sh start);
+# Usage: prometheus_scrape.sh OUTBOXD_BINARY CREATE_TOPIC_BINARY. Needs the services (scripts/services.sh start);
 # without them or without Prometheus it is skipped (exit 77), except under CI=true: it fails.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
-OUTBOXD="${1:?usage: prometheus_scrape.sh OUTBOXD_BINARY}"
+OUTBOXD="${1:?usage: prometheus_scrape.sh OUTBOXD_BINARY CREATE_TOPIC_BINARY}"
+CREATE_TOPIC="${2:?usage: prometheus_scrape.sh OUTBOXD_BINARY CREATE_TOPIC_BINARY}"
 export OUTBOXD_PG_PORT="${OUTBOXD_PG_PORT:-55432}" OUTBOXD_KAFKA_PORT="${OUTBOXD_KAFKA_PORT:-59092}"
 KAFKA="127.0.0.1:$OUTBOXD_KAFKA_PORT"
 PSQL=(psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$OUTBOXD_PG_PORT" -U postgres)
@@ -45,6 +46,8 @@ cleanup() {
 }
 trap cleanup EXIT
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE $db" >/dev/null
+# The broker does not auto-create topics.
+"$CREATE_TOPIC" "$KAFKA" "$topic" 1 || fail "could not create topic $topic"
 admin_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 config() {  # config FILE BOOTSTRAP

@@ -235,7 +235,9 @@ std::unique_ptr<OutboxdProcess> SecureKafka::Run(const std::string& kafka_toml,
       << "[postgres]\nconninfo = \"" << db_->conninfo()
       << "\"\n[relay]\nidle_grace = \"50ms\"\nshutdown_timeout = \"1s\"\n"
       << relay_toml << "\n[backoff]\ninitial = \"50ms\"\nmax = \"1s\"\n[leadership]\n"
-      << "retry_interval = \"200ms\"\n[kafka]\n"
+      << "retry_interval = \"200ms\"\n"
+      // A free port: the default one may be another outboxd's (the demo's).
+      << "[admin]\nlisten = \"127.0.0.1:0\"\n[kafka]\n"
       << kafka_toml;
   p->Start();
   return p;

@@ -101,8 +101,13 @@ TestDatabase::TestDatabase(const Services& s, bool migrate)
   Status st = admin->Exec("CREATE DATABASE " + name_);
   if (!st.ok()) throw std::runtime_error(st.message());
   if (migrate) {
+    // The migrations create cluster-wide roles (outbox_writer, ...) when they are missing; two
+    // tests migrating at once on a fresh cluster would both try. One at a time, across processes.
+    st = admin->Exec("SELECT pg_advisory_lock(7104251)");
+    if (!st.ok()) throw std::runtime_error(st.message());
     pg::Connection c = Connect();
     auto applied = ApplyMigrations(c);
+    (void)admin->Exec("SELECT pg_advisory_unlock(7104251)");
     if (!applied.ok()) throw std::runtime_error(applied.status().message());
   }
 }
@@ -149,6 +154,9 @@ int64_t Record::outbox_id() const {
   return h ? std::stoll(*h) : -1;
 }
 
+// Returns once every partition has a leader; `replicas` -1 takes the broker's default. The
+// project's brokers, like production ones, do not auto-create topics: a test creates each topic it
+// writes to.
 void CreateTopic(const Services& s, const std::string& topic, int partitions, int replicas) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
@@ -176,10 +184,10 @@ void CreateTopic(const Services& s, const std::string& topic, int partitions, in
   rd_kafka_queue_destroy(q);
   rd_kafka_NewTopic_destroy(nt);
   // Wait until the leaders are known, so the first produce does not race topic creation.
-  for (int i = 0; i < 100 && error.empty(); ++i) {
+  bool ready = false;
+  for (int i = 0; i < 100 && error.empty() && !ready; ++i) {
     rd_kafka_topic_t* t = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
     const rd_kafka_metadata_t* md = nullptr;
-    bool ready = false;
     if (rd_kafka_metadata(rk, 0, t, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
         md->topic_cnt == 1 && md->topics[0].err == 0 && md->topics[0].partition_cnt == partitions) {
       ready = true;
@@ -188,9 +196,10 @@ void CreateTopic(const Services& s, const std::string& topic, int partitions, in
     }
     if (md) rd_kafka_metadata_destroy(md);
     rd_kafka_topic_destroy(t);
-    if (ready) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  if (error.empty() && !ready)
+    error = "a partition still has no leader after 100 metadata requests";
   rd_kafka_destroy(rk);
   if (!error.empty()) throw std::runtime_error("create topic " + topic + ": " + error);
 }

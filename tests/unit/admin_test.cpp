@@ -333,12 +333,15 @@ TEST(AdminServer, ABusyPortIsAnErrorNotACrash) {
   ASSERT_TRUE(first.Start().ok());
   Config second_config = config;
   second_config.admin.listen = "127.0.0.1:" + std::to_string(first.port());
+  second_config.path = "busy.toml";
   AdminServer second(second_config, relay, nullptr);
   Status s = second.Start();
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("cannot listen on 127.0.0.1:" + std::to_string(first.port())),
             std::string::npos)
       << s.message();
+  // It names the setting that moves the port, and the file that holds it.
+  EXPECT_NE(s.message().find("set [admin] listen in busy.toml"), std::string::npos) << s.message();
 }
 
 TEST(AdminConfig, ListenAndLogFormat) {
