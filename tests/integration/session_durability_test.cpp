@@ -22,8 +22,8 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-// While alive, the server names a synchronous standby that does not exist. Server-wide: the
-// integration tests run one at a time (RUN_SERIAL).
+// While alive, the server names a synchronous standby that does not exist. Server-wide: these
+// tests run alone (RUN_SERIAL, OUTBOXD_PG_SERVER_TESTS in tests/CMakeLists.txt).
 class AbsentSynchronousStandby {
  public:
   explicit AbsentSynchronousStandby(const Services& s) : services_(s) {
