@@ -184,3 +184,24 @@ TEST_F(SchemaIntegration, RefusesToLeadWithACachedIdSequenceAndDoctorSaysSo) {
 
 }  // namespace
 }  // namespace outboxd::testing
+
+namespace outboxd::testing {
+namespace {
+
+// Run once by ctest before the integration tests start in parallel (the fixture pg_roles in
+// tests/CMakeLists.txt): the migrations create cluster-wide roles when they are missing, and on a
+// fresh cluster two tests that migrate outside TestDatabase's lock (`outboxd migrate` on an empty
+// database) would both try to create them.
+TEST(ClusterRoles, ExistBeforeTheTestsRunInParallel) {
+  Services services;
+  OUTBOXD_REQUIRE_SERVICES(services);
+  TestDatabase db(services);
+  for (const char* role : {"outbox_writer", "outbox_relay", "outbox_consumer"}) {
+    EXPECT_EQ(
+        db.Scalar(std::string("SELECT count(*) FROM pg_roles WHERE rolname = '") + role + "'"), "1")
+        << role;
+  }
+}
+
+}  // namespace
+}  // namespace outboxd::testing
