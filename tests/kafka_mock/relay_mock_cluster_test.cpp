@@ -586,3 +586,51 @@ TEST_F(RelayMockClusterNotLeader, NotLeaderWithOneRequestInFlightKeepsKeyOrder) 
 
 }  // namespace
 }  // namespace outboxd
+
+namespace outboxd {
+namespace {
+
+// A topic outboxd may not write (the broker answers its metadata with TOPIC_AUTHORIZATION_FAILED,
+// as a broker with ACLs does): its rows wait in the outbox while every row of the other topic is
+// delivered; once the ACL allows it, they are delivered in their order.
+TEST_F(RelayMockCluster, TopicNotAuthorizedHoldsBackOnlyItsOwnRows) {
+  const std::string secret = topic_ + ".secret";
+  CreateTopic(secret);
+  rd_kafka_mock_topic_set_error(cluster_.get(), secret.c_str(),
+                                RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED);
+  AddRows(store_, written_, topic_, 1, 100, 10);
+  for (int64_t id = 101; id <= 103; ++id) {  // a key of their own: order is per topic and key
+    written_[id] = WrittenRow{"secret-key", "payload-" + std::to_string(id)};
+    store_.Add(id, secret, written_[id].key, written_[id].payload, RowHeaders(id));
+  }
+  AddRows(store_, written_, topic_, 104, 400, 10);
+  Config c = MockConfig();
+  c.kafka.properties["topic.metadata.refresh.interval.ms"] = "200";
+  RunningRelay relay(c, store_);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return store_.Remaining() == std::set<int64_t>{101, 102, 103};
+      },
+      kLongWait))
+      << store_.Remaining().size() << " rows left";
+  AddRows(store_, written_, topic_, 404, 600, 10);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return store_.Remaining() == std::set<int64_t>{101, 102, 103};
+      },
+      kLongWait))
+      << "rows written later flow too";
+  EXPECT_TRUE(store_.DeadLetters().empty());
+
+  rd_kafka_mock_topic_set_error(cluster_.get(), secret.c_str(), RD_KAFKA_RESP_ERR_NO_ERROR);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  relay.Stop();
+  auto records = ReadTopic(cluster_, topic_, kPartitions);
+  auto secret_records = ReadTopic(cluster_, secret, kPartitions);
+  ASSERT_GE(secret_records.size(), 3u);
+  records.insert(records.end(), secret_records.begin(), secret_records.end());
+  ExpectEveryRowDeliveredInKeyOrder(records, written_, store_);
+}
+
+}  // namespace
+}  // namespace outboxd
