@@ -1,7 +1,12 @@
 // Delivery goes on around what one topic or one admin request would stop: a row for a topic the
 // broker does not have (auto.create.topics.enable=false, as production brokers run), and a rescan
 // request read while an unsent row lies below it. Real PostgreSQL, real Kafka, the outboxd binary.
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <thread>
@@ -24,6 +29,27 @@ constexpr const char* kFastTopicMetadata =
     "[kafka.properties]\n"
     "\"topic.metadata.propagation.max.ms\" = 2000\n"
     "\"topic.metadata.refresh.interval.ms\" = 1000\n";
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Status and body of GET `path` on the admin listener; status 0 when it does not answer.
+std::pair<int, std::string> Get(int port, const std::string& path) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_connection_timeout(2, 0);
+  c.set_read_timeout(10, 0);
+  auto r = c.Get(path.c_str());
+  return r ? std::make_pair(r->status, r->body) : std::make_pair(0, std::string());
+}
 
 class LivenessIntegration : public ServicesTest {
  protected:
@@ -86,7 +112,10 @@ class LivenessIntegration : public ServicesTest {
 
 TEST_F(LivenessIntegration, RowForAMissingTopicWaitsWhileTheOtherTopicFlows) {
   const std::string missing = UniqueName("missing");
-  OutboxdProcess outboxd(services_, *db_, "", kFastTopicMetadata);
+  const int port = FreePort();
+  OutboxdProcess outboxd(services_, *db_, "",
+                         std::string(kFastTopicMetadata) +
+                             "[admin]\nlisten = \"127.0.0.1:" + std::to_string(port) + "\"\n");
   outboxd.Start();
   Consumer consumer(services_, topic_);
   int64_t stray_id = 0;
@@ -95,9 +124,18 @@ TEST_F(LivenessIntegration, RowForAMissingTopicWaitsWhileTheOtherTopicFlows) {
   ExpectAllArrived(consumer, expected, outboxd);
   EXPECT_TRUE(outboxd.WaitForLog("topic \"" + missing + "\" refused by Kafka", seconds(20)))
       << outboxd.Log();
+  // The metric names the topic; the leader stays ready (every other topic flows) and says why.
+  const std::string series = "outboxd_topic_refused_seconds{topic=\"" + missing + "\"}";
+  EXPECT_NE(Get(port, "/metrics").second.find(series), std::string::npos);
+  auto ready = Get(port, "/readyz");
+  EXPECT_EQ(ready.first, 200) << ready.second;
+  EXPECT_NE(ready.second.find("refused_topics"), std::string::npos) << ready.second;
+  EXPECT_NE(ready.second.find(missing), std::string::npos) << ready.second;
+
   ExpectStrayDeliveredOnceTheTopicExists(missing, stray_id, outboxd);
   EXPECT_TRUE(outboxd.WaitForLog("topic \"" + missing + "\" accepts messages again", seconds(20)))
       << outboxd.Log();
+  EXPECT_EQ(Get(port, "/metrics").second.find(series), std::string::npos);
 }
 
 TEST_F(LivenessIntegration, RowForAMissingTopicIsDeadLetteredAfterTheBound) {

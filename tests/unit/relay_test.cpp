@@ -657,6 +657,9 @@ TEST(Relay, TopicRefusedInTheReportWaitsWhileOtherTopicsFlow) {
   size_t orders_sent = 0;
   for (const auto& sent : broker.Log()) orders_sent += sent.topic == "orders";
   EXPECT_EQ(orders_sent, 196u) << "no row of the other topic was sent twice";
+  // A refusal is no failed delivery: no rewind, so no back-off pause for the other topic either
+  // (each rewind waits up to backoff.max, 10 s by default, with nothing flowing).
+  EXPECT_EQ(relay.stats().rewinds, 0);
   authorized = true;
   EXPECT_TRUE(Eventually([&] { return store.Remaining().empty(); }, Millis(10000)));
   relay.Stop();
