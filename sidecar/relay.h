@@ -165,7 +165,7 @@ class Relay {
   std::deque<std::pair<int64_t, std::string>> to_dead_letter_;  // to move at the next safe point
   std::set<int64_t> set_aside_;  // poison rows that could not be dead-lettered in this term
   // A topic Kafka refuses: its rows wait in the outbox (skipped by ProduceRows, fetched again
-  // from `lowest` when the back-off ends) while other topics flow (docs/design.md, 3.5).
+  // from `lowest` when the back-off ends) while other topics flow (docs/design.md, section 3).
   struct TopicHold {
     std::string error;
     Clock::time_point since;     // first refusal: the dead-letter bound counts from here
