@@ -168,6 +168,14 @@ std::pair<int, std::string> AdminServer::Readiness() const {
                       "leading, but Kafka deliveries are failing or the producer is "
                       "being built (see the log)");
       }
+      if (auto held = m.held_topics(); !held.empty()) {
+        // Still ready: only these topics' messages wait, every other topic flows.
+        for (const auto& h : held)
+          j["refused_topics"].push_back({{"topic", h.topic}, {"error", h.error}});
+        return answer(true,
+                      "leading; Kafka refuses " + std::to_string(held.size()) +
+                          " topic(s), whose messages wait in the outbox (see refused_topics)");
+      }
       return answer(true, "");
     case RelayMetrics::State::kStandby:
       return answer(true,
@@ -308,6 +316,13 @@ std::string AdminServer::Metrics() {
            "Seconds since the relay thread last looped (/healthz fails above 30).");
   e.Sample("outboxd_relay_heartbeat_age_seconds",
            static_cast<double>(SteadyNowMs() - m.heartbeat_ms.load()) / 1000.0);
+  e.Family("outboxd_topic_refused_seconds", "gauge",
+           "Per topic Kafka refuses (it does not exist, or outboxd may not write it): seconds "
+           "since the first refusal. Its messages wait in the outbox; other topics flow.");
+  for (const auto& held : m.held_topics()) {
+    e.Sample("outboxd_topic_refused_seconds",
+             static_cast<double>(SteadyNowMs() - held.since_ms) / 1000.0, {{"topic", held.topic}});
+  }
 
   e.Family("outboxd_database_round_trip_seconds", "histogram",
            "PostgreSQL round trips of the relay: fetch (with the removals sent alongside) and "

@@ -359,7 +359,8 @@ Config Build(const toml::value& root, const std::string& file, std::vector<std::
       relay, p,
       {"batch_size", "max_in_flight", "poll_interval", "idle_poll_interval", "idle_grace", "notify",
        "on_sent", "retention", "cleanup_interval", "shutdown_timeout", "dead_letter_topic",
-       "delivery", "checkpoint_topic", "transactional_id", "remove_interval", "sleep_below_rate"});
+       "delivery", "checkpoint_topic", "transactional_id", "remove_interval", "sleep_below_rate",
+       "topic_unavailable_dead_letter_after"});
   RelayConfig& rc = c.relay;
   r.MaybeInt(relay, p, "batch_size", 1, 100'000, &rc.batch_size);
   r.MaybeInt(relay, p, "max_in_flight", 1, 1'000'000, &rc.max_in_flight);
@@ -404,6 +405,8 @@ Config Build(const toml::value& root, const std::string& file, std::vector<std::
   }
   r.MaybeString(relay, p, "transactional_id", &rc.transactional_id);
   r.MaybeDuration(relay, p, "remove_interval", Millis(0), &rc.remove_interval);
+  r.MaybeDuration(relay, p, "topic_unavailable_dead_letter_after", Millis(0),
+                  &rc.topic_unavailable_dead_letter_after);
 
   const toml::value& backoff = r.Table(root, "backoff");
   r.OnlyKnownKeys(backoff, "backoff.", {"initial", "max"});

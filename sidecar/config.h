@@ -49,6 +49,10 @@ struct RelayConfig {
   // found rows): sleep on LISTEN as soon as caught up instead of polling through idle_grace, so
   // the next commit wakes the relay by NOTIFY (0: always wait idle_grace).
   int sleep_below_rate = 30;
+  // A topic Kafka refuses (it does not exist, or outboxd may not write it): its rows wait in the
+  // outbox, tried again with [backoff], while other topics flow. Once it was refused this long,
+  // its waiting rows are dead-lettered with the error (0: they wait until the topic is fixed).
+  Millis topic_unavailable_dead_letter_after{0};
 };
 
 struct BackoffConfig {

@@ -18,10 +18,20 @@ std::optional<InFlightLedger::Entry> InFlightLedger::Take(uint64_t token) {
   return e;
 }
 
+namespace {
+
+// Order is per topic and key: the barrier's map key names both (the topic's length first, so no
+// two pairs give the same string).
+std::string BarrierKey(const InFlightLedger::Entry& entry) {
+  return std::to_string(entry.topic.size()) + ':' + entry.topic + *entry.key;
+}
+
+}  // namespace
+
 bool InFlightLedger::Acknowledge(const Entry& entry, Clock::time_point now) {
   suspects_.erase(entry.id);
   if (entry.key) {
-    auto failed = failed_keys_.find(*entry.key);
+    auto failed = failed_keys_.find(BarrierKey(entry));
     if (failed != failed_keys_.end() && failed->second < entry.id) {
       Rewind(entry.id);  // an earlier row of this key failed: this one goes again after it
       return false;
@@ -34,7 +44,10 @@ bool InFlightLedger::Acknowledge(const Entry& entry, Clock::time_point now) {
 
 void InFlightLedger::Fail(const Entry& entry) {
   Rewind(entry.id);
-  if (entry.key) failed_keys_.try_emplace(*entry.key, entry.id);
+  if (!entry.key) return;
+  // Reports of different partitions interleave: a higher id of the key may fail first.
+  auto [it, fresh] = failed_keys_.try_emplace(BarrierKey(entry), entry.id);
+  if (!fresh) it->second = std::min(it->second, entry.id);
 }
 
 void InFlightLedger::StartAttempt() {

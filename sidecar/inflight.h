@@ -29,6 +29,7 @@ class InFlightLedger {
     bool dead_letter_copy = false;  // a copy on the dead-letter topic
     bool isolated = false;          // a suspect, sent with nothing else in flight
     int64_t created_at_us = 0;      // the row's created_at (commit-to-ack latency)
+    std::string topic{};            // where it goes: order is per topic and key
   };
 
   // Tokens: one per Produce call, never reused; Add only for a message the producer accepted.
@@ -83,7 +84,8 @@ class InFlightLedger {
   bool isolated_in_flight_ = false;
   std::vector<int64_t> to_mark_;  // acknowledged, not yet removed
   Clock::time_point first_unmarked_;
-  // The current attempt's failures: the first id to fetch again, and per key the lowest failed id.
+  // The current attempt's failures: the first id to fetch again, and per topic and key the lowest
+  // failed id.
   std::optional<int64_t> rewind_to_;
   std::unordered_map<std::string, int64_t> failed_keys_;
   // Rows the broker refused in a request with others: each is sent again alone to tell.

@@ -74,6 +74,16 @@ std::string RelayMetrics::postgres_error() const {
   return postgres_error_;
 }
 
+void RelayMetrics::SetHeldTopics(std::vector<HeldTopic> held) {
+  std::lock_guard l(error_mu_);
+  held_ = std::move(held);
+}
+
+std::vector<RelayMetrics::HeldTopic> RelayMetrics::held_topics() const {
+  std::lock_guard l(error_mu_);
+  return held_;
+}
+
 std::vector<double> RoundTripBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 }

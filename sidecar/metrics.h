@@ -75,9 +75,20 @@ struct RelayMetrics {
   void SetPostgresError(const std::string& error);
   std::string postgres_error() const;
 
+  // Topics Kafka refuses (missing, or not authorized): their messages wait in the outbox while
+  // the others flow. Set when the set changes only, never on the hot path.
+  struct HeldTopic {
+    std::string topic;
+    std::string error;
+    int64_t since_ms = 0;  // steady clock, milliseconds: the first refusal
+  };
+  void SetHeldTopics(std::vector<HeldTopic> held);
+  std::vector<HeldTopic> held_topics() const;
+
  private:
   mutable std::mutex error_mu_;
-  std::string postgres_error_;  // GUARDED_BY(error_mu_)
+  std::string postgres_error_;   // GUARDED_BY(error_mu_)
+  std::vector<HeldTopic> held_;  // GUARDED_BY(error_mu_)
 };
 
 int64_t SteadyNowMs();

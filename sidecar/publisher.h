@@ -30,6 +30,9 @@ struct DeliveryReport {
     kPersisted,  // the producer says the broker acknowledged it (acks=all); proof needs an offset
     kRetriable,  // not delivered, or maybe delivered: produce it again later
     kPermanent,  // can never be delivered as it is (poison)
+    // Not delivered: its topic does not exist or may not be written (unknown topic, topic
+    // authorization failed). Its topic's messages wait; messages of other topics go on.
+    kTopicUnavailable,
   };
   uint64_t token = 0;
   Outcome outcome = Outcome::kRetriable;
@@ -50,6 +53,7 @@ class Publisher {
   virtual ~Publisher() = default;
   // Queues one message; its report comes later from Poll with the same token.
   // QueueFull: poll and try again; Permanent: this message can never be produced (no report
+  // follows); TopicUnavailable: its topic does not exist or may not be written (no report
   // follows); Fatal: the producer is unusable, rebuild it (no report follows).
   virtual Status Produce(const OutgoingMessage& message, uint64_t token) = 0;
   // Serves delivery reports, waiting up to `timeout` for the first; appends them to `reports`.

@@ -171,9 +171,12 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   if (!StoreOk(store_.FinishRound(&rows))) return false;
   metrics_.fetch_seconds.Observe(std::chrono::duration<double>(Clock::now() - round_start).count());
   stats_.marked_sent += static_cast<int64_t>(marked);
-  if (auto from = store_.TakeRescanRequest()) {
+  auto request = store_.TakeRescanRequest();
+  if (auto held = HeldTopicsDue(Clock::now()); request || held) {
     // Not produced now: the rescan fetches these again, after what is in flight.
-    rescan_from_ = rows.empty() ? *from : std::min(*from, rows.front().id);
+    rescan_request_ = request;
+    rescan_from_ = std::min(request.value_or(INT64_MAX), held.value_or(INT64_MAX));
+    if (!rows.empty()) rescan_from_ = std::min(*rescan_from_, rows.front().id);
     if (!Wake()) return false;
     return Rescan();
   }
@@ -264,6 +267,7 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
     }
     if (dead_letters_.count(row.id)) continue;  // on its way to the dead-letter topic
     if (set_aside_.count(row.id)) continue;     // poison that could not be dead-lettered
+    if (SkipForHeldTopic(row)) continue;        // its topic is refused: it waits
     auto headers = MessageHeaders(row);
     if (!headers.ok()) {
       Poison(row.id, headers.status().message());
@@ -275,10 +279,12 @@ bool Relay::ProduceRows(std::vector<OutboxRow>& rows) {
       break;
     }
     OutgoingMessage m{&row.topic, &row.key, &row.payload, &*headers};
-    Status s =
-        ProduceOne(m, InFlightLedger::Entry{row.id, row.key, false, isolate, row.created_at_us});
+    Status s = ProduceOne(
+        m, InFlightLedger::Entry{row.id, row.key, false, isolate, row.created_at_us, row.topic});
     if (s.code() == Status::Code::kPermanent) {
       Poison(row.id, s.message());  // refused by the producer itself: certainly this row
+    } else if (s.code() == Status::Code::kTopicUnavailable) {
+      HoldTopic(row.topic, row.id, s.message());  // the rest of its topic waits, the others go
     } else if (!s.ok()) {
       if (leading_) ledger_.Rewind(row.id);  // (leadership lost meanwhile: nothing to rewind)
       break;
@@ -304,6 +310,7 @@ Status Relay::ProduceOne(const OutgoingMessage& m, InFlightLedger::Entry entry) 
         if (!KeepLeading()) return Status::Unavailable("not leading");
         continue;
       case Status::Code::kPermanent:
+      case Status::Code::kTopicUnavailable:
         return s;
       case Status::Code::kFatal:
         HandleFatal(s.message());
@@ -381,13 +388,30 @@ void Relay::OnReport(const DeliveryReport& report) {
     }
     if (exactly_once_) {
       exactly_once_->Held(e);  // delivered only if its transaction commits
+    } else if (BehindHeldRow(e)) {
+      ++metrics_.resent;  // a row of its topic below it waits: it goes again after it
     } else if (!ledger_.Acknowledge(e, Clock::now())) {
       ++metrics_.resent;  // held back behind a failed row of its key: it goes again after it
+    }
+    auto held = held_topics_.find(e.topic);
+    if (held != held_topics_.end() && held->second.retrying && !abandoning_) {
+      LogWith(
+          spdlog::level::info, {{"topic", e.topic}},
+          "topic \"{}\" accepts messages again (refused for {})", e.topic,
+          FormatDuration(std::chrono::duration_cast<Millis>(Clock::now() - held->second.since)));
+      held_topics_.erase(held);
+      PublishHeldTopics();
     }
     return;
   }
   if (exactly_once_) exactly_once_->Failed();
   if (abandoning_) return;  // the row stays in the outbox
+  if (r.outcome == Outcome::kTopicUnavailable) {
+    // Not a failure of the delivery: the topic's rows wait, the other topics go on (no rewind).
+    HoldTopic(e.topic, e.id, r.error);
+    ++metrics_.resent;
+    return;
+  }
   if (r.outcome == Outcome::kPermanent && e.isolated) {
     ledger_.ClearSuspect(e.id);
     Poison(e.id, r.error);  // refused while alone in its request: it is the poison
@@ -432,8 +456,8 @@ bool Relay::ProduceDeadLetterCopies() {
     headers.emplace_back("outbox-error", pending.error);
     headers.emplace_back("outbox-topic", (*row)->topic);
     OutgoingMessage m{&topic, &(*row)->key, &(*row)->payload, &headers};
-    Status s =
-        ProduceOne(m, InFlightLedger::Entry{id, (*row)->key, /*dead_letter_copy=*/true, false});
+    Status s = ProduceOne(
+        m, InFlightLedger::Entry{id, (*row)->key, /*dead_letter_copy=*/true, false, 0, topic});
     if (s.ok()) {
       pending.in_flight = true;
     } else if (s.code() == Status::Code::kPermanent) {
@@ -523,10 +547,90 @@ bool Relay::Rescan() {
   if (ledger_.rewind_to()) return true;  // a failure meanwhile: Recover rewinds first, then this
   const int64_t from = *rescan_from_;
   store_.Rewind(from);
-  if (!StoreOk(store_.ClearRescanRequest(from))) return false;
+  if (rescan_request_) {
+    // Cleared with the value read: `from` may be lower (an unsent row below the request), and a
+    // request left in place would stop every later round here again.
+    if (!StoreOk(store_.ClearRescanRequest(*rescan_request_))) return false;
+    spdlog::info("rescanning the outbox from id {}: rows were put back by an admin command", from);
+  }
   rescan_from_.reset();
-  spdlog::info("rescanning the outbox from id {}: rows were put back by an admin command", from);
+  rescan_request_.reset();
+  const auto now = Clock::now();
+  const Millis bound = config_.relay.topic_unavailable_dead_letter_after;
+  for (auto& [topic, hold] : held_topics_) {
+    // A topic refused again below `from` while the reports came in waits for the next turn.
+    if (hold.retrying || now < hold.retry_at || !hold.lowest || *hold.lowest < from) continue;
+    const bool dead_letter = bound.count() > 0 && now - hold.since >= bound;
+    hold.dead_letter_through =
+        dead_letter ? std::optional<int64_t>(hold.highest) : std::optional<int64_t>();
+    LogWith(spdlog::level::info, {{"topic", topic}},
+            "topic \"{}\": {} its waiting messages from id {}", topic,
+            dead_letter ? "dead-lettering" : "trying again", *hold.lowest);
+    hold.lowest.reset();
+    hold.highest = 0;
+    hold.retrying = true;
+  }
   return true;
+}
+
+void Relay::HoldTopic(const std::string& topic, int64_t id, const std::string& error) {
+  const auto now = Clock::now();
+  auto [it, fresh] = held_topics_.try_emplace(
+      topic, TopicHold{error, now, now, Backoff(config_.backoff.initial, config_.backoff.max)});
+  TopicHold& hold = it->second;
+  hold.lowest = std::min(hold.lowest.value_or(id), id);
+  hold.highest = std::max(hold.highest, id);
+  if (!fresh && !hold.retrying) return;  // another row refused in the same turn
+  hold.retrying = false;
+  hold.error = error;
+  const Millis wait = hold.backoff.Next();
+  hold.retry_at = now + wait;
+  const auto level = fresh ? spdlog::level::warn : spdlog::level::debug;
+  LogWith(level, {{"topic", topic}, {"message_id", std::to_string(id)}, {"error", error}},
+          "topic \"{}\" refused by Kafka ({}): its messages from id {} wait in the outbox while "
+          "other topics flow; trying again in {}",
+          topic, error, *hold.lowest, FormatDuration(wait));
+  if (fresh) PublishHeldTopics();
+}
+
+bool Relay::SkipForHeldTopic(const OutboxRow& row) {
+  auto it = held_topics_.find(row.topic);
+  if (it == held_topics_.end()) return false;
+  TopicHold& hold = it->second;
+  if (hold.dead_letter_through && row.id <= *hold.dead_letter_through) {
+    Poison(row.id,
+           "topic \"" + row.topic + "\" refused for " +
+               FormatDuration(std::chrono::duration_cast<Millis>(Clock::now() - hold.since)) +
+               " (relay.topic_unavailable_dead_letter_after): " + hold.error);
+    return true;
+  }
+  if (hold.retrying) return false;
+  hold.lowest = std::min(hold.lowest.value_or(row.id), row.id);
+  hold.highest = std::max(hold.highest, row.id);
+  return true;
+}
+
+std::optional<int64_t> Relay::HeldTopicsDue(Clock::time_point now) const {
+  std::optional<int64_t> from;
+  for (const auto& [topic, hold] : held_topics_) {
+    if (hold.retrying || now < hold.retry_at || !hold.lowest) continue;
+    from = std::min(from.value_or(*hold.lowest), *hold.lowest);
+  }
+  return from;
+}
+
+bool Relay::BehindHeldRow(const InFlightLedger::Entry& e) const {
+  auto it = held_topics_.find(e.topic);
+  return it != held_topics_.end() && it->second.lowest && *it->second.lowest < e.id;
+}
+
+void Relay::PublishHeldTopics() {
+  std::vector<RelayMetrics::HeldTopic> held;
+  for (const auto& [topic, hold] : held_topics_) {
+    held.push_back({topic, hold.error,
+                    std::chrono::duration_cast<Millis>(hold.since.time_since_epoch()).count()});
+  }
+  metrics_.SetHeldTopics(std::move(held));
 }
 
 void Relay::Abandon() {
@@ -727,10 +831,13 @@ bool Relay::StepExactlyOnce(const std::atomic<bool>& stop) {
   std::vector<OutboxRow> rows;
   if (!StoreOk(store_.FinishRound(&rows))) return false;
   stats_.marked_sent += static_cast<int64_t>(marked);
-  if (auto from = store_.TakeRescanRequest()) {
-    // Rows put back by an admin command (nothing is in flight between transactions): fetch from
-    // there in the next round, as in at-least-once mode.
-    rescan_from_ = rows.empty() ? *from : std::min(*from, rows.front().id);
+  auto request = store_.TakeRescanRequest();
+  if (auto held = HeldTopicsDue(Clock::now()); request || held) {
+    // Rows put back by an admin command, or a held topic's turn (nothing is in flight between
+    // transactions): fetch from there in the next round, as in at-least-once mode.
+    rescan_request_ = request;
+    rescan_from_ = std::min(request.value_or(INT64_MAX), held.value_or(INT64_MAX));
+    if (!rows.empty()) rescan_from_ = std::min(*rescan_from_, rows.front().id);
     if (!Wake()) return false;
     return Rescan();
   }

@@ -71,6 +71,7 @@ class Relay {
   const RelayMetrics& metrics() const { return metrics_; }
 
  private:
+  using Clock = std::chrono::steady_clock;
   struct PendingDeadLetter {
     std::string error;
     bool in_flight = false;  // its copy is on the way to the dead-letter topic
@@ -92,6 +93,17 @@ class Relay {
   bool CleanUpRetained();
   bool ProduceRows(std::vector<OutboxRow>& rows);
   bool ProducePending();
+  // A topic Kafka refused (OnReport, ProduceRows): its rows from `id` on wait, the others go on.
+  void HoldTopic(const std::string& topic, int64_t id, const std::string& error);
+  // Whether ProduceRows skips `row` (its topic is held); remembers it as waiting. A held topic's
+  // row past the dead-letter bound is dead-lettered instead (and not skipped: it is gone).
+  bool SkipForHeldTopic(const OutboxRow& row);
+  // The lowest waiting id of the held topics due for another try, if any.
+  std::optional<int64_t> HeldTopicsDue(Clock::time_point now) const;
+  // A persisted report of a held topic's row above its lowest waiting id: not removed, it goes
+  // again after the waiting rows (per-key order).
+  bool BehindHeldRow(const InFlightLedger::Entry& e) const;
+  void PublishHeldTopics();
   // Moves the rows DeadLetterRow queued to outbox.dead_letters. A row that PostgreSQL refuses to
   // move, even with a plain ASCII error text, is set aside for the rest of the term (logged,
   // left in the outbox, skipped by later fetches of this term) so that it cannot stop the others.
@@ -109,8 +121,9 @@ class Relay {
   bool FlushMarks(bool force);
   // After a retriable failure: wait for in-flight reports, remove what may be, fetch again.
   bool Recover(const std::atomic<bool>& stop);
-  // An admin command put rows back below the fetch position (OutboxStore::TakeRescanRequest):
-  // once nothing is in flight, fetch again from rescan_from_.
+  // An admin command put rows back below the fetch position (OutboxStore::TakeRescanRequest), or
+  // a held topic is due for another try: once nothing is in flight, fetch again from
+  // rescan_from_, clear the admin request read (rescan_request_), release the due topics.
   bool Rescan();
   void HandleFatal(const std::string& reason);
   // Fails everything in flight and waits for the reports; no row is removed afterwards.
@@ -144,13 +157,29 @@ class Relay {
   std::unique_ptr<ExactlyOnce> exactly_once_;  // the strategy; null in at-least-once mode
   std::string incarnation_;                    // the outbox's, read at the start of each term
   int checkpoint_failures_ = 0;                // failed checkpoint reads in a row, this term
-  std::optional<int64_t> rescan_from_;         // requested by an admin command, not yet done
+  std::optional<int64_t> rescan_from_;         // where the next rescan fetches from, not yet done
+  std::optional<int64_t> rescan_request_;      // the admin request it serves, as read (cleared so)
   std::string last_failure_;
   bool fatal_ = false;
   bool abandoning_ = false;                            // reports only count as acks, nothing else
   std::map<int64_t, PendingDeadLetter> dead_letters_;  // poison rows awaiting their topic copy
   std::deque<std::pair<int64_t, std::string>> to_dead_letter_;  // to move at the next safe point
-  std::set<int64_t> set_aside_;          // poison rows that could not be dead-lettered in this term
+  std::set<int64_t> set_aside_;  // poison rows that could not be dead-lettered in this term
+  // A topic Kafka refuses: its rows wait in the outbox (skipped by ProduceRows, fetched again
+  // from `lowest` when the back-off ends) while other topics flow (docs/design.md, section 3).
+  struct TopicHold {
+    std::string error;
+    Clock::time_point since;     // first refusal: the dead-letter bound counts from here
+    Clock::time_point retry_at;  // when its rows are fetched again
+    Backoff backoff;
+    std::optional<int64_t>
+        lowest{};           // the lowest id waiting (skipped or refused) since the last try
+    int64_t highest = 0;    // the highest
+    bool retrying = false;  // fetched again: its rows are produced (until refused again)
+    // The bound passed at the last try: its rows up to this id are dead-lettered.
+    std::optional<int64_t> dead_letter_through{};
+  };
+  std::map<std::string, TopicHold> held_topics_;
   std::vector<OutboxRow> pending_rows_;  // fetched, produced during the next round
   std::optional<std::chrono::steady_clock::time_point> idle_since_;
   bool asleep_ = false;  // outbox.relay_state.sleeping is set

@@ -20,6 +20,9 @@ class [[nodiscard]] Status {
     kNotLeader,    // another instance holds the outbox
     // The Kafka transaction failed: abort it (its messages count as not delivered).
     kAbortRequired,
+    // Kafka refuses this message's topic (it does not exist, or writing it is not authorized):
+    // the topic's messages wait, the others go on.
+    kTopicUnavailable,
   };
 
   Status() = default;
@@ -32,6 +35,10 @@ class [[nodiscard]] Status {
   static Status NotLeader(std::string msg) { return Status(Code::kNotLeader, std::move(msg)); }
   static Status AbortRequired(std::string msg) {
     return Status(Code::kAbortRequired, std::move(msg));
+  }
+
+  static Status TopicUnavailable(std::string msg) {
+    return Status(Code::kTopicUnavailable, std::move(msg));
   }
 
   bool ok() const { return code_ == Code::kOk; }

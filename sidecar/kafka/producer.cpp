@@ -21,6 +21,12 @@ DeliveryReport::Outcome ClassifyDeliveryError(rd_kafka_resp_err_t err) {
     case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
     case RD_KAFKA_RESP_ERR__INVALID_ARG:
       return DeliveryReport::Outcome::kPermanent;
+    // The topic, not the message: the topic does not exist (librdkafka's after
+    // topic.metadata.propagation.max.ms, or the broker's) or outboxd may not write it.
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+      return DeliveryReport::Outcome::kTopicUnavailable;
     default:
       return DeliveryReport::Outcome::kRetriable;
   }
@@ -200,10 +206,14 @@ Status KafkaPublisher::Produce(const OutgoingMessage& m, uint64_t token) {
   std::string what = rd_kafka_err2str(err);
   if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return Status::QueueFull(what);
   if (err == RD_KAFKA_RESP_ERR__FATAL) return Status::Fatal(FatalError().value_or(what));
-  if (ClassifyDeliveryError(err) == DeliveryReport::Outcome::kPermanent) {
-    return Status::Permanent(what);
+  switch (ClassifyDeliveryError(err)) {
+    case DeliveryReport::Outcome::kPermanent:
+      return Status::Permanent(what);
+    case DeliveryReport::Outcome::kTopicUnavailable:
+      return Status::TopicUnavailable(what);
+    default:
+      return Status::Unavailable(what);
   }
-  return Status::Unavailable(what);
 }
 
 void KafkaPublisher::Poll(Millis timeout, std::vector<DeliveryReport>* reports) {

@@ -586,3 +586,46 @@ TEST_F(RelayMockClusterNotLeader, NotLeaderWithOneRequestInFlightKeepsKeyOrder) 
 
 }  // namespace
 }  // namespace outboxd
+
+namespace outboxd {
+namespace {
+
+// The broker refuses the writes of one topic with TOPIC_AUTHORIZATION_FAILED (as a broker with
+// ACLs does; the secret topic's partitions are on broker 2, the other topic's on broker 1): the
+// refused rows are held, not treated as a failed delivery, so the other topic is neither rewound
+// nor stopped, and once the refusals end the held rows arrive in their order.
+TEST_F(RelayMockCluster, TopicNotAuthorizedHoldsBackOnlyItsOwnRows) {
+  LogCounter log;
+  cluster_.SetLeaders(topic_, kPartitions, /*leader=*/1);
+  const std::string secret = topic_ + ".secret";
+  CreateTopic(secret, /*leader=*/2);
+  constexpr int kRefusals = 5;  // each try of the held rows meets one
+  for (int i = 0; i < kRefusals; ++i) {
+    rd_kafka_mock_broker_push_request_error_rtts(cluster_.get(), 2, kProduceApi, 1,
+                                                 RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED, 0);
+  }
+  AddRows(store_, written_, topic_, 1, 100, 10);
+  for (int64_t id = 101; id <= 103; ++id) {  // a key of their own: order is per topic and key
+    written_[id] = WrittenRow{"secret-key", "payload-" + std::to_string(id)};
+    store_.Add(id, secret, written_[id].key, written_[id].payload, RowHeaders(id));
+  }
+  AddRows(store_, written_, topic_, 104, 400, 10);
+  Config c = MockConfig();
+  c.backoff.initial = Millis(20);
+  c.backoff.max = Millis(200);
+  RunningRelay relay(c, store_);
+  ASSERT_TRUE(AllRemoved()) << store_.Remaining().size() << " rows left";
+  auto stats = relay.Stop();
+  EXPECT_EQ(cluster_.PendingErrors(2, kProduceApi), 0u) << "every refusal was met";
+  EXPECT_GE(log.Count(spdlog::level::warn, "topic \"" + secret + "\" refused by Kafka"), 1)
+      << log.Dump(spdlog::level::info);
+  EXPECT_EQ(stats.rewinds, 0) << "the refusal of one topic rewound the relay";
+  auto records = ReadTopic(cluster_, topic_, kPartitions);
+  auto secret_records = ReadTopic(cluster_, secret, kPartitions);
+  ASSERT_GE(secret_records.size(), 3u);
+  records.insert(records.end(), secret_records.begin(), secret_records.end());
+  ExpectEveryRowDeliveredInKeyOrder(records, written_, store_);
+}
+
+}  // namespace
+}  // namespace outboxd

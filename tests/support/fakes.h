@@ -247,6 +247,29 @@ class FakeStore : public OutboxStore {
     return fetches_;
   }
 
+  // An admin command's request (outbox.relay_state.rescan_from): rows from `from` on were put
+  // back. Every fetch sees it until ClearRescanRequest clears it with the same value, as the
+  // statement `WHERE rescan_from = $1` does.
+  void RequestRescan(int64_t from) {
+    std::lock_guard l(mu_);
+    rescan_from_ = rescan_from_ ? std::min(*rescan_from_, from) : from;
+  }
+  std::optional<int64_t> rescan_request() {
+    std::lock_guard l(mu_);
+    return rescan_from_;
+  }
+  std::optional<int64_t> TakeRescanRequest() override {
+    std::lock_guard l(mu_);
+    auto seen = rescan_seen_;
+    rescan_seen_.reset();
+    return seen;
+  }
+  Status ClearRescanRequest(int64_t from) override {
+    std::lock_guard l(mu_);
+    if (rescan_from_ == from) rescan_from_.reset();
+    return Status::Ok();
+  }
+
   Status Lead() override {
     std::lock_guard l(mu_);
     ++lead_attempts_;
@@ -283,6 +306,7 @@ class FakeStore : public OutboxStore {
     rows->clear();
     if (Status s = Inject(); !s.ok()) return s;
     if (Status s = InjectMidStream(); !s.ok()) return s;
+    rescan_seen_ = rescan_from_;
     for (auto& [id, r] : rows_) {
       if (fetched_.count(id)) continue;
       fetched_.insert(id);
@@ -396,9 +420,11 @@ class FakeStore : public OutboxStore {
   size_t fail_removals_after_ = 0;  // GUARDED_BY(mu_), with the two below
   int fail_removals_ = 0;
   int injected_removal_failures_ = 0;
-  std::map<int64_t, OutboxRow> rows_;  // GUARDED_BY(mu_)
-  std::set<int64_t> fetched_;          // GUARDED_BY(mu_)
-  std::vector<int64_t> removed_;       // GUARDED_BY(mu_)
+  std::map<int64_t, OutboxRow> rows_;   // GUARDED_BY(mu_)
+  std::set<int64_t> fetched_;           // GUARDED_BY(mu_)
+  std::optional<int64_t> rescan_from_;  // GUARDED_BY(mu_): the request in relay_state
+  std::optional<int64_t> rescan_seen_;  // GUARDED_BY(mu_): what the last fetch read
+  std::vector<int64_t> removed_;        // GUARDED_BY(mu_)
   std::map<int64_t, std::string> dead_;
   std::set<int64_t> refused_dead_letters_;
   int dead_letter_attempts_ = 0;

@@ -58,6 +58,8 @@ TEST(Config, ExampleFileMatchesBuiltInDefaults) {
   EXPECT_EQ(c->relay.poll_interval, d.relay.poll_interval);
   EXPECT_EQ(c->relay.idle_poll_interval, d.relay.idle_poll_interval);
   EXPECT_EQ(c->relay.idle_grace, d.relay.idle_grace);
+  EXPECT_EQ(c->relay.topic_unavailable_dead_letter_after,
+            d.relay.topic_unavailable_dead_letter_after);
   EXPECT_EQ(c->relay.on_sent, d.relay.on_sent);
   EXPECT_EQ(c->relay.retention, d.relay.retention);
   EXPECT_EQ(c->relay.cleanup_interval, d.relay.cleanup_interval);
@@ -352,6 +354,27 @@ TEST(Config, DeepNestingIsRefusedWithFileAndLine) {
                       "[kafka.properties]\n\"client.id\" = \"" + std::string(40, '[') + "\"\n",
                   "test.toml");
   EXPECT_TRUE(ok.ok()) << ok.status().message();
+}
+
+}  // namespace
+}  // namespace outboxd
+
+namespace outboxd {
+namespace {
+
+TEST(Config, TopicUnavailableDeadLetterBoundIsReadAndChecked) {
+  auto c = ParseConfig(
+      std::string(kMinimal) + "[relay]\ntopic_unavailable_dead_letter_after = \"10m\"\n",
+      "test.toml");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->relay.topic_unavailable_dead_letter_after, Millis(600'000));
+  EXPECT_EQ(Config().relay.topic_unavailable_dead_letter_after, Millis(0)) << "0: never";
+  const std::string error =
+      ErrorOf(std::string(kMinimal) + "[relay]\ntopic_unavailable_dead_letter_after = \"soon\"\n");
+  EXPECT_NE(error.find("test.toml"), std::string::npos) << error;
+  EXPECT_NE(error.find("relay.topic_unavailable_dead_letter_after: not a duration"),
+            std::string::npos)
+      << error;
 }
 
 }  // namespace

@@ -78,6 +78,35 @@ TEST(InFlightLedger, BarrierHoldsAtTheLowestFailedIdOfTheKey) {
   EXPECT_EQ(*ledger.rewind_to(), 5);
 }
 
+// Failures reported out of id order (reports of different partitions interleave): the barrier
+// is the lowest failed id of the key, whichever failed first.
+TEST(InFlightLedger, BarrierIsTheLowestFailedIdEvenWhenAHigherOneFailedFirst) {
+  InFlightLedger ledger;
+  auto now = Clock::now();
+  ledger.Fail(Row(12, "k"));
+  ledger.Fail(Row(10, "k"));
+  EXPECT_FALSE(ledger.Acknowledge(Row(11, "k"), now)) << "11 would overtake 10 of the same key";
+  EXPECT_TRUE(ledger.marks().empty());
+  EXPECT_EQ(*ledger.rewind_to(), 10);
+}
+
+// Order is per topic and key: a failed row of key k on one topic holds back no row of key k on
+// another topic, and the barrier of one topic still holds its own rows.
+TEST(InFlightLedger, BarrierBelongsToTheTopicOfTheFailedRow) {
+  InFlightLedger ledger;
+  auto now = Clock::now();
+  Entry failed = Row(5, "k");
+  failed.topic = "orders";
+  ledger.Fail(failed);
+  Entry other_topic = Row(6, "k");
+  other_topic.topic = "payments";
+  EXPECT_TRUE(ledger.Acknowledge(other_topic, now)) << "another topic's row of the same key";
+  Entry same_topic = Row(7, "k");
+  same_topic.topic = "orders";
+  EXPECT_FALSE(ledger.Acknowledge(same_topic, now));
+  EXPECT_EQ(ledger.marks(), (std::vector<int64_t>{6}));
+}
+
 TEST(InFlightLedger, NewAttemptForgetsBarriersAndRewindButKeepsMarks) {
   InFlightLedger ledger;
   auto now = Clock::now();

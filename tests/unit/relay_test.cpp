@@ -554,3 +554,139 @@ TEST(Relay, WithoutSleepBelowRateTheRelayPollsThroughTheGrace) {
 
 }  // namespace
 }  // namespace outboxd
+
+namespace outboxd {
+namespace {
+
+// A rescan request above a row the relay has not sent yet (a row it rewound to, or any unsent row
+// at a term's start): the fetch returns that lower row first, so the relay rewinds below the
+// request. It must still clear the request it read, or every later fetch sees it again and
+// produces nothing.
+TEST(Relay, RescanRequestAboveAnUnsentRowIsClearedAndEveryRowDelivered) {
+  FakeStore store;
+  FakeBroker broker;
+  for (int i = 1; i <= 20; ++i) store.Add(i, "t", "k" + std::to_string(i % 3), "v");
+  store.RequestRescan(15);
+  RunningRelay relay(TestConfig(), store, broker);
+  EXPECT_TRUE(Eventually([&] { return store.Remaining().empty(); }, Millis(3000)))
+      << store.Remaining().size() << " rows never delivered";
+  relay.Stop();
+  EXPECT_FALSE(store.rescan_request()) << "the request read was never cleared";
+  EXPECT_EQ(PersistedIds(broker), Range(1, 20));
+}
+
+// The same after a Kafka failure: the relay rewound to row 5 when a command asked to rescan from
+// row 15 (the sequence of a requeue during an outage).
+TEST(Relay, RescanRequestedWhileRecoveringFromAFailureDoesNotStopDelivery) {
+  FakeStore store;
+  FakeBroker broker;
+  bool failed = false;  // under broker.mu_ (decide runs there)
+  broker.decide = [&](const testing::Sent& s) {
+    if (s.outbox_id() == 5 && !failed) {
+      failed = true;
+      store.RequestRescan(15);
+      return Outcome::kRetriable;
+    }
+    return Outcome::kPersisted;
+  };
+  for (int i = 1; i <= 20; ++i) store.Add(i, "t", "k" + std::to_string(i % 3), "v");
+  RunningRelay relay(TestConfig(), store, broker);
+  EXPECT_TRUE(Eventually([&] { return store.Remaining().empty(); }, Millis(3000)))
+      << store.Remaining().size() << " rows never delivered";
+  relay.Stop();
+  EXPECT_FALSE(store.rescan_request());
+  EXPECT_EQ(PersistedIds(broker), Range(1, 20));
+}
+
+// A row for a topic Kafka refuses (it does not exist yet; librdkafka then fails producev at once)
+// holds back that topic's rows only: every row of the other topic is delivered and removed while
+// it waits in the outbox, and once the topic appears it is delivered, with its key's later row
+// after it.
+TEST(Relay, RowForAMissingTopicWaitsWhileOtherTopicsFlow) {
+  FakeStore store;
+  FakeBroker broker;
+  std::atomic<bool> created{false};
+  broker.on_produce = [&](const testing::Sent& s) {
+    if (s.topic == "missing" && !created) return Status::TopicUnavailable("Local: Unknown topic");
+    return Status::Ok();
+  };
+  for (int i = 1; i <= 200; ++i) {
+    const bool stray = i == 10 || i == 150;
+    store.Add(i, stray ? "missing" : "orders", stray ? "m" : "k" + std::to_string(i % 5), "v");
+  }
+  RunningRelay relay(TestConfig(), store, broker);
+  EXPECT_TRUE(Eventually([&] {
+    return store.Remaining() == std::set<int64_t>{10, 150};
+  })) << store.Remaining().size()
+      << " rows left";
+  for (int i = 201; i <= 300; ++i) store.Add(i, "orders", "k" + std::to_string(i % 5), "v");
+  EXPECT_TRUE(Eventually([&] {
+    return store.Remaining() == std::set<int64_t>{10, 150};
+  })) << "rows committed later flow too";
+  EXPECT_TRUE(store.DeadLetters().empty()) << "0 = never dead-lettered";
+  created = true;
+  EXPECT_TRUE(Eventually([&] { return store.Remaining().empty(); }, Millis(10000)));
+  relay.Stop();
+  std::vector<int64_t> missing_order;
+  for (const auto& sent : broker.Persisted()) {
+    if (sent.topic == "missing") missing_order.push_back(sent.outbox_id());
+  }
+  EXPECT_EQ(missing_order, (std::vector<int64_t>{10, 150}));
+  ExpectPerKeyOrder(broker.Persisted());
+}
+
+// The same when the refusal comes in the delivery report (librdkafka fails queued messages with
+// "Unknown topic" after topic.metadata.propagation.max.ms, and with TOPIC_AUTHORIZATION_FAILED
+// when the ACLs forbid the topic): the other topic is not sent again or stopped.
+TEST(Relay, TopicRefusedInTheReportWaitsWhileOtherTopicsFlow) {
+  FakeStore store;
+  FakeBroker broker;
+  std::atomic<bool> authorized{false};
+  broker.decide = [&](const testing::Sent& s) {
+    if (s.topic == "secret" && !authorized) return Outcome::kTopicUnavailable;
+    return Outcome::kPersisted;
+  };
+  for (int i = 1; i <= 200; ++i) {
+    const bool secret = i % 50 == 7;
+    store.Add(i, secret ? "secret" : "orders", (secret ? "s" : "k") + std::to_string(i % 3), "v");
+  }
+  RunningRelay relay(TestConfig(), store, broker);
+  const std::set<int64_t> secret{7, 57, 107, 157};
+  EXPECT_TRUE(Eventually([&] { return store.Remaining() == secret; }))
+      << store.Remaining().size() << " rows left";
+  size_t orders_sent = 0;
+  for (const auto& sent : broker.Log()) orders_sent += sent.topic == "orders";
+  EXPECT_EQ(orders_sent, 196u) << "no row of the other topic was sent twice";
+  // A refusal is no failed delivery: no rewind, so no back-off pause for the other topic either
+  // (each rewind waits up to backoff.max, 10 s by default, with nothing flowing).
+  EXPECT_EQ(relay.stats().rewinds, 0);
+  authorized = true;
+  EXPECT_TRUE(Eventually([&] { return store.Remaining().empty(); }, Millis(10000)));
+  relay.Stop();
+  ExpectPerKeyOrder(broker.Persisted());
+}
+
+// relay.topic_unavailable_dead_letter_after: once the topic was refused that long, its waiting
+// rows are dead-lettered with the error, and the other topics never stopped.
+TEST(Relay, RowsOfATopicRefusedPastTheBoundAreDeadLettered) {
+  FakeStore store;
+  FakeBroker broker;
+  broker.on_produce = [&](const testing::Sent& s) {
+    if (s.topic == "missing") return Status::TopicUnavailable("Local: Unknown topic");
+    return Status::Ok();
+  };
+  for (int i = 1; i <= 100; ++i) store.Add(i, i == 20 ? "missing" : "orders", "k", "v");
+  Config c = TestConfig();
+  c.relay.topic_unavailable_dead_letter_after = Millis(50);
+  RunningRelay relay(c, store, broker);
+  EXPECT_TRUE(Eventually([&] { return store.Remaining().empty(); }));
+  relay.Stop();
+  auto dead = store.DeadLetters();
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_NE(dead[20].find("missing"), std::string::npos) << dead[20];
+  EXPECT_NE(dead[20].find("Unknown topic"), std::string::npos) << dead[20];
+  EXPECT_EQ(store.Removed().size(), 99u);
+}
+
+}  // namespace
+}  // namespace outboxd
