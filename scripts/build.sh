@@ -17,12 +17,19 @@ SET=${1:-dev}
 "$ROOT/scripts/deps.sh" "$SET"
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+# ccache keeps compiled objects between builds and between clones of this repository: paths under
+# the checkout are hashed relative to it (base_dir), so a second clone hits the same cache.
+launcher=()
+if command -v ccache >/dev/null 2>&1; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}" CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
+fi
 cache="$ROOT/build/CMakeCache.txt"
 if [[ ! -f "$cache" ]]; then
   # The run set has no GoogleTest: configure the tests only when they will be built.
   tests=ON
   [[ "$SET" == run ]] && tests=OFF
-  cmake -S "$ROOT" -B "$ROOT/build" "${generator[@]}" \
+  cmake -S "$ROOT" -B "$ROOT/build" "${generator[@]}" "${launcher[@]}" \
     -DCMAKE_BUILD_TYPE="${OUTBOXD_BUILD_TYPE:-RelWithDebInfo}" -DOUTBOXD_BUILD_TESTS="$tests" \
     -DOUTBOXD_SANITIZE="${OUTBOXD_SANITIZE:-OFF}" -DOUTBOXD_TSAN="${OUTBOXD_TSAN:-OFF}" >/dev/null
 elif [[ "$SET" == dev ]] && grep -q '^OUTBOXD_BUILD_TESTS:BOOL=OFF$' "$cache"; then

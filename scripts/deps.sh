@@ -16,7 +16,7 @@ SET=${1:-dev}
 
 RUN_PACKAGES=(
   # C++ compiler, build tools and the libraries outboxd links
-  build-essential cmake ninja-build pkg-config
+  build-essential cmake ninja-build pkg-config ccache
   libpq-dev librdkafka-dev libtoml11-dev
   libspdlog-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev libssl-dev
   # PostgreSQL 15 server + client. The contrib modules ship inside
