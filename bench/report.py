@@ -84,7 +84,7 @@ for f in ("publish_bytea", "publish_text", "publish_jsonb", "prepare_text"):
             f"{w['us_per_tx']:.0f} us", f"plain INSERT of the row {ins['us_per_tx']:.0f} us",
             f"the function adds {w['us_per_tx'] - ins['us_per_tx']:.0f} us")
 
-# The targets of issue 12, each beside its same-run baseline, met or not.
+# The performance targets, each beside its same-run baseline, met or not.
 targets = []
 def target(what, measured, baseline, ratio, met):
     targets.append((what, measured, baseline, ratio, "yes" if met else "**no**"))
@@ -133,11 +133,11 @@ table = ["| measurement | outboxd | same-run baseline | ratio / note |", "|---|-
 table += [f"| {w} | {v} | {b} | {n} |" for w, v, b, n in rows]
 text = f"Machine: {machine}. Date: {now}. Commit: {commit}. Command: `make bench`.\n\n"
 if targets:
-    text += ("| target (issue 12) | measured | same-run baseline | ratio | met? |\n|---|---|---|---|---|\n"
+    text += ("| target | measured | same-run baseline | ratio | met? |\n|---|---|---|---|---|\n"
              + "\n".join(f"| {w} | {m} | {b} | {r} | {v} |" for w, m, b, r, v in targets) + "\n\n")
 text += "\n".join(table)
 
-# Cost per message (issue 12): CPU seconds per million messages of each party and WAL bytes per
+# Cost per message: CPU seconds per million messages of each party and WAL bytes per
 # message, from every run that recorded a "<name>_cost" beside it; the load average says how busy
 # the machine was (the figures hold up under load better than rates, but not perfectly).
 def fmt(c, key):

@@ -266,7 +266,7 @@ for rate in sys.argv[3].split():
 PY
 fi
 
-# 6. Cost per message without any relay (issue 12): the same paced load into each outbox table with
+# 6. Cost per message without any relay: the same paced load into each outbox table with
 # nothing reading it, so that the WAL bytes and PostgreSQL CPU per message of the application's own
 # insert can be subtracted from the runs above. BENCH_ONLY=norelay
 if want norelay; then
@@ -330,7 +330,7 @@ if [[ ",$ONLY," == *",ab,"* ]]; then  # only when named: a full run has no varia
   OUTBOXD=$BASE_OUTBOXD; RELAY_EXTRA=; KAFKA_EXTRA=
 fi
 
-# 8. The application's cost with each relay, side by side (issue 12): pgbench (8 clients, 20 s, one
+# 8. The application's cost with each relay, side by side: pgbench (8 clients, 20 s, one
 # message per transaction) without a relay and with it, for outboxd (outbox.publish, notify on) and
 # for the Debezium peer (an INSERT into its outbox table, the slot streaming), with the CPU and WAL
 # per transaction of each run. BENCH_AB_ROUNDS (2) rounds, interleaved. BENCH_ONLY=peerapp
@@ -398,7 +398,7 @@ if want profile; then
   stop_outboxd >/dev/null
 fi
 
-# 10. What removing rows one by one costs (issue 12, "the outbox as a log"): the relay's own rounds
+# 10. What removing rows one by one costs ("the outbox as a log"): the relay's own rounds
 # without Kafka (outboxd_bench db-ceiling) over the same backlog with the DELETE and without it
 # (fetch only, as a log that is never deleted from), and the VACUUM that the DELETE leaves;
 # CPU of all of PostgreSQL and WAL per message. BENCH_AB_ROUNDS (2) rounds. BENCH_ONLY=logcost

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12, "waking without a pause": what the relay does per message at low rates, with each
+# Waking without a pause: what the relay does per message at low rates, with each
 # relay.sleep_below_rate, in counts a loaded machine does not change (PostgreSQL's own statistics
 # of the run's database) and CPU from /proc (bench/cost.sh), beside the wall-clock latency.
 #   bench/wake.sh            WAKE_RATES ("10 40 100"), WAKE_VARIANTS ("0 50"), WAKE_SECONDS (20)

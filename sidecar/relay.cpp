@@ -694,7 +694,7 @@ bool Relay::IdleWait(const std::atomic<bool>& stop) {
   auto now = Clock::now();
   if (!idle_since_) idle_since_ = now;
   // Rows arrive slower than polling through the grace is worth: sleep now, and the next commit
-  // notifies (issue 12, "waking without a pause").
+  // notifies ("waking without a pause").
   const bool slow = config_.relay.notify && config_.relay.sleep_below_rate > 0 &&
                     arrival_rate_ >= 0 && arrival_rate_ < config_.relay.sleep_below_rate;
   if (!ledger_.empty() || !ledger_.marks().empty() ||

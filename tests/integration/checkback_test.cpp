@@ -557,7 +557,7 @@ TEST_F(CheckBackIntegration, OnlyTheLeaderChecksAndAStandbyTakesOver) {
   EXPECT_NE(State(id).find("prepared/-/"), std::string::npos);
 }
 
-// Issue 15, defect 3. The leader's relay is stuck on a broker that never answers (max_in_flight
+// The leader's relay is stuck on a broker that never answers (max_in_flight
 // reached: it sends PostgreSQL no statement but its heartbeat), and its session is ended behind
 // its back. A standby takes the lock. The old instance's check-back must not go on checking: each
 // prepared message is checked by one instance only, and each unknown answer is counted once.

@@ -1,4 +1,4 @@
-// The relay's session reads outbox rows by index at any outbox size (issue 12). Its statements are
+// The relay's session reads outbox rows by index at any outbox size. Its statements are
 // prepared once, and PostgreSQL plans them from the statistics of that moment: on an empty outbox
 // (the usual state of a live one) the fetch's plan was a sequential scan and a sort, which reads
 // every dead row the removals leave, each round, or, after a backlog built up, the whole backlog.

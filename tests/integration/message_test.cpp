@@ -47,7 +47,7 @@ class MessageIntegration : public ServicesTest {
   }
 };
 
-// Issue 15, defect 2: publish() checks the headers as prepare() does (schema/003).
+// publish() checks the headers as prepare() does (schema/003).
 TEST_F(MessageIntegration, PublishRefusesHeadersThatAreNotAJsonObject) {
   pg::Connection app = db_->Connect();
   for (const std::string& headers :
@@ -68,7 +68,7 @@ TEST_F(MessageIntegration, PublishRefusesHeadersThatAreNotAJsonObject) {
   EXPECT_EQ(Remaining(), 3);
 }
 
-// Issue 15, defect 2: a row whose headers are a long multibyte string (written before schema/003,
+// A row whose headers are a long multibyte string (written before schema/003,
 // or straight into the table) is dead-lettered with a valid error text, in the first leadership
 // term, and every other row is delivered once.
 TEST_F(MessageIntegration, PoisonRowWithMultibyteHeadersIsDeadLetteredWhileTheRestFlows) {
@@ -121,7 +121,7 @@ TEST_F(MessageIntegration, RowThatCannotBeDeadLetteredStaysAndTheRestFlows) {
   EXPECT_EQ(Count(outboxd.Log(), "stopped delivering"), 0) << outboxd.Log();
 }
 
-// Issue 15, defect 4: every header value is the text jsonb_each_text gives, numbers included
+// Every header value is the text jsonb_each_text gives, numbers included
 // (1e400 is beyond a double; 12345678901234567890123 beyond a 64-bit integer).
 TEST_F(MessageIntegration, HeaderValuesAreExactlyThePostgresText) {
   const std::string wide =
@@ -153,7 +153,7 @@ TEST_F(MessageIntegration, HeaderValuesAreExactlyThePostgresText) {
   EXPECT_EQ(db_->Scalar("SELECT count(*) FROM outbox.dead_letters"), "0");
 }
 
-// Issue 15, defect 5: outbox-created-at is the row's created_at (microseconds since 1970), the
+// outbox-created-at is the row's created_at (microseconds since 1970), the
 // same on every delivery of the row, across a PostgreSQL restart; a message that gets the same id
 // again (as after a crash that lost a commit made with synchronous_commit = off, or a failover
 // to an asynchronous standby) carries a different pair.

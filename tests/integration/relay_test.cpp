@@ -416,7 +416,7 @@ TEST_F(RelayIntegration, PublishNotifiesOnlyWhileTheRelaySleeps) {
   EXPECT_EQ(consumer.ReadUntil(202, seconds(30)).size(), 202u) << outboxd.Log();
 }
 
-// Issue 12, waking without a pause: commits slower than relay.sleep_below_rate put the relay to
+// Waking without a pause: commits slower than relay.sleep_below_rate put the relay to
 // sleep on LISTEN as soon as it caught up, long before idle_grace, so the next commit notifies and
 // wakes it at once (instead of waiting for the next poll).
 TEST_F(RelayIntegration, SlowCommitsPutTheRelayToSleepAtOnce) {
@@ -528,7 +528,7 @@ TEST(OutboxdBinary, BadConfigurationOrUsageExitsWithCodeTwo) {
   EXPECT_EQ(RunOutboxd({"run", "--no-such-flag"}).first, 2);
 }
 
-// Issue 14: the server's end of every outboxd session gets the [leadership] TCP settings (the OS
+// The server's end of every outboxd session gets the [leadership] TCP settings (the OS
 // defaults let PostgreSQL keep a dead client's session, and its lock, for hours).
 TEST_F(RelayIntegration, SessionsCarryTheTcpSettingsOnTheServersEnd) {
   pg::TcpSettings tcp{milliseconds(3000), milliseconds(1000), 2, milliseconds(7000)};

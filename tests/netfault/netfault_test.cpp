@@ -1,4 +1,4 @@
-// Failover and network faults (issue 14). Instance A runs in a network namespace made by
+// Failover and network faults. Instance A runs in a network namespace made by
 // tests/netfault/netns.sh and reaches PostgreSQL and Kafka over a veth pair; instance B runs beside
 // them on loopback. Faults are silent drops on A's link (a partition: no RST, no FIN), random
 // loss, or SIGSTOP. A writer publishes throughout; the ids publish() returned are checked against

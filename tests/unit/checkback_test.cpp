@@ -216,7 +216,7 @@ TEST_F(CheckBackTest, TheThreadChecksOnlyWhileLeadingAndStopsPromptly) {
   EXPECT_EQ(asked_.size(), 1u);
 }
 
-// Issue 15, defect 3: the relay still believes it leads (it sent no statement since its session
+// The relay still believes it leads (it sent no statement since its session
 // ended), but PostgreSQL says its session no longer holds the lock: nothing is asked or written.
 TEST_F(CheckBackTest, ADeposedLeaderAsksNothingAndWritesNothing) {
   store_.Add(1);

@@ -306,7 +306,7 @@ TEST(Config, DeliveryModes) {
   EXPECT_NE(e.find("relay.checkpoint_topic: must not be empty"), std::string::npos) << e;
 }
 
-// The sections of issue 13 ([delay], [inbox], [doctor]): the example file shows the defaults.
+// The sections [delay], [inbox] and [doctor]: the example file shows the defaults.
 TEST(Config, ExampleFileMatchesDelayInboxDoctorDefaults) {
   setenv("OUTBOXD_PG_PORT", "55432", 1);
   setenv("OUTBOXD_KAFKA_PORT", "59092", 1);

@@ -84,7 +84,7 @@ TEST(MessageHeaders, IdentityFirstThenRowHeadersInTheirOrder) {
   EXPECT_EQ(MessageHeaders(RowWithHeaders(1, "[1,2]")).status().code(), Status::Code::kPermanent);
 }
 
-// Issue 15, defect 4: values are the text jsonb_each_text gives, numbers never converted.
+// Values are the text jsonb_each_text gives, numbers never converted.
 TEST(MessageHeaders, ValuesAreTheJsonTextUnconverted) {
   std::string huge = "1" + std::string(400, '0');  // how jsonb prints 1e400
   auto h =
@@ -108,7 +108,7 @@ TEST(MessageHeaders, ValuesAreTheJsonTextUnconverted) {
   }
 }
 
-// Issue 15, defect 2: the error text quoting the headers is cut on a character boundary.
+// The error text quoting the headers is cut on a character boundary.
 TEST(MessageHeaders, ErrorTextQuotingTheHeadersIsValidUtf8) {
   std::string json = "\"";
   for (int i = 0; i < 150; ++i) json += "\xC3\xA9";  // é: 2 bytes; 200 bytes would cut one
@@ -277,7 +277,7 @@ TEST(Relay, PoisonMessagesAreDeadLetteredWhileOthersFlow) {
   EXPECT_EQ(store.Removed().size(), 30u);
 }
 
-// Issue 15, defect 2: a poison row whose error text quotes multibyte headers is dead-lettered
+// A poison row whose error text quotes multibyte headers is dead-lettered
 // (the fake store refuses non-UTF-8 text as PostgreSQL does), and the others keep flowing in
 // the same leadership term.
 TEST(Relay, PoisonWithMultibyteErrorTextIsDeadLetteredWhileOthersFlow) {
@@ -456,7 +456,7 @@ TEST(Relay, ShutdownMidBatchRemovesOnlyWhatWasAcknowledged) {
   EXPECT_EQ(relay.stats().acknowledged, 60);
 }
 
-// Issue 14: stalled on Kafka (max_in_flight reached, no reports) the relay sends no round, but it
+// Stalled on Kafka (max_in_flight reached, no reports) the relay sends no round, but it
 // still proves its leadership to the store (PostgreSQL would end a silent session); when the proof
 // fails (its session was ended meanwhile) it steps down at once and removes nothing.
 TEST(Relay, StalledOnKafkaItStillProvesLeadershipAndStepsDownWhenTheProofFails) {
@@ -476,7 +476,7 @@ TEST(Relay, StalledOnKafkaItStillProvesLeadershipAndStepsDownWhenTheProofFails) 
   EXPECT_TRUE(store.Removed().empty());
 }
 
-// Issue 12: removal is decoupled from fetching. A trickle of rows, each fetched in a round of its
+// Removal is decoupled from fetching. A trickle of rows, each fetched in a round of its
 // own, is removed in a few larger statements (batch_size rows, or the oldest acknowledged row
 // waited remove_interval), not one statement per round; and every row is still removed.
 TEST(Relay, ATrickleIsRemovedInFewStatementsNotOnePerRound) {
@@ -500,7 +500,7 @@ TEST(Relay, ATrickleIsRemovedInFewStatementsNotOnePerRound) {
   EXPECT_LE(store.removal_statements(), 6);
 }
 
-// Issue 12: the pause between caught-up rounds waits; its last fraction of a millisecond used to
+// The pause between caught-up rounds waits; its last fraction of a millisecond used to
 // be a spin of Poll(0) (the remaining time was truncated to whole milliseconds).
 TEST(Relay, ThePauseBetweenCaughtUpRoundsWaitsInsteadOfSpinning) {
   FakeStore store;
@@ -520,7 +520,7 @@ TEST(Relay, ThePauseBetweenCaughtUpRoundsWaitsInsteadOfSpinning) {
   EXPECT_LE(broker.zero_timeout_polls.load(), 4 * store.fetches()) << store.fetches() << " fetches";
 }
 
-// Issue 12, waking without a pause: rows that arrive slower than relay.sleep_below_rate send the
+// Waking without a pause: rows that arrive slower than relay.sleep_below_rate send the
 // relay to sleep on LISTEN as soon as it caught up (the next commit notifies), instead of polling
 // every idle_poll_interval through idle_grace. With sleep_below_rate = 0 it polls as before.
 int SleepsWhileRowsTrickleIn(int sleep_below_rate) {

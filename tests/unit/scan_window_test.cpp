@@ -122,7 +122,7 @@ TEST(ScanWindow, RunningXidAboveXmaxIsAnOwnerToo) {
   EXPECT_TRUE(w.gaps().empty());
 }
 
-// Issue 15, defect 1: a late row in the middle of a gap splits it; both halves keep the open xid
+// A late row in the middle of a gap splits it; both halves keep the open xid
 // range ([xmax, next_xid) of the snapshot that made the gap), or the upper half counts as settled
 // and a row that commits there later is never fetched.
 TEST(ScanWindow, SplitGapKeepsItsOpenXidRange) {
