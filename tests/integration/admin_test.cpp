@@ -25,19 +25,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// A loopback port nobody listens on right now (the kernel's choice).
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 std::string AdminToml(int port, const std::string& log_format = "text") {
   return "[admin]\nlisten = \"127.0.0.1:" + std::to_string(port) + "\"\n[log]\nformat = \"" +
          log_format + "\"\n";

@@ -35,26 +35,12 @@ std::string AutoCreateBootstrap() {
   return bootstrap;
 }
 
-// True when a broker answers metadata at `bootstrap` within 5 s.
-bool Answers(const std::string& bootstrap) {
-  char err[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof(err));
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-  if (rk == nullptr) return false;
-  const rd_kafka_metadata_t* md = nullptr;
-  bool ok = rd_kafka_metadata(rk, 0, nullptr, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR;
-  if (md) rd_kafka_metadata_destroy(md);
-  rd_kafka_destroy(rk);
-  return ok;
-}
-
 class AutoCreatedTopic : public ServicesTest {
  protected:
   void SetUp() override {
     OUTBOXD_REQUIRE_SERVICES(services_);
     services_.kafka_bootstrap = AutoCreateBootstrap();
-    if (services_.kafka_bootstrap.empty() || !Answers(services_.kafka_bootstrap)) {
+    if (services_.kafka_bootstrap.empty() || !BrokerAnswers(services_.kafka_bootstrap)) {
       const std::string missing = "the autocreate broker (" + services_.kafka_bootstrap + ")";
       if (InCi()) FAIL() << "missing under CI: " << missing;
       GTEST_SKIP() << "missing (scripts/kafka.sh start autocreate): " << missing;

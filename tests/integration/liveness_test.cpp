@@ -30,18 +30,6 @@ constexpr const char* kFastTopicMetadata =
     "\"topic.metadata.propagation.max.ms\" = 2000\n"
     "\"topic.metadata.refresh.interval.ms\" = 1000\n";
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 // Status and body of GET `path` on the admin listener; status 0 when it does not answer.
 std::pair<int, std::string> Get(int port, const std::string& path) {
   httplib::Client c("127.0.0.1", port);

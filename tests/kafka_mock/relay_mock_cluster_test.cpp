@@ -592,8 +592,11 @@ namespace {
 
 // The broker refuses the writes of one topic with TOPIC_AUTHORIZATION_FAILED (as a broker with
 // ACLs does; the secret topic's partitions are on broker 2, the other topic's on broker 1): the
-// refused rows are held, not treated as a failed delivery, so the other topic is neither rewound
-// nor stopped, and once the refusals end the held rows arrive in their order.
+// refused rows are held, not treated as a failed delivery, so the other topic is not stopped,
+// and once the refusals end the held rows arrive in their order. A refusal in a produce response
+// also makes librdkafka's gapless idempotent producer fail fatally: the relay rebuilds it and
+// sends again what the other topic had in flight then (one rewind per rebuild at most). The hold
+// itself never rewinds (Relay.TopicRefusedInTheReportWaitsWhileOtherTopicsFlow shows it alone).
 TEST_F(RelayMockCluster, TopicNotAuthorizedHoldsBackOnlyItsOwnRows) {
   LogCounter log;
   cluster_.SetLeaders(topic_, kPartitions, /*leader=*/1);
@@ -619,7 +622,8 @@ TEST_F(RelayMockCluster, TopicNotAuthorizedHoldsBackOnlyItsOwnRows) {
   EXPECT_EQ(cluster_.PendingErrors(2, kProduceApi), 0u) << "every refusal was met";
   EXPECT_GE(log.Count(spdlog::level::warn, "topic \"" + secret + "\" refused by Kafka"), 1)
       << log.Dump(spdlog::level::info);
-  EXPECT_EQ(stats.rewinds, 0) << "the refusal of one topic rewound the relay";
+  EXPECT_LE(stats.rewinds, stats.producer_rebuilds)
+      << "a rewind that no producer rebuild explains: the refusal itself rewound the relay";
   auto records = ReadTopic(cluster_, topic_, kPartitions);
   auto secret_records = ReadTopic(cluster_, secret, kPartitions);
   ASSERT_GE(secret_records.size(), 3u);

@@ -68,20 +68,6 @@ SecureBroker ReadSecureEnv() {
   return b;
 }
 
-bool Answers(const std::string& bootstrap) {
-  char err[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof(err));
-  rd_kafka_conf_set(conf, "log_level", "0", err, sizeof(err));
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-  if (rk == nullptr) return false;
-  const rd_kafka_metadata_t* md = nullptr;
-  bool ok = rd_kafka_metadata(rk, 0, nullptr, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR;
-  if (md) rd_kafka_metadata_destroy(md);
-  rd_kafka_destroy(rk);
-  return ok;
-}
-
 std::string GrantAcls(const std::string& plaintext, const std::string& principal,
                       const std::vector<Acl>& acls) {
   AdminHandle admin(plaintext);
@@ -182,7 +168,7 @@ void SecureKafka::SetUp() {
   std::string missing;
   if (broker_.plaintext.empty() || broker_.password.empty() || broker_.acl_user.empty()) {
     missing = "scripts/kafka.sh env secure gave no broker, password or ACL user";
-  } else if (!Answers(broker_.plaintext)) {
+  } else if (!BrokerAnswers(broker_.plaintext)) {
     missing = "secure Kafka at " + broker_.plaintext;
   }
   if (!missing.empty()) {

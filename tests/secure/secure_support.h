@@ -23,9 +23,6 @@ struct SecureBroker {
 // The addresses and files from `scripts/kafka.sh env secure` (same OUTBOXD_SECURE_KAFKA_PORT).
 SecureBroker ReadSecureEnv();
 
-// True when the broker answers metadata on `bootstrap` (plaintext) within 5 s.
-bool Answers(const std::string& bootstrap);
-
 // One ACL that allows an operation on a literal topic or the cluster (RD_KAFKA_RESOURCE_BROKER,
 // name "kafka-cluster"), from any host. librdkafka 2.0.2 cannot name a transactional id (Kafka's
 // resource type 5): `scripts/kafka.sh start secure` grants those (prefix acl_txn_ to outboxd_acl).

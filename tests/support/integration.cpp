@@ -157,6 +157,32 @@ int64_t Record::outbox_id() const {
 // Returns once every partition has a leader; `replicas` -1 takes the broker's default. The
 // project's brokers, like production ones, do not auto-create topics: a test creates each topic it
 // writes to.
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+bool BrokerAnswers(const std::string& bootstrap) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof(err));
+  rd_kafka_conf_set(conf, "log_level", "0", err, sizeof(err));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+  if (rk == nullptr) return false;
+  const rd_kafka_metadata_t* md = nullptr;
+  bool ok = rd_kafka_metadata(rk, 0, nullptr, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR;
+  if (md) rd_kafka_metadata_destroy(md);
+  rd_kafka_destroy(rk);
+  return ok;
+}
+
 void CreateTopic(const Services& s, const std::string& topic, int partitions, int replicas) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();

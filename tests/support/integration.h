@@ -71,6 +71,11 @@ struct Record {
   int64_t outbox_id() const;
 };
 
+// A loopback port nobody listens on right now (the kernel's choice).
+int FreePort();
+// True when a broker answers metadata at `bootstrap` within 5 s.
+bool BrokerAnswers(const std::string& bootstrap);
+
 // Creates a topic with `partitions` partitions and replication factor `replicas`.
 void CreateTopic(const Services& s, const std::string& topic, int partitions, int replicas = 1);
 
