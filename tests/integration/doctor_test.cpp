@@ -245,6 +245,19 @@ TEST_F(DoctorIntegration, TopicVerdicts) {
   EXPECT_EQ(exists.verdict, Health::kRisk) << absent.Text();
   EXPECT_NE(exists.fix.find("kafka-topics.sh --create --topic " + missing), std::string::npos);
   EXPECT_EQ(The(absent, "broker 1", "topic auto-creation").verdict, Health::kOk) << absent.Text();
+
+  // One broker: replication factor 3 is impossible (said as information; the topics' own
+  // verdicts carry the risk). The broker's flush settings are shown as they are: the project's
+  // broker keeps Kafka's default, which leaves fsync to the OS.
+  const Finding brokers = The(rf1, "cluster", "brokers");
+  EXPECT_EQ(brokers.value, "1") << rf1.Text();
+  EXPECT_EQ(brokers.verdict, Health::kInfo);
+  EXPECT_NE(brokers.detail.find("fewer than 3 brokers"), std::string::npos) << brokers.detail;
+  const Finding flush = The(rf1, "broker 1", "log.flush.*");
+  EXPECT_EQ(flush.verdict, Health::kInfo) << rf1.Text();
+  EXPECT_NE(flush.value.find("log.flush.interval.messages=9223372036854775807"), std::string::npos)
+      << flush.value;
+  EXPECT_NE(flush.detail.find("leaves fsync to the OS"), std::string::npos) << flush.detail;
 }
 
 // Neither service answering is a risk of its own.
