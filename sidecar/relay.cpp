@@ -171,12 +171,8 @@ bool Relay::Step(const std::atomic<bool>& stop) {
   if (!StoreOk(store_.FinishRound(&rows))) return false;
   metrics_.fetch_seconds.Observe(std::chrono::duration<double>(Clock::now() - round_start).count());
   stats_.marked_sent += static_cast<int64_t>(marked);
-  auto request = store_.TakeRescanRequest();
-  if (auto held = HeldTopicsDue(Clock::now()); request || held) {
+  if (RescanDue(rows)) {
     // Not produced now: the rescan fetches these again, after what is in flight.
-    rescan_request_ = request;
-    rescan_from_ = std::min(request.value_or(INT64_MAX), held.value_or(INT64_MAX));
-    if (!rows.empty()) rescan_from_ = std::min(*rescan_from_, rows.front().id);
     if (!Wake()) return false;
     return Rescan();
   }
@@ -538,6 +534,16 @@ bool Relay::Recover(const std::atomic<bool>& stop) {
   return true;
 }
 
+bool Relay::RescanDue(const std::vector<OutboxRow>& rows) {
+  auto request = store_.TakeRescanRequest();
+  auto held = HeldTopicsDue(Clock::now());
+  if (!request && !held) return false;
+  rescan_request_ = request;
+  rescan_from_ = std::min(request.value_or(INT64_MAX), held.value_or(INT64_MAX));
+  if (!rows.empty()) rescan_from_ = std::min(*rescan_from_, rows.front().id);
+  return true;
+}
+
 bool Relay::Rescan() {
   if (!ledger_.empty()) {
     ServeReports(Millis(10));  // every report first: nothing in flight may be fetched again
@@ -831,13 +837,8 @@ bool Relay::StepExactlyOnce(const std::atomic<bool>& stop) {
   std::vector<OutboxRow> rows;
   if (!StoreOk(store_.FinishRound(&rows))) return false;
   stats_.marked_sent += static_cast<int64_t>(marked);
-  auto request = store_.TakeRescanRequest();
-  if (auto held = HeldTopicsDue(Clock::now()); request || held) {
-    // Rows put back by an admin command, or a held topic's turn (nothing is in flight between
-    // transactions): fetch from there in the next round, as in at-least-once mode.
-    rescan_request_ = request;
-    rescan_from_ = std::min(request.value_or(INT64_MAX), held.value_or(INT64_MAX));
-    if (!rows.empty()) rescan_from_ = std::min(*rescan_from_, rows.front().id);
+  if (RescanDue(rows)) {
+    // Not produced now: the rescan fetches these again, after what is in flight.
     if (!Wake()) return false;
     return Rescan();
   }

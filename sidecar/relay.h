@@ -125,6 +125,10 @@ class Relay {
   // a held topic is due for another try: once nothing is in flight, fetch again from
   // rescan_from_, clear the admin request read (rescan_request_), release the due topics.
   bool Rescan();
+  // After a fetch: takes an admin command's rescan request and the held topics whose retry is
+  // due, and sets where the rescan fetches from (never above `rows`, which are not produced now).
+  // True if a rescan is due; the rescan request stays to be cleared with the value read.
+  bool RescanDue(const std::vector<OutboxRow>& rows);
   void HandleFatal(const std::string& reason);
   // Fails everything in flight and waits for the reports; no row is removed afterwards.
   void Abandon();
